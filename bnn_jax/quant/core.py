@@ -1,0 +1,152 @@
+"""The one surrogate-gradient mechanism and the numeric conventions every quantizer shares.
+
+Conventions (tested in tests/quant; methods that differ say so in their docstring):
+
+* ``sign(x)`` is larq's: +1 for x >= 0 (also for -0.0), -1 otherwise. ``jnp.sign`` (0 at 0) is
+  used only where a reference relies on it, and then it is named ``sign0``.
+* Clip boundaries are inclusive: the straight-through gradient passes at ``|x| == clip_value``
+  (larq's ``tf.where(|x| <= clip, dy, 0)``; TF's ``clip_by_value`` also passes it).
+  ``jnp.clip`` would give 1/2 there (JAX splits ties of max/min), so use :func:`clip` instead.
+* Rounding is round-half-to-even (``jnp.round``, like ``tf.round`` and ``torch.round``);
+  :func:`round_half_up` (``floor(x + 0.5)``) is the AQT/PokeBNN convention.
+* Scales computed from statistics of the input are stop-gradient unless a method says otherwise.
+
+A quantizer with a surrogate gradient is built with :func:`estimator` (elementwise derivative
+``h(x)``: backward ``g * h(x)``) or :func:`straight_through` (backward is the VJP of a smooth
+surrogate, the "detach trick" ``sg(q(x) - s(x)) + s(x)`` without its forward rounding error).
+Both are the same ``jax.custom_vjp``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def sign(x: jax.Array) -> jax.Array:
+    """larq's sign: +1 where x >= 0 (including -0.0), -1 elsewhere; dtype preserved."""
+    return jnp.where(x >= 0, 1, -1).astype(jnp.result_type(x))
+
+
+def sign0(x: jax.Array) -> jax.Array:
+    """Sign with sign(0) = 0, as ``torch.sign``/``jnp.sign`` (some reference code relies on it)."""
+    return jnp.sign(x)
+
+
+def heaviside(x: jax.Array) -> jax.Array:
+    """1 where x > 0, 0 elsewhere (larq.math.heaviside); dtype preserved."""
+    return jnp.where(x > 0, 1, 0).astype(jnp.result_type(x))
+
+
+def _zero_cotangent(a: Any) -> Any:
+    a = jnp.asarray(a)
+    if jnp.issubdtype(a.dtype, jnp.inexact):
+        return jnp.zeros_like(a)
+    return np.zeros(a.shape, dtype=jax.dtypes.float0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _custom(forward: Callable, backward: Callable, *args):
+    return forward(*args)
+
+
+def _custom_fwd(forward, backward, *args):
+    return forward(*args), args
+
+
+def _custom_bwd(forward, backward, args, g):
+    return tuple(backward(args, g))
+
+
+_custom.defvjp(_custom_fwd, _custom_bwd)
+
+
+def estimator(forward: Callable, derivative: Callable) -> Callable:
+    """``q(x, *aux)`` whose value is ``forward(x, *aux)`` and whose VJP is ``g * derivative(x, *aux)``.
+
+    ``aux`` (thresholds, schedule values such as ReSTE's ``o``) may be traced arrays; they receive
+    zero gradient. This is the whole mechanism behind STE, ApproxSign, SwishSign, ReSTE, EDE, ...
+    """
+
+    def backward(args, g):
+        x = args[0]
+        dx = (g * derivative(*args)).astype(jnp.result_type(x))
+        return (dx, *(_zero_cotangent(a) for a in args[1:]))
+
+    return functools.wraps(forward)(lambda *args: _custom(forward, backward, *args))
+
+
+def straight_through(forward: Callable, surrogate: Callable) -> Callable:
+    """``q(*args)`` with value ``forward(*args)`` and the gradient of ``surrogate(*args)``.
+
+    The exact-forward form of the detach trick ``sg(forward - surrogate) + surrogate``; use it when
+    the surrogate is not elementwise (a softmax, a normalisation) or has learned arguments.
+    """
+
+    def backward(args, g):
+        _, vjp = jax.vjp(surrogate, *args)
+        return vjp(g)
+
+    return functools.wraps(forward)(lambda *args: _custom(forward, backward, *args))
+
+
+def _clip_forward(x, lo, hi):
+    return jnp.minimum(jnp.maximum(x, lo), hi)
+
+
+def _clip_derivative(x, lo, hi):
+    return ((x >= lo) & (x <= hi)).astype(jnp.result_type(x))
+
+
+clip = estimator(_clip_forward, _clip_derivative)
+clip.__doc__ = "Clip to [lo, hi] with gradient 1 on the closed interval (TF's clip_by_value rule)."
+
+
+def exact_div(a: jax.Array, n: float) -> jax.Array:
+    """``a / n`` for a Python number ``n``, correctly rounded.
+
+    XLA rewrites division by a constant into multiplication by its rounded reciprocal, which is
+    off by one ulp for e.g. 3/15 (so round(x·15)/15 would differ from larq/TF and PyTorch). Hiding
+    the divisor behind an optimization barrier keeps the true division.
+    """
+    divisor = jax.lax.optimization_barrier(jnp.full(jnp.shape(a), n, jnp.result_type(a)))
+    return a / divisor
+
+
+def mean(x: jax.Array, axis=None, keepdims: bool = False) -> jax.Array:
+    """``jnp.mean`` with a correctly rounded division by the count (see :func:`exact_div`)."""
+    total = jnp.sum(x, axis=axis, keepdims=keepdims)
+    count = np.prod([x.shape[a] for a in (range(x.ndim) if axis is None else np.atleast_1d(axis))])
+    return exact_div(total, float(count))
+
+
+def round_half_up(x: jax.Array) -> jax.Array:
+    """``floor(x + 0.5)``: the rounding of AQT/PokeBNN (ties go up, unlike ``jnp.round``)."""
+    return jnp.floor(x + 0.5)
+
+
+def clipped_ste_derivative(x: jax.Array, clip_value: Any) -> jax.Array:
+    """1 where |x| <= clip_value (inclusive boundary), 0 elsewhere."""
+    return (jnp.abs(x) <= clip_value).astype(jnp.result_type(x))
+
+
+def clipped_ste(forward: Callable) -> Callable:
+    """``q(x, clip_value, *aux)``: value ``forward(x, *aux)``, gradient ``g·1[|x| <= clip_value]``.
+
+    ``clip_value=None`` passes the gradient everywhere (the plain identity STE). This is larq's
+    ``_clipped_gradient`` shared by ste_sign, ste_tern, ste_heaviside and magnitude_aware_sign.
+    """
+    with_clip = estimator(lambda x, c, *aux: forward(x, *aux),
+                          lambda x, c, *aux: clipped_ste_derivative(x, c))
+    without_clip = estimator(forward, lambda x, *aux: jnp.ones_like(x))
+
+    def q(x, clip_value, *aux):
+        if clip_value is None:
+            return without_clip(x, *aux)
+        return with_clip(x, clip_value, *aux)
+
+    return q

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Run a command inside the project's virtual environment, creating it on first use.
+#
+#   bash scripts/in_venv.sh python -m pytest -q
+#
+# The environment lives in .venv (override with BNN_JAX_VENV) and is built with a Python >= 3.12
+# found on PATH, under pyenv, or named by BNN_JAX_PYTHON. It installs the package in editable
+# mode with the extras in BNN_JAX_EXTRAS (default "dev") and re-installs when setup.py or the
+# extras change.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${BNN_JAX_VENV:-$root/.venv}"
+extras="${BNN_JAX_EXTRAS:-dev}"
+
+is_new_enough() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; }
+
+find_python() {
+  local c
+  for c in "${BNN_JAX_PYTHON:-}" python3.13 python3.12 python3; do
+    [ -n "$c" ] && command -v "$c" >/dev/null 2>&1 && is_new_enough "$c" && { command -v "$c"; return; }
+  done
+  local pyenv_root="${PYENV_ROOT:-$(command -v pyenv >/dev/null 2>&1 && pyenv root || echo "$HOME/.pyenv")}"
+  for c in "$pyenv_root"/versions/3.1[2-9]*/bin/python3 /usr/bin/python3.1[2-9] /usr/local/bin/python3.1[2-9]; do
+    [ -x "$c" ] && is_new_enough "$c" && { echo "$c"; return; }
+  done
+  echo "error: bnn_jax needs Python >= 3.12 (jax >= 0.11, flax >= 0.12.9) and none was found;" >&2
+  echo "       install one (e.g. 'pyenv install 3.12') or point BNN_JAX_PYTHON at it." >&2
+  exit 1
+}
+
+stamp="$venv/.bnn_jax_install"
+want="$(cat "$root/setup.py" | sha256sum | cut -d' ' -f1) $extras"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  if [ ! -x "$venv/bin/python" ]; then
+    py="$(find_python)"
+    echo "[in_venv] creating $venv with $py ($("$py" --version 2>&1))" >&2
+    "$py" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip >&2
+  fi
+  echo "[in_venv] installing bnn_jax[$extras] (editable)" >&2
+  "$venv/bin/python" -m pip install -q -e "$root[$extras]" >&2
+  echo "$want" > "$stamp"
+fi
+cd "$root"
+export PATH="$venv/bin:$PATH"
+exec "$@"
