@@ -1,0 +1,1 @@
+"""Training: the loop, sharding, optimizers (incl. Bop), losses, checkpoints and metrics."""
