@@ -1,0 +1,1 @@
+"""Model analysis: summaries (parameters, bits, memory) and binary-weight flip metrics."""
