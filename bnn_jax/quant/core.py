@@ -106,15 +106,35 @@ clip = estimator(_clip_forward, _clip_derivative)
 clip.__doc__ = "Clip to [lo, hi] with gradient 1 on the closed interval (TF's clip_by_value rule)."
 
 
-def exact_div(a: jax.Array, n: float) -> jax.Array:
-    """``a / n`` for a Python number ``n``, correctly rounded.
+def _true_div(a: jax.Array, n: float) -> jax.Array:
+    # The divisor is a full-size array hidden behind an optimization barrier: XLA turns division
+    # by a constant, and by a broadcast scalar, into multiplication by the reciprocal. Under vmap
+    # the divisor is rebuilt at the batched shape so it never becomes a broadcast.
+    @jax.custom_batching.custom_vmap
+    def div(a):
+        return a / jax.lax.optimization_barrier(jnp.full(a.shape, n, a.dtype))
 
-    XLA rewrites division by a constant into multiplication by its rounded reciprocal, which is
-    off by one ulp for e.g. 3/15 (so round(x·15)/15 would differ from larq/TF and PyTorch). Hiding
-    the divisor behind an optimization barrier keeps the true division.
+    @div.def_vmap
+    def _batched(axis_size, in_batched, a):
+        return div(a), in_batched[0]
+
+    return div(a)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def exact_div(a: jax.Array, n: float) -> jax.Array:
+    """``a / n`` for a Python number ``n``, correctly rounded under jit and vmap.
+
+    XLA rewrites ``a / n`` into ``a * (1/n)``, which is off by one ulp for e.g. 3/15, so
+    ``round(x·15)/15`` would differ from TF and PyTorch. The tangent uses plain division.
     """
-    divisor = jax.lax.optimization_barrier(jnp.full(jnp.shape(a), n, jnp.result_type(a)))
-    return a / divisor
+    return _true_div(a, n)
+
+
+@exact_div.defjvp
+def _exact_div_jvp(n, primals, tangents):
+    (a,), (da,) = primals, tangents
+    return exact_div(a, n), da / n
 
 
 def mean(x: jax.Array, axis=None, keepdims: bool = False) -> jax.Array:
