@@ -66,7 +66,7 @@ _custom.defvjp(_custom_fwd, _custom_bwd)
 
 
 def estimator(forward: Callable, derivative: Callable) -> Callable:
-    """``q(x, *aux)`` whose value is ``forward(x, *aux)`` and whose VJP is ``g * derivative(x, *aux)``.
+    """``q(x, *aux)`` with value ``forward(x, *aux)`` and VJP ``g * derivative(x, *aux)``.
 
     ``aux`` (thresholds, schedule values such as ReSTE's ``o``) may be traced arrays; they receive
     zero gradient. This is the whole mechanism behind STE, ApproxSign, SwishSign, ReSTE, EDE, ...

@@ -75,7 +75,7 @@ def _path_str(path) -> str:
 
 def case_optimizer(predicate: Callable[[str, Any], bool], binary: optax.GradientTransformation,
                    default: optax.GradientTransformation) -> optax.GradientTransformation:
-    """Apply ``binary`` (usually Bop) where ``predicate(path, leaf)`` holds and ``default`` elsewhere.
+    """Apply ``binary`` (usually Bop) where ``predicate(path, leaf)`` holds, ``default`` elsewhere.
 
     ``path`` is the parameter's pytree path joined with '/', e.g. ``"conv1/kernel"``.
     """
