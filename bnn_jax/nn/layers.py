@@ -1,0 +1,337 @@
+"""Quantized NNX layers (QuantLinear, QuantConv, QuantEinsum) over full-precision latent weights.
+
+Each layer applies an *input quantizer* to its activations and a *kernel quantizer* to its latent
+kernel, both taken from the :mod:`bnn_jax.quant` registry (a name, a ``dict(name=..., ...)`` spec,
+a built :class:`~bnn_jax.quant.Quantizer`, or ``None`` for full precision), then computes the
+ordinary float product. Layouts and parameter names follow ``nnx.Linear``, ``nnx.Conv`` and
+``nnx.Einsum`` (``kernel``, ``bias``; NHWC activations, HWIO kernels) so
+:func:`bnn_jax.nn.quantize` can keep the very same parameter objects.
+
+Learned quantizer arrays (an LSQ step, an RSign shift, a BiViT scale) live in the layer as
+``nnx.Param`` named ``input_<name>`` / ``kernel_<name>`` and are initialised by the quantizer's
+first-call rule ``q.init(x)``: the kernel ones at construction (the kernel is known), the input
+ones on the first call (they need data, like Keras' ``build``). Call the model once on a sample
+batch before building the optimizer so the optimizer sees them.
+
+A kernel constraint (e.g. ``"weight_clip"``) is only *recorded* on the layer; the training step
+applies it after the optimizer update with :func:`apply_constraints`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.nn import dtypes, initializers
+from jax import lax
+
+from bnn_jax.quant.registry import Quantizer, check, get
+
+default_kernel_init = initializers.lecun_normal()
+default_bias_init = initializers.zeros_init()
+
+_PAD_MODES = ("SAME", "VALID", "CIRCULAR", "REFLECT", "CAUSAL")
+
+
+def as_quantizer(spec: Any, *, role: str = "quantizer") -> Quantizer | None:
+    """A :class:`Quantizer` from a name, a spec dict / ConfigDict, a Quantizer, or None."""
+    if spec is None:
+        return None
+    try:
+        return get(spec)
+    except ValueError as e:
+        raise ValueError(f"invalid {role}: {e}") from None
+
+
+def _as_constraint(spec: Any) -> Quantizer | None:
+    c = as_quantizer(spec, role="kernel_constraint")
+    if c is not None and c.kind != "constraint":
+        raise ValueError(f"kernel_constraint must be a constraint (e.g. 'weight_clip'), got "
+                         f"{c.name!r} of kind {c.kind!r}")
+    return c
+
+
+class _QuantizedOperands(nnx.Module):
+    """Shared machinery of the quantized layers: quantizers, their learned arrays, constraint."""
+
+    def _setup_quantizers(self, input_quantizer, kernel_quantizer, kernel_constraint):
+        self.input_quantizer = as_quantizer(input_quantizer, role="input_quantizer")
+        self.kernel_quantizer = as_quantizer(kernel_quantizer, role="kernel_quantizer")
+        self.kernel_constraint = _as_constraint(kernel_constraint)
+        if self.kernel_quantizer is not None:
+            # The kernel exists already, so its learned arrays get their first-call values now.
+            self._create_learned("kernel", self.kernel_quantizer, self.kernel[...])
+
+    def _create_learned(self, role: str, q: Quantizer, x: jax.Array) -> None:
+        init = q.init(x)
+        missing = sorted(set(q.learned) - set(init))
+        check(not missing, f"{q.name}.init returned {sorted(init)}, missing learned {missing}")
+        for name in q.learned:
+            setattr(self, f"{role}_{name}", nnx.Param(jnp.asarray(init[name])))
+
+    def _learned(self, role: str, q: Quantizer) -> dict[str, jax.Array]:
+        return {n: getattr(self, f"{role}_{n}")[...] for n in q.learned}
+
+    def quantize_input(self, x: jax.Array, **overrides) -> jax.Array:
+        """The input quantizer applied to ``x`` (identity if None); creates learned arrays."""
+        q = self.input_quantizer
+        if q is None:
+            return x
+        if q.learned and not hasattr(self, f"input_{q.learned[0]}"):
+            self._create_learned("input", q, x)
+        return q(x, **self._learned("input", q), **overrides)
+
+    def quantized_kernel(self, **overrides) -> jax.Array:
+        """The kernel as the forward pass uses it (quantized, masked where a mask is set)."""
+        w = self.kernel[...]
+        q = self.kernel_quantizer
+        if q is not None:
+            w = q(w, **self._learned("kernel", q), **overrides)
+        mask = getattr(self, "mask", None)
+        if mask is not None:
+            # Mask after quantizing: a masked weight must contribute 0, not sign(0) = +1.
+            w = w * mask
+        return w
+
+
+class QuantLinear(_QuantizedOperands):
+    """``y = q_in(x) @ q_w(W) + b``: a dense layer with quantized input and kernel (in, out)."""
+
+    def __init__(self, in_features: int, out_features: int, *,
+                 input_quantizer: Any = None, kernel_quantizer: Any = None,
+                 kernel_constraint: Any = None, use_bias: bool = True,
+                 dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None,
+                 kernel_init=default_kernel_init, bias_init=default_bias_init,
+                 promote_dtype=dtypes.promote_dtype,
+                 kernel: nnx.Param | None = None, bias: nnx.Param | None = None,
+                 rngs: nnx.Rngs | None = None):
+        if kernel is None:
+            check(rngs is not None, "QuantLinear needs rngs (or an existing kernel=)")
+            kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features),
+                                           param_dtype))
+        check(tuple(kernel.shape) == (in_features, out_features),
+              f"kernel shape {tuple(kernel.shape)} != (in_features, out_features) = "
+              f"{(in_features, out_features)}")
+        self.kernel = kernel
+        if use_bias and bias is None:
+            check(rngs is not None, "QuantLinear needs rngs (or an existing bias=)")
+            bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
+        self.bias = bias if use_bias else nnx.data(None)
+        self.in_features, self.out_features, self.use_bias = in_features, out_features, use_bias
+        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
+        self.promote_dtype = promote_dtype
+        self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
+
+    def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
+                 kernel_params: Mapping | None = None) -> jax.Array:
+        """Apply the layer; ``*_params`` override static quantizer parameters (schedules)."""
+        xq = self.quantize_input(x, **(input_params or {}))
+        w = self.quantized_kernel(**(kernel_params or {}))
+        b = self.bias[...] if self.bias is not None else None
+        xq, w, b = self.promote_dtype((xq, w, b), dtype=self.dtype)
+        y = lax.dot_general(xq, w, (((xq.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+        if b is not None:
+            y = y + b
+        return y
+
+
+def _tuple(v: int | Sequence[int] | None, n: int, name: str) -> tuple[int, ...]:
+    if v is None:
+        v = 1
+    if isinstance(v, int):
+        return (v,) * n
+    v = tuple(v)
+    check(len(v) == n and all(isinstance(i, int) for i in v),
+          f"{name} must be an int or {n} ints, got {v!r}")
+    return v
+
+
+def canonical_padding(padding: Any, rank: int) -> str | list[tuple[int, int]]:
+    """A padding mode string or ``rank`` (low, high) pairs (nnx.Conv's accepted forms)."""
+    if isinstance(padding, str):
+        p = padding.upper()
+        check(p in _PAD_MODES, f"padding must be one of {list(_PAD_MODES)}, an int or "
+                               f"(low, high) pairs, got {padding!r}")
+        return p
+    if isinstance(padding, int):
+        return [(padding, padding)] * rank
+    if isinstance(padding, Sequence) and len(padding) == rank:
+        pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+        if all(len(p) == 2 for p in pairs):
+            return [(int(lo), int(hi)) for lo, hi in pairs]
+    raise ValueError(f"padding must be one of {list(_PAD_MODES)}, an int or {rank} "
+                     f"(low, high) pairs, got {padding!r}")
+
+
+class QuantConv(_QuantizedOperands):
+    """N-D convolution (NHWC, HWIO kernel) with quantized input and kernel.
+
+    ``pad_values`` is larq's constant padding: the *quantized* input is padded with this value
+    (0 = ordinary zero padding, where a padded position contributes 0, not sign(0)). Groups
+    (``feature_group_count``; depthwise = ``in_features``), strides, kernel and input dilation
+    and every ``nnx.Conv`` padding mode are supported.
+    """
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int | Sequence[int],
+                 strides: int | Sequence[int] = 1, *, padding: Any = "SAME",
+                 pad_values: float = 0.0, input_dilation: Any = 1, kernel_dilation: Any = 1,
+                 feature_group_count: int = 1, use_bias: bool = True, mask: Any = None,
+                 input_quantizer: Any = None, kernel_quantizer: Any = None,
+                 kernel_constraint: Any = None, dtype: Any = None,
+                 param_dtype: Any = jnp.float32, precision: Any = None,
+                 kernel_init=default_kernel_init, bias_init=default_bias_init,
+                 promote_dtype=dtypes.promote_dtype,
+                 kernel: nnx.Param | None = None, bias: nnx.Param | None = None,
+                 rngs: nnx.Rngs | None = None):
+        kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+        check(isinstance(feature_group_count, int) and feature_group_count >= 1
+              and in_features % feature_group_count == 0
+              and out_features % feature_group_count == 0,
+              f"feature_group_count must divide in_features={in_features} and "
+              f"out_features={out_features}, got {feature_group_count!r}")
+        check(isinstance(pad_values, (int, float)) and not isinstance(pad_values, bool),
+              f"pad_values must be a number, got {pad_values!r}")
+        rank = len(kernel_size)
+        self.kernel_shape = kernel_size + (in_features // feature_group_count, out_features)
+        if kernel is None:
+            check(rngs is not None, "QuantConv needs rngs (or an existing kernel=)")
+            kernel = nnx.Param(kernel_init(rngs.params(), self.kernel_shape, param_dtype))
+        check(tuple(kernel.shape) == self.kernel_shape,
+              f"kernel shape {tuple(kernel.shape)} != {self.kernel_shape} (HWIO)")
+        self.kernel = kernel
+        if use_bias and bias is None:
+            check(rngs is not None, "QuantConv needs rngs (or an existing bias=)")
+            bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
+        self.bias = bias if use_bias else nnx.data(None)
+        self.in_features, self.out_features, self.kernel_size = (in_features, out_features,
+                                                                 kernel_size)
+        self.strides = _tuple(strides, rank, "strides")
+        self.input_dilation = _tuple(input_dilation, rank, "input_dilation")
+        self.kernel_dilation = _tuple(kernel_dilation, rank, "kernel_dilation")
+        self.padding = canonical_padding(padding, rank)
+        check(self.padding != "CAUSAL" or rank == 1, "CAUSAL padding needs a 1-D convolution")
+        check(float(pad_values) == 0.0 or self.input_dilation == (1,) * rank,
+              "pad_values other than 0 cannot be combined with input_dilation")
+        self.pad_values = float(pad_values)
+        self.feature_group_count, self.use_bias = feature_group_count, use_bias
+        self.mask = mask
+        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
+        self.promote_dtype = promote_dtype
+        self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
+
+    def _pads(self, spatial: tuple[int, ...]) -> list[tuple[int, int]] | str:
+        """Explicit (low, high) pads of the spatial axes, or a lax padding string."""
+        dilated = [(k - 1) * d + 1 for k, d in zip(self.kernel_size, self.kernel_dilation)]
+        p = self.padding
+        if p in ("CIRCULAR", "REFLECT"):
+            return [((k - 1) // 2, k // 2) for k in dilated]
+        if p == "CAUSAL":
+            return [(dilated[0] - 1, 0)]
+        if p in ("SAME", "VALID"):
+            if self.input_dilation != (1,) * len(spatial):
+                return p  # lax computes SAME on the dilated input; only zero padding allowed
+            return lax.padtype_to_pads(spatial, dilated, self.strides, p)
+        return list(p)
+
+    def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
+                 kernel_params: Mapping | None = None) -> jax.Array:
+        """Apply the layer; ``*_params`` override static quantizer parameters (schedules)."""
+        rank = len(self.kernel_size)
+        n_batch = x.ndim - (rank + 1)
+        batch_shape = x.shape[:n_batch]
+        # Any number of batch axes (also none), as nnx.Conv: flatten them into one.
+        x = jnp.reshape(x, (-1,) + x.shape[n_batch:])
+        xq = self.quantize_input(x, **(input_params or {}))
+        w = self.quantized_kernel(**(kernel_params or {}))
+        b = self.bias[...] if self.bias is not None else None
+        xq, w, b = self.promote_dtype((xq, w, b), dtype=self.dtype)
+        pads = self._pads(x.shape[1:-1])
+        if self.padding in ("CIRCULAR", "REFLECT"):
+            mode = {"CIRCULAR": "wrap", "REFLECT": "reflect"}[self.padding]
+            xq, pads = jnp.pad(xq, [(0, 0), *pads, (0, 0)], mode=mode), "VALID"
+        elif self.pad_values != 0.0 or self.padding == "CAUSAL":
+            # Pad AFTER quantizing (larq): padded positions hold pad_values, not q(pad).
+            xq = jnp.pad(xq, [(0, 0), *pads, (0, 0)], constant_values=self.pad_values)
+            pads = "VALID"
+        spatial = "HWDXYZ"[:rank]
+        dn = lax.conv_dimension_numbers(xq.shape, w.shape, (f"N{spatial}C", f"{spatial}IO",
+                                                            f"N{spatial}C"))
+        y = lax.conv_general_dilated(xq, w, self.strides, pads, lhs_dilation=self.input_dilation,
+                                     rhs_dilation=self.kernel_dilation, dimension_numbers=dn,
+                                     feature_group_count=self.feature_group_count,
+                                     precision=self.precision)
+        if b is not None:
+            y = y + b
+        return jnp.reshape(y, batch_shape + y.shape[1:])
+
+
+class QuantEinsum(_QuantizedOperands):
+    """``einsum(einsum_str, q_in(x), q_w(W)) + b`` with the layout of ``nnx.Einsum``."""
+
+    def __init__(self, einsum_str: str, kernel_shape: Sequence[int],
+                 bias_shape: Sequence[int] | None = None, *,
+                 input_quantizer: Any = None, kernel_quantizer: Any = None,
+                 kernel_constraint: Any = None, dtype: Any = None,
+                 param_dtype: Any = jnp.float32, precision: Any = None,
+                 kernel_init=default_kernel_init, bias_init=default_bias_init,
+                 promote_dtype=dtypes.promote_dtype,
+                 kernel: nnx.Param | None = None, bias: nnx.Param | None = None,
+                 rngs: nnx.Rngs | None = None):
+        einsum_str = einsum_str.replace(" ", "")
+        check("->" in einsum_str and einsum_str.count(",") == 1,
+              f"einsum_str must be explicit ('...->...') with two operands, got {einsum_str!r}")
+        self.kernel_shape = tuple(kernel_shape)
+        if kernel is None:
+            check(rngs is not None, "QuantEinsum needs rngs (or an existing kernel=)")
+            kernel = nnx.Param(kernel_init(rngs.params(), self.kernel_shape, param_dtype))
+        check(tuple(kernel.shape) == self.kernel_shape,
+              f"kernel shape {tuple(kernel.shape)} != kernel_shape {self.kernel_shape}")
+        self.kernel = kernel
+        self.bias_shape = None if bias_shape is None else tuple(bias_shape)
+        if self.bias_shape is not None and bias is None:
+            check(rngs is not None, "QuantEinsum needs rngs (or an existing bias=)")
+            bias = nnx.Param(bias_init(rngs.params(), self.bias_shape, param_dtype))
+        self.bias = bias if self.bias_shape is not None else nnx.data(None)
+        self.einsum_str = einsum_str
+        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
+        self.promote_dtype = promote_dtype
+        self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
+
+    def _bias_shape(self, ndim_out: int) -> list[int]:
+        lhs, out = self.einsum_str.split("->")
+        rhs = lhs.split(",")[1]
+        check("." not in rhs and "." not in out,
+              "QuantEinsum with a bias needs an einsum_str without ellipsis")
+        return [self.kernel_shape[rhs.index(c)] if c in rhs else 1 for c in out]
+
+    def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
+                 kernel_params: Mapping | None = None) -> jax.Array:
+        """Apply the layer; ``*_params`` override static quantizer parameters (schedules)."""
+        xq = self.quantize_input(x, **(input_params or {}))
+        w = self.quantized_kernel(**(kernel_params or {}))
+        b = self.bias[...] if self.bias is not None else None
+        xq, w, b = self.promote_dtype((xq, w, b), dtype=self.dtype)
+        y = jnp.einsum(self.einsum_str, xq, w, precision=self.precision)
+        if b is not None:
+            y = y + jnp.reshape(b, self._bias_shape(y.ndim))
+        return y
+
+
+QUANT_LAYERS = (QuantLinear, QuantConv, QuantEinsum)
+
+
+def apply_constraints(model: nnx.Module) -> int:
+    """Apply every layer's ``kernel_constraint`` to its latent kernel in place; returns the count.
+
+    Call it after each optimizer update (larq/Keras apply ``kernel_constraint`` there).
+    """
+    n = 0
+    for _, node in nnx.iter_graph(model):
+        c = getattr(node, "kernel_constraint", None) if isinstance(node, nnx.Module) else None
+        if isinstance(c, Quantizer):
+            node.kernel[...] = c(node.kernel[...])
+            n += 1
+    return n
+
