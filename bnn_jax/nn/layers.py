@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import opt_einsum
 from flax import nnx
 from flax.nnx.nn import dtypes, initializers
 from jax import lax
@@ -104,7 +105,8 @@ class QuantLinear(_QuantizedOperands):
                  kernel_constraint: Any = None, use_bias: bool = True,
                  dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None,
                  kernel_init=default_kernel_init, bias_init=default_bias_init,
-                 promote_dtype=dtypes.promote_dtype,
+                 promote_dtype=dtypes.promote_dtype, dot_general=lax.dot_general,
+                 preferred_element_type: Any = None,
                  kernel: nnx.Param | None = None, bias: nnx.Param | None = None,
                  rngs: nnx.Rngs | None = None):
         if kernel is None:
@@ -121,7 +123,8 @@ class QuantLinear(_QuantizedOperands):
         self.bias = bias if use_bias else nnx.data(None)
         self.in_features, self.out_features, self.use_bias = in_features, out_features, use_bias
         self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
-        self.promote_dtype = promote_dtype
+        self.promote_dtype, self.dot_general = promote_dtype, dot_general
+        self.preferred_element_type = preferred_element_type
         self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
 
     def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
@@ -131,7 +134,8 @@ class QuantLinear(_QuantizedOperands):
         w = self.quantized_kernel(**(kernel_params or {}))
         b = self.bias[...] if self.bias is not None else None
         xq, w, b = self.promote_dtype((xq, w, b), dtype=self.dtype)
-        y = lax.dot_general(xq, w, (((xq.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+        y = self.dot_general(xq, w, (((xq.ndim - 1,), (0,)), ((), ())), precision=self.precision,
+                             **_pet(self.preferred_element_type))
         if b is not None:
             y = y + b
         return y
@@ -183,6 +187,8 @@ class QuantConv(_QuantizedOperands):
                  param_dtype: Any = jnp.float32, precision: Any = None,
                  kernel_init=default_kernel_init, bias_init=default_bias_init,
                  promote_dtype=dtypes.promote_dtype,
+                 conv_general_dilated=lax.conv_general_dilated,
+                 preferred_element_type: Any = None,
                  kernel: nnx.Param | None = None, bias: nnx.Param | None = None,
                  rngs: nnx.Rngs | None = None):
         kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
@@ -218,7 +224,8 @@ class QuantConv(_QuantizedOperands):
         self.feature_group_count, self.use_bias = feature_group_count, use_bias
         self.mask = mask
         self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
-        self.promote_dtype = promote_dtype
+        self.promote_dtype, self.conv_general_dilated = promote_dtype, conv_general_dilated
+        self.preferred_element_type = preferred_element_type
         self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
 
     def _pads(self, spatial: tuple[int, ...]) -> list[tuple[int, int]] | str:
@@ -258,10 +265,12 @@ class QuantConv(_QuantizedOperands):
         spatial = "HWDXYZ"[:rank]
         dn = lax.conv_dimension_numbers(xq.shape, w.shape, (f"N{spatial}C", f"{spatial}IO",
                                                             f"N{spatial}C"))
-        y = lax.conv_general_dilated(xq, w, self.strides, pads, lhs_dilation=self.input_dilation,
-                                     rhs_dilation=self.kernel_dilation, dimension_numbers=dn,
-                                     feature_group_count=self.feature_group_count,
-                                     precision=self.precision)
+        y = self.conv_general_dilated(xq, w, self.strides, pads,
+                                      lhs_dilation=self.input_dilation,
+                                      rhs_dilation=self.kernel_dilation, dimension_numbers=dn,
+                                      feature_group_count=self.feature_group_count,
+                                      precision=self.precision,
+                                      **_pet(self.preferred_element_type))
         if b is not None:
             y = y + b
         return jnp.reshape(y, batch_shape + y.shape[1:])
@@ -270,18 +279,18 @@ class QuantConv(_QuantizedOperands):
 class QuantEinsum(_QuantizedOperands):
     """``einsum(einsum_str, q_in(x), q_w(W)) + b`` with the layout of ``nnx.Einsum``."""
 
-    def __init__(self, einsum_str: str, kernel_shape: Sequence[int],
+    def __init__(self, einsum_str: str | None, kernel_shape: Sequence[int],
                  bias_shape: Sequence[int] | None = None, *,
                  input_quantizer: Any = None, kernel_quantizer: Any = None,
                  kernel_constraint: Any = None, dtype: Any = None,
                  param_dtype: Any = jnp.float32, precision: Any = None,
                  kernel_init=default_kernel_init, bias_init=default_bias_init,
-                 promote_dtype=dtypes.promote_dtype,
+                 promote_dtype=dtypes.promote_dtype, einsum_op=jnp.einsum,
+                 preferred_element_type: Any = None,
                  kernel: nnx.Param | None = None, bias: nnx.Param | None = None,
                  rngs: nnx.Rngs | None = None):
-        einsum_str = einsum_str.replace(" ", "")
-        check("->" in einsum_str and einsum_str.count(",") == 1,
-              f"einsum_str must be explicit ('...->...') with two operands, got {einsum_str!r}")
+        if einsum_str is not None:
+            einsum_str = _check_einsum(einsum_str)
         self.kernel_shape = tuple(kernel_shape)
         if kernel is None:
             check(rngs is not None, "QuantEinsum needs rngs (or an existing kernel=)")
@@ -296,27 +305,42 @@ class QuantEinsum(_QuantizedOperands):
         self.bias = bias if self.bias_shape is not None else nnx.data(None)
         self.einsum_str = einsum_str
         self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
-        self.promote_dtype = promote_dtype
+        self.promote_dtype, self.einsum_op = promote_dtype, einsum_op
+        self.preferred_element_type = preferred_element_type
         self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
 
-    def _bias_shape(self, ndim_out: int) -> list[int]:
-        lhs, out = self.einsum_str.split("->")
-        rhs = lhs.split(",")[1]
-        check("." not in rhs and "." not in out,
-              "QuantEinsum with a bias needs an einsum_str without ellipsis")
-        return [self.kernel_shape[rhs.index(c)] if c in rhs else 1 for c in out]
-
-    def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
+    def __call__(self, x: jax.Array, einsum_str: str | None = None, *,
+                 input_params: Mapping | None = None,
                  kernel_params: Mapping | None = None) -> jax.Array:
-        """Apply the layer; ``*_params`` override static quantizer parameters (schedules)."""
+        """Apply the layer (``einsum_str`` here or at construction, as nnx.Einsum)."""
+        check((einsum_str is None) != (self.einsum_str is None),
+              "give einsum_str either at construction or at call time (exactly one)")
+        spec = _check_einsum(einsum_str) if einsum_str is not None else self.einsum_str
         xq = self.quantize_input(x, **(input_params or {}))
         w = self.quantized_kernel(**(kernel_params or {}))
         b = self.bias[...] if self.bias is not None else None
         xq, w, b = self.promote_dtype((xq, w, b), dtype=self.dtype)
-        y = jnp.einsum(self.einsum_str, xq, w, precision=self.precision)
+        y = self.einsum_op(spec, xq, w, precision=self.precision,
+                           **_pet(self.preferred_element_type))
         if b is not None:
-            y = y + jnp.reshape(b, self._bias_shape(y.ndim))
+            # Bias axes = output axes that come from the kernel (as nnx.Einsum broadcasts it).
+            operands, out, _ = opt_einsum.parser.parse_einsum_input((spec, xq, w))
+            rhs = operands.split(",")[1]
+            y = y + jnp.reshape(b, [w.shape[rhs.index(c)] if c in rhs else 1 for c in out])
         return y
+
+
+def _check_einsum(einsum_str: str) -> str:
+    einsum_str = einsum_str.replace(" ", "")
+    check("->" in einsum_str and einsum_str.count(",") == 1,
+          f"einsum_str must be explicit ('...->...') with two operands, got {einsum_str!r}")
+    return einsum_str
+
+
+def _pet(preferred_element_type):
+    # Only pass the keyword when set: user-supplied dot/conv functions may not accept it.
+    return {} if preferred_element_type is None else {
+        "preferred_element_type": preferred_element_type}
 
 
 QUANT_LAYERS = (QuantLinear, QuantConv, QuantEinsum)
