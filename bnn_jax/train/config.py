@@ -1,0 +1,152 @@
+"""The training config: defaults for every field, ``parse_arg`` for configs, and validation.
+
+Every field is documented once, here. An experiment config (``configs/x.py``) returns a
+ConfigDict built with :func:`defaults` and changes what it needs; :func:`validate` rejects unknown
+fields, models, datasets, quantizers and optimizers before anything is built or compiled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+SCHEDULE_KINDS = ("constant", "linear", "cosine", "exp")
+LOSSES = ("softmax_xent",)
+KD_KINDS = ("logit", "distributional")
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """A config with every training field at its default value."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0                    # model init, data order and the step RNG
+    c.total_steps = 1000          # optimizer steps of the whole run
+    c.log_every = 100             # console + metrics.jsonl interval (steps)
+    c.eval_every = 0              # test-set evaluation interval (0: only at the end)
+    c.checkpoint_every = 500      # checkpoint interval (steps); a final one is always written
+    c.keep_checkpoints = 3        # orbax keeps the newest N
+    c.async_checkpoint = True     # write checkpoints in the background
+    c.tensorboard = True          # event files when TensorFlow + tensorboard are installed
+    c.data = dict(name="digits", batch_size=128, eval_batch_size=360)
+    c.model = dict(name="mlp")
+    c.loss = dict(name="softmax_xent", label_smoothing=0.0)
+    # Knowledge distillation: teacher = a model config + the workdir of its trained run.
+    c.kd = dict(enabled=False, teacher_model=ml_collections.ConfigDict(dict(name="mlp")),
+                teacher_workdir="", kind="distributional", weight=1.0, temperature=1.0)
+    c.optimizer = dict(name="adam", learning_rate=1e-3, schedule="constant")
+    c.constraints = []            # [(regex on param path, constraint spec)], after each update
+    # Method schedules fed to the quantizers every step: {"kernel": {"o": {kind, start, end}}}.
+    c.schedules = dict(input={}, kernel={})
+    c.init_from = ""              # workdir whose newest checkpoint initializes the params
+    c.mesh = dict(data=-1, fsdp=1, model=1)
+    c.partition_rules = [(".*", "replicate")]
+    c.distributed = dict(enabled=False, coordinator_address="", num_processes=1, process_id=0)
+    return c
+
+
+def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
+    """``"quick,width=32"`` -> ConfigDict over ``spec`` defaults (big_vision's convention).
+
+    A bare name sets a boolean field to True; values are converted to the default's type.
+    """
+    out = ml_collections.ConfigDict(spec)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in spec:
+            raise ValueError(f"unknown config argument {key!r}; valid arguments: {sorted(spec)}")
+        default = spec[key]
+        if not _:
+            if not isinstance(default, bool):
+                raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+            out[key] = True
+        elif isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif default is None:
+            out[key] = value
+        else:
+            out[key] = type(default)(value)
+    return out
+
+
+def _fields(d: Any) -> dict:
+    return d.to_dict() if hasattr(d, "to_dict") else dict(d)
+
+
+def _check_fields(where: str, got: Any, allowed: Any) -> None:
+    unknown = sorted(set(_fields(got)) - set(_fields(allowed)))
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} in {where}; valid fields: "
+                         f"{sorted(_fields(allowed))}")
+
+
+def _check_quantizers(where: str, spec: Any) -> None:
+    from bnn_jax import quant
+
+    if spec is None:
+        return
+    quant.get(spec)  # ValueError listing the valid names/parameters
+
+
+def schedule_value(spec: Any, progress: Any) -> Any:
+    """A method schedule at ``progress`` in [0, 1] (traced or not).
+
+    ``linear``: start -> end; ``cosine``: ReSTE's rise ``start + (end-start)(1 - cos(pi/2 p))``
+    (Wu et al., ICCV 2023, main.py); ``exp``: BiPer's ramp ``A e^p + B`` through start and end
+    (Vargas et al., CVPR 2024); ``constant``: start.
+    """
+    import jax.numpy as jnp
+
+    spec = _fields(spec)
+    kind, start = spec.get("kind", "linear"), spec["start"]
+    end = spec.get("end", start)
+    if kind == "constant":
+        return start + 0 * progress
+    if kind == "linear":
+        return start + (end - start) * progress
+    if kind == "cosine":
+        return start + (end - start) * (1 - jnp.cos(math.pi / 2 * progress))
+    a = (end - start) / (math.e - 1)
+    return a * jnp.exp(progress) + (start - a)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Every config error we can find without building anything, each listing valid choices."""
+    from bnn_jax import data, models
+    from bnn_jax.train import optimizers, sharding
+
+    base = defaults()
+    _check_fields("the config", config, base)
+    for section in ("loss", "mesh", "distributed", "kd", "schedules"):
+        if section in config:
+            _check_fields(f"config.{section}", config[section], base[section])
+    if not isinstance(config.total_steps, int) or config.total_steps < 1:
+        raise ValueError("config.total_steps must be a positive integer, got "
+                         f"{config.total_steps!r}")
+    data.validate(config.data)
+    models.validate(config.model)
+    for key, value in _fields(config.model).items():
+        if key.endswith("quantizer") or key.endswith("constraint"):
+            _check_quantizers(f"config.model.{key}", value)
+    optimizers.validate(config.optimizer)
+    sharding.validate_rules(config.partition_rules)
+    sharding.make_mesh  # axes are checked when the mesh is made (needs the device count)
+    for role, params in _fields(config.get("schedules", {})).items():
+        if role not in ("input", "kernel"):
+            raise ValueError(f"config.schedules has role {role!r}; "
+                             "valid roles: ['input', 'kernel']")
+        for pname, spec in _fields(params).items():
+            kind = _fields(spec).get("kind", "linear")
+            if kind not in SCHEDULE_KINDS:
+                raise ValueError(f"schedule kind {kind!r} for {role}.{pname}; valid kinds: "
+                                 f"{list(SCHEDULE_KINDS)}")
+            if "start" not in _fields(spec):
+                raise ValueError(f"schedule {role}.{pname} needs a 'start' value")
+    if config.kd.enabled:
+        models.validate(config.kd.teacher_model)
+        if not config.kd.teacher_workdir:
+            raise ValueError("config.kd.enabled needs config.kd.teacher_workdir (a trained run)")
+        if config.kd.kind not in KD_KINDS:
+            raise ValueError(f"unknown kd kind {config.kd.kind!r}; valid kinds: {list(KD_KINDS)}")
+    if config.loss.name not in LOSSES:
+        raise ValueError(f"unknown loss {config.loss.name!r}; valid losses: {list(LOSSES)}")

@@ -1,0 +1,277 @@
+"""The training loop, top to bottom: ``run(config, workdir)``.
+
+One flat function with section banners (big_vision's train.py is the model): config checks,
+processes and mesh, data, model, optimizer, sharded state, jitted steps, resume, loop, final
+evaluation and summary. The state is a dict of plain arrays (``params``, ``rest`` = BatchNorm
+statistics and other model state, ``opt_state``, ``step``, ``rng``); the NNX model is rebuilt
+inside the jitted step with ``nnx.merge``, so checkpoints and shardings see ordinary pytrees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bnn_jax import data as data_lib
+from bnn_jax import models
+from bnn_jax.train import checkpoint as ckpt_lib
+from bnn_jax.train import config as config_lib
+from bnn_jax.train import metrics as metrics_lib
+from bnn_jax.train import optimizers
+from bnn_jax.train import sharding as sharding_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss or gradient; the run stopped, checkpoints are intact."""
+
+
+def _split(model: nnx.Module):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params.to_pure_dict(), rest.to_pure_dict()
+
+
+def _top_k_correct(logits, labels, k):
+    k = min(k, logits.shape[-1])
+    top = jax.lax.top_k(logits, k)[1]
+    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def _initialize_distributed(config) -> None:
+    d = config.distributed
+    if not d.enabled or jax.process_count() > 1:
+        return
+    kwargs = {}
+    if d.coordinator_address:  # else jax finds them from the cluster (SLURM, TPU pods, ...)
+        kwargs = dict(coordinator_address=d.coordinator_address,
+                      num_processes=int(d.num_processes), process_id=int(d.process_id))
+    jax.distributed.initialize(**kwargs)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train (or resume) the run described by ``config`` in ``workdir``; returns final metrics."""
+    # ---------------------------------------------------------------- config and processes --
+    config = ml_collections.ConfigDict(config.to_dict())
+    config_lib.validate(config)  # every config error before anything is built or compiled
+    _initialize_distributed(config)
+    pid, nproc = jax.process_index(), jax.process_count()
+    os.makedirs(workdir, exist_ok=True)
+    say = print if pid == 0 else (lambda *a, **k: None)
+    if pid == 0:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    total = config.total_steps
+
+    # ------------------------------------------------------------------------------ mesh --
+    mesh = sharding_lib.make_mesh(config.mesh)
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.data.batch_size % batch_devices or config.data.eval_batch_size % batch_devices:
+        raise ValueError(f"data.batch_size={config.data.batch_size} and data.eval_batch_size="
+                         f"{config.data.eval_batch_size} must be divisible by the "
+                         f"{batch_devices} devices of the mesh's data x fsdp axes")
+    replicated = NamedSharding(mesh, P())
+
+    # ------------------------------------------------------------------------------ data --
+    ds = data_lib.build(config.data, seed=config.seed, process_index=pid, process_count=nproc)
+
+    # ----------------------------------------------------------------------------- model --
+    model = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
+                         rngs=nnx.Rngs(config.seed))
+    graph_train, params, rest = _split(model)
+    model.eval()
+    graph_eval = nnx.split(model, nnx.Param, ...)[0]
+    model.train()
+
+    # ------------------------------------------------------------------------- optimizer --
+    tx, lr_fn = optimizers.build(config.optimizer, params, total)
+    constrain = optimizers.build_constraints(config.constraints)
+
+    # ---------------------------------------------------------------------- sharded state --
+    def init_state():
+        return {"params": params, "rest": rest, "opt_state": tx.init(params),
+                "step": jnp.zeros((), jnp.int32),
+                "rng": jax.random.key_data(jax.random.key(config.seed))}
+
+    abstract = jax.eval_shape(init_state)
+    state_sh = sharding_lib.shardings(abstract, config.partition_rules, mesh)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, state_sh)
+
+    # --------------------------------------------------------------------------- teacher --
+    teacher = None
+    if config.kd.enabled:
+        from bnn_jax.train import losses
+
+        t_model = models.build(config.kd.teacher_model, num_classes=ds.num_classes,
+                               input_shape=ds.image_shape, rngs=nnx.Rngs(0))
+        t_model.eval()
+        t_graph = nnx.split(t_model, nnx.Param, ...)[0]
+        saved = ckpt_lib.restore_params(config.kd.teacher_workdir, None)
+        teacher = (t_graph, jax.device_put({"params": saved["params"], "rest": saved["rest"]},
+                                           replicated))
+        kd_fn = {"logit": lambda s, t: losses.logit_kd(s, t, temperature=config.kd.temperature),
+                 "distributional": losses.distributional_loss}[config.kd.kind]
+
+    # ----------------------------------------------------------------------------- steps --
+    schedules = {role: dict(specs) for role, specs in config.schedules.to_dict().items()}
+
+    def quant_params(step):
+        progress = step.astype(jnp.float32) / total
+        return {f"{role}_params": {k: config_lib.schedule_value(v, progress)
+                                   for k, v in specs.items()}
+                for role, specs in schedules.items() if specs}
+
+    def task_loss(logits, labels):
+        smooth = float(config.loss.label_smoothing)
+        onehot = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smooth) \
+            if smooth else jax.nn.one_hot(labels, logits.shape[-1])
+        return optax.softmax_cross_entropy(logits, onehot)
+
+    def train_step(state, batch):
+        def loss_fn(params):
+            m = nnx.merge(graph_train, params, state["rest"])
+            logits = m(batch["image"], **quant_params(state["step"]))
+            new_rest = nnx.split(m, nnx.Param, ...)[2].to_pure_dict()
+            loss = jnp.mean(task_loss(logits, batch["label"]))
+            if teacher is not None:
+                t = nnx.merge(teacher[0], teacher[1]["params"], teacher[1]["rest"])
+                t_logits = jax.lax.stop_gradient(t(batch["image"]))
+                # weight 1 is ReActNet's recipe: the distributional loss alone.
+                w = float(config.kd.weight)
+                loss = (1 - w) * loss + w * jnp.mean(kd_fn(logits, t_logits))
+            return loss, (logits, new_rest)
+
+        (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        # Kernel constraints act on the updated latent weights (larq/Keras order): the layers'
+        # own kernel_constraint, then config.constraints.
+        from bnn_jax.nn import apply_constraints
+
+        m = nnx.merge(graph_train, params, new_rest)
+        apply_constraints(m)
+        params = constrain(nnx.split(m, nnx.Param, ...)[1].to_pure_dict())
+        acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+        out = {"loss": loss, "accuracy": acc, "grad_norm": optax.global_norm(grads),
+               "learning_rate": lr_fn(state["step"])}
+        new_state = {"params": params, "rest": new_rest, "opt_state": opt_state,
+                     "step": state["step"] + 1, "rng": state["rng"]}
+        return new_state, out
+
+    def eval_step(state, batch):
+        m = nnx.merge(graph_eval, state["params"], state["rest"])
+        logits = m(batch["image"], **quant_params(state["step"]))
+        per_example = {"loss": task_loss(logits, batch["label"]),
+                       "top1": _top_k_correct(logits, batch["label"], 1),
+                       "top5": _top_k_correct(logits, batch["label"], 5)}
+        return metrics_lib.average(per_example, mask=batch["mask"])
+
+    batch_sh = sharding_lib.batch_sharding(mesh)
+    p_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
+                      out_shardings=(state_sh, replicated), donate_argnums=0)
+    p_eval = jax.jit(eval_step, in_shardings=(state_sh, batch_sh), out_shardings=replicated)
+
+    def evaluate(state) -> dict[str, float]:
+        acc = None
+        for local in ds.eval_batches():
+            acc = metrics_lib.merge(acc, p_eval(state, sharding_lib.global_batch(local, mesh)))
+        return metrics_lib.compute(acc)
+
+    # ---------------------------------------------------------------------------- resume --
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                 async_save=config.async_checkpoint)
+    restored = ckpt.restore_latest(abstract)
+    if restored is not None:
+        state, record = restored
+        start = int(record["data_position"])
+        say(f"Resuming from checkpoint at step {int(record['step'])} in {ckpt.directory}")
+    else:
+        state = jax.jit(init_state, out_shardings=state_sh)()
+        start = 0
+        if config.init_from:
+            saved = ckpt_lib.restore_params(config.init_from, None)
+            state["params"] = jax.device_put(saved["params"], state_sh["params"])
+            state["rest"] = jax.device_put(saved["rest"], state_sh["rest"])
+            say(f"Initialized parameters from {config.init_from}")
+
+    from bnn_jax.analysis import summary as summary_lib
+
+    model_summary = summary_lib.summarize(model)
+    say(summary_lib.format_table(model_summary))
+    say(f"Training {config.model.name} on {ds.name} for {total} steps "
+        f"(batch {config.data.batch_size}, mesh {dict(mesh.shape)}, {nproc} process(es))")
+
+    # ------------------------------------------------------------------------------ loop --
+    writers = metrics_lib.Writers(workdir, tensorboard=config.tensorboard)
+    progress = metrics_lib.Progress(total, config.data.batch_size, start)
+    batches = ds.train_batches(start)
+    pending: list[tuple[int, dict]] = []  # per-step metrics not yet fetched from the device
+    last_saved = ckpt.all_steps()[-1] if ckpt.all_steps() else None
+    train_metrics: dict[str, float] = {}
+    eval_metrics: dict[str, float] = {}
+
+    def drain() -> dict[str, float]:
+        """Fetch pending step metrics; stop at the first non-finite loss or gradient."""
+        fetched = jax.device_get([m for _, m in pending])
+        for (s, _), m in zip(pending, fetched):
+            if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+                ckpt.wait()
+                good = ckpt.all_steps()
+                raise NonFiniteLossError(
+                    f"non-finite loss {float(m['loss'])} (gradient norm {float(m['grad_norm'])}) "
+                    f"at step {s}; training stopped. The last good checkpoint is "
+                    f"{'step ' + str(good[-1]) if good else 'none'} in {ckpt.directory}")
+        pending.clear()
+        if not fetched:
+            return {}
+        avg = metrics_lib.compute(metrics_lib.average(
+            {k: np.stack([m[k] for m in fetched]) for k in ("loss", "accuracy", "grad_norm")}))
+        return {**avg, "learning_rate": float(fetched[-1]["learning_rate"])}
+
+    try:
+        for step in range(start + 1, total + 1):
+            state, m = p_train(state, sharding_lib.global_batch(next(batches), mesh))
+            pending.append((step, m))
+            if step % config.log_every == 0 or step == total:
+                train_metrics = {**drain(), **progress.tick(step)}
+                writers.write(step, "train", train_metrics)
+                say(metrics_lib.console_line(step, total, train_metrics), flush=True)
+            if config.eval_every and step % config.eval_every == 0 and step != total:
+                eval_metrics = evaluate(state)
+                writers.write(step, "test", eval_metrics)
+                say(f"step {step}/{total} | test loss {eval_metrics['loss']:.4f} | top-1 "
+                    f"{eval_metrics['top1']:.4f} | top-5 {eval_metrics['top5']:.4f}", flush=True)
+            if step % config.checkpoint_every == 0 or step == total:
+                drain()  # never checkpoint a state that followed a non-finite step
+                ckpt.save(step, state, {"data_position": step})
+                last_saved = step
+        # ----------------------------------------------------------------- final eval --
+        eval_metrics = evaluate(state)
+        writers.write(total, "test", eval_metrics)
+        say(f"final | test loss {eval_metrics['loss']:.4f} | top-1 {eval_metrics['top1']:.4f} "
+            f"| top-5 {eval_metrics['top5']:.4f} | {progress.elapsed():.1f}s", flush=True)
+    finally:
+        ckpt.close()
+        writers.close()
+
+    # ---------------------------------------------------------------------------- summary --
+    result = {"step": total, "test_loss": eval_metrics["loss"], "test_top1": eval_metrics["top1"],
+              "test_top5": eval_metrics["top5"], "train_loss": train_metrics.get("loss"),
+              "train_accuracy": train_metrics.get("accuracy"), "seconds": progress.elapsed(),
+              "last_checkpoint": last_saved}
+    if pid == 0:
+        with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
+            f.write(summary_lib.run_summary_markdown(config, result, model_summary))
+        with open(os.path.join(workdir, "result.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return result
+

@@ -1,0 +1,176 @@
+"""Optax optimizers from config: schedules, parameter groups (regex on paths), clipping, Bop.
+
+``config.optimizer`` holds the default settings; ``config.optimizer.groups`` is a list of
+``(regex, overrides)`` pairs: the first regex that matches a parameter path (``conv1/kernel``)
+gives its settings (``weight_decay=0.0`` for scales and BatchNorm, ``name="bop"`` for the binary
+kernels Bop trains without latent weights, a different learning rate, ...). Parameters matched
+by no group use the defaults. ``config.constraints`` (``weight_clip`` and other registry
+constraints) are applied to the parameters after every update, as larq's kernel constraints.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bnn_jax.train.sharding import path_str
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "lamb", "bop")
+SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "cosine", "linear", "step",
+             "exponential")
+SETTINGS = ("name", "learning_rate", "schedule", "warmup_steps", "end_factor", "boundaries",
+            "decay_factor", "decay_rate", "weight_decay", "momentum", "nesterov", "b1", "b2", "eps",
+            "threshold", "gamma")
+TOP_FIELDS = (*SETTINGS, "grad_clip_norm", "groups")
+
+
+def schedule(cfg: dict, total_steps: int) -> Callable[[Any], Any]:
+    """The learning-rate schedule ``step -> lr`` of one settings dict.
+
+    ``warmup_*`` ramp linearly from 0 over ``warmup_steps`` (Goyal et al., 2017) and then decay
+    (cosine, Loshchilov & Hutter 2017; or linear, the ReActNet recipe) to ``end_factor * lr``;
+    ``step`` multiplies by ``decay_factor`` at each of ``boundaries`` (a fraction < 1 of the run
+    or a step number); ``exponential`` multiplies by ``decay_rate`` per epoch-free step.
+    """
+    lr = float(cfg.get("learning_rate", 1e-3))
+    kind = cfg.get("schedule", "constant")
+    warmup = int(cfg.get("warmup_steps", 0) or 0)
+    end = lr * float(cfg.get("end_factor", 0.0) or 0.0)
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; valid schedules: {list(SCHEDULES)}")
+    if kind == "constant":
+        return optax.constant_schedule(lr)
+    if kind in ("warmup_cosine", "cosine"):
+        w = warmup if kind == "warmup_cosine" else 0
+        return optax.warmup_cosine_decay_schedule(0.0 if w else lr, lr, w,
+                                                  max(total_steps, w + 1), end)
+    if kind in ("warmup_linear", "linear"):
+        w = warmup if kind == "warmup_linear" else 0
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, max(w, 1)),
+             optax.linear_schedule(lr, end, max(total_steps - w, 1))], [w])
+    if kind == "step":
+        bounds = [int(b * total_steps) if b < 1 else int(b) for b in cfg.get("boundaries", ())]
+        factor = float(cfg.get("decay_factor", 0.1))
+        return optax.piecewise_constant_schedule(lr, {b: factor for b in bounds})
+    return optax.exponential_decay(lr, 1, float(cfg.get("decay_rate", 0.99)))
+
+
+def _default_decay_mask(params):
+    # No weight decay on vectors: biases, BatchNorm scales/offsets, learned quantizer scales.
+    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def _single(cfg: dict, total_steps: int) -> optax.GradientTransformation:
+    name = cfg.get("name", "adam")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {list(OPTIMIZERS)}")
+    if name == "bop":
+        # Bop (Helwegen et al., 2019) flips signs and keeps no latent weights.
+        from bnn_jax.train.bop import bop
+
+        return bop(threshold=float(cfg.get("threshold", 1e-8)), gamma=float(cfg.get("gamma", 1e-4)))
+    lr = schedule(cfg, total_steps)
+    wd = float(cfg.get("weight_decay", 0.0) or 0.0)
+    b1, b2 = float(cfg.get("b1", 0.9)), float(cfg.get("b2", 0.999))
+    eps = float(cfg.get("eps", 1e-8))
+    if name == "sgd":
+        tx = optax.sgd(lr)
+    elif name == "momentum":
+        tx = optax.sgd(lr, momentum=float(cfg.get("momentum", 0.9)),
+                       nesterov=bool(cfg.get("nesterov", False)))
+    elif name == "adam":
+        tx = optax.adam(lr, b1=b1, b2=b2, eps=eps)
+    elif name == "lamb":
+        return optax.lamb(lr, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=_default_decay_mask)
+    else:  # adamw: decoupled decay (Loshchilov & Hutter, 2019)
+        return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=_default_decay_mask)
+    if wd:  # L2-style decay added to the update for sgd/momentum/adam
+        tx = optax.chain(optax.add_decayed_weights(wd, _default_decay_mask), tx)
+    return tx
+
+
+def group_labels(params: Any, groups: Any) -> Any:
+    """Each parameter's group: ``"g<i>"`` for the first matching regex, else ``"default"``."""
+    compiled = [re.compile(g[0]) for g in groups]
+
+    def label(path, _):
+        name = path_str(path)
+        for i, pattern in enumerate(compiled):
+            if pattern.search(name):
+                return f"g{i}"
+        return "default"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def validate(cfg: Any) -> None:
+    """Reject unknown optimizer/schedule names and fields before anything is compiled."""
+    cfg = dict(cfg)
+    unknown = sorted(set(cfg) - set(TOP_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} in config.optimizer; valid fields: "
+                         f"{sorted(TOP_FIELDS)}")
+    settings = [cfg]
+    for g in cfg.get("groups") or ():
+        if len(g) != 2 or not isinstance(g[0], str):
+            raise ValueError(f"an optimizer group is (regex, overrides), got {g!r}")
+        bad = sorted(set(dict(g[1])) - set(SETTINGS))
+        if bad:
+            raise ValueError(f"unknown setting(s) {bad} in optimizer group {g[0]!r}; valid "
+                             f"settings: {sorted(SETTINGS)}")
+        settings.append({**cfg, **dict(g[1])})
+    for s in settings:
+        if s.get("name", "adam") not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {s.get('name')!r}; valid optimizers: "
+                             f"{list(OPTIMIZERS)}")
+        if s.get("schedule", "constant") not in SCHEDULES:
+            raise ValueError(f"unknown schedule {s.get('schedule')!r}; valid schedules: "
+                             f"{list(SCHEDULES)}")
+
+
+def build(cfg: Any, params: Any, total_steps: int):
+    """``(tx, lr_fn)``: the optax transformation for ``params`` and the default group's schedule."""
+    validate(cfg)
+    cfg = dict(cfg)
+    groups = [(g[0], dict(g[1])) for g in (cfg.pop("groups", None) or ())]
+    clip = cfg.pop("grad_clip_norm", None)
+    transforms = {"default": _single(cfg, total_steps)}
+    for i, (_, overrides) in enumerate(groups):
+        transforms[f"g{i}"] = _single({**cfg, **overrides}, total_steps)
+    tx = (optax.multi_transform(transforms, group_labels(params, groups)) if groups
+          else transforms["default"])
+    if clip:
+        tx = optax.chain(optax.clip_by_global_norm(float(clip)), tx)
+    return tx, schedule(cfg, total_steps)
+
+
+def build_constraints(rules: Any) -> Callable[[Any], Any]:
+    """``params -> params`` applying registry constraints (e.g. ``weight_clip``) by regex."""
+    from bnn_jax import quant
+
+    compiled = []
+    for rule in rules or ():
+        if len(rule) != 2:
+            raise ValueError(f"a constraint rule is (regex, quantizer spec), got {rule!r}")
+        q = quant.get(rule[1])
+        if q.kind != "constraint":
+            raise ValueError(f"{q.name!r} is a {q.kind}, not a constraint; valid constraints: "
+                             f"{quant.names('constraint')}")
+        compiled.append((re.compile(rule[0]), q))
+
+    def apply(params):
+        def one(path, p):
+            name = path_str(path)
+            for pattern, q in compiled:
+                if pattern.search(name):
+                    return q(p)
+            return p
+
+        return jax.tree_util.tree_map_with_path(one, params) if compiled else params
+
+    return apply
