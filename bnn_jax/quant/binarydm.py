@@ -1,0 +1,105 @@
+"""BinaryDM (Zheng, Qin et al., 2024): Learnable Multi-basis Binarizer and progressive binarization.
+
+Follows Xingyu-Zheng/BinaryDM ``ours_util.py`` (``BNNConv2d``/``BNNLinear``) and
+``ddpm_ours.py`` (commit 2cc5b24):
+
+* order 2: ``W_b = σ_I·sign(W) + σ_II·sign(W − σ_I·sign(W))`` with learned per-output-channel
+  σ's; first call ``σ_I = mean|W|``, ``σ_II = mean|W − σ_I·sign(W)|`` per channel. The residual
+  is differentiated through, so W gets gradient from both bases and σ_I also from the residual.
+* order 1: ``σ_I·sign(W)``. ⚠ In the reference the order-1 layers never set their
+  ``init_scale`` flag, so σ_I is overwritten with ``mean|W|`` on EVERY forward: in effect a
+  stop-gradient per-channel mean|W| (XNOR scaling). ``dynamic_scale=True`` (default) reproduces
+  that; ``dynamic_scale=False`` is the paper's learned σ_I.
+* sign: ``torch.sign`` (0 at 0) with gradient ``1[|x| <= 1]`` (zeroed only for |x| > 1).
+
+The Low-rank Representation Mimicking loss is in ``bnn_jax.train.losses``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from bnn_jax.quant.core import estimator, mean, sign0
+from bnn_jax.quant.registry import check, check_choice, check_int_range, register
+from bnn_jax.quant.tbt import per_channel_axes
+
+_sign = estimator(sign0, lambda x: (jnp.abs(x) <= 1).astype(x.dtype))
+
+
+def lmb_init(x, order: int = 2, channel_axis: int = -1) -> dict:
+    """First-call σ's: σ_I = mean|W| per channel, σ_II = mean|W − σ_I·sign(W)| per channel."""
+    axes = per_channel_axes(x.ndim, channel_axis)
+    w = jax.lax.stop_gradient(x)
+    sigma1 = mean(jnp.abs(w), axis=axes, keepdims=True)
+    if order == 1:
+        return {"sigma1": sigma1}
+    sigma2 = mean(jnp.abs(w - sign0(w) * sigma1), axis=axes, keepdims=True)
+    return {"sigma1": sigma1, "sigma2": sigma2}
+
+
+def _check_axis(channel_axis=-1, **kw):
+    check(isinstance(channel_axis, int), f"channel_axis must be an int, got {channel_axis!r}")
+    if "dynamic_scale" in kw:
+        check_choice("dynamic_scale", kw["dynamic_scale"], (True, False))
+
+
+_PAPER = "BinaryDM: Towards Accurate Binarization of Diffusion Models (Zheng, Qin et al., 2024)"
+_RESULT = ("LSUN-Bedrooms 256 LDM-4 (DDIM 100): W1.1/A4 ; W1.1/A8 ; W1.1/A32 FID 7.11 ; 6.60 ; "
+           "6.42 (FP 3.09) [README image]")
+
+
+@register("binarydm_lmb1", validate=_check_axis,
+          init=lambda x, channel_axis=-1, dynamic_scale=True: lmb_init(x, 1, channel_axis),
+          paper=_PAPER,
+          formula="σ_I·sign(W); σ_I = sg(mean_ch|W|) recomputed each call (code) or learned "
+                  "(dynamic_scale=False); g·1[|W| ≤ 1]",
+          result=_RESULT)
+def binarydm_lmb1(x, *, sigma1, channel_axis=-1, dynamic_scale=True):
+    """Order-1 LMB (BinaryDM's inner U-Net groups): one basis ``σ_I·sign(W)``.
+
+    With ``dynamic_scale=True`` (the reference's behaviour) ``sigma1`` is ignored and replaced
+    by the stop-gradient per-channel mean|W|; it then receives zero gradient.
+    """
+    if dynamic_scale:
+        axes = per_channel_axes(x.ndim, channel_axis)
+        sigma1 = jax.lax.stop_gradient(mean(jnp.abs(x), axis=axes, keepdims=True))
+    return _sign(x) * sigma1
+
+
+@register("binarydm_lmb", aliases=("binarydm_lmb2",), validate=_check_axis, bits=2,
+          init=lambda x, channel_axis=-1: lmb_init(x, 2, channel_axis),
+          paper=_PAPER,
+          formula="σ_I·sign(W) + σ_II·sign(W − σ_I·sign(W)), learned per-channel σ's "
+                  "(σ_I₀ = mean|W|, σ_II₀ = mean|W − σ_I₀ sign W|); g·1[|·| ≤ 1] per basis",
+          result=_RESULT)
+def binarydm_lmb(x, *, sigma1, sigma2, channel_axis=-1):
+    """Order-2 Learnable Multi-basis Binarizer (BinaryDM's outer, high-resolution groups).
+
+    ``sigma1``/``sigma2`` have the per-channel keepdims shape given by ``init`` (for a Flax
+    HWIO conv kernel, channels are the last axis).
+    """
+    del channel_axis  # only used by init; the sigma shapes carry the broadcasting
+    first = _sign(x) * sigma1
+    return first + _sign(x - first) * sigma2
+
+
+def progressive_binarization(step, *, num_groups: int = 5, steps_per_group: int = 1,
+                             act_quant_delay: int | None = None):
+    """BinaryDM's progressive schedule as a pure function of the (traced) step.
+
+    Returns ``(binary, act_quant)``: ``binary[g]`` is True once U-Net group ``g`` is binarized,
+    ``act_quant`` once activation quantization is on. The reference starts full precision and
+    switches one group per training iteration from the middle outward (group 4 at step 0, ...,
+    group 0 at step 4), then turns on activation quantization at step 5 (the 6th iteration).
+    ``steps_per_group`` stretches that (the paper may use a longer phase, which is not public);
+    ``act_quant_delay`` defaults to ``num_groups * steps_per_group``.
+    """
+    check_int_range("num_groups", num_groups, 1, 1 << 20)
+    check_int_range("steps_per_group", steps_per_group, 1, 1 << 30)
+    if act_quant_delay is None:
+        act_quant_delay = num_groups * steps_per_group
+    step = jnp.asarray(step)
+    order = num_groups - 1 - jnp.arange(num_groups)  # innermost group goes first
+    binary = step >= order * steps_per_group
+    return binary, step >= act_quant_delay

@@ -1,0 +1,241 @@
+"""TBT, Binary and Ternary NLG (Liu et al., ACL 2023): statistics weights, elastic activations.
+
+Follows facebookresearch/Ternary_Binary_Transformer ``quant/utils_quant.py`` (commit 715407e):
+
+* Weights (linear layers AND the token-embedding table, ``QuantizeEmbedding``): one scale per
+  output row, no learned parameters, identity straight-through gradient. Binary:
+  ``a = sg(mean|W|)``, ``a·sign(W)``; ternary: ``a = sg(4/3·mean|W|)``, ``a·round(clip(W/a,-1,1))``.
+  No mean centring (unlike BiBERT/BiT).
+* Activations of 1-2 bits: the *elastic* binarizer, an LSQ variant with a learned scalar scale
+  ``alpha`` whose first-call value is ``2·mean|x|/sqrt(Q')`` (signed) or ``4·mean|x|/sqrt(Q')``
+  (unsigned); unsigned 2-bit subtracts the dynamic ``min(x)`` (not learned, no gradient).
+* 8-bit activations: min-max symmetric/asymmetric quantization after clipping to ±2.5.
+
+Conventions of the reference kept here: ``sign(0) = 0`` (``torch.sign``), round half to even,
+alpha floored at 1e-5 (the floor blocks alpha's gradient), LSQ gradient scale
+``1/sqrt(numel·Q_P)``. The forward is the exact quantized value (the reference's detach trick
+``sg(q − W) + W`` can differ from q by one rounding of the subtraction).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from bnn_jax.quant.core import estimator, exact_div, mean, sign0, straight_through
+from bnn_jax.quant.registry import check, check_choice, check_int_range, check_positive, register
+
+ELASTIC_EPS = 1e-5
+
+
+def per_channel_axes(ndim: int, channel_axis: int | None) -> tuple[int, ...]:
+    """Axes to reduce for one statistic per ``channel_axis`` entry (all axes when None)."""
+    if channel_axis is None:
+        return tuple(range(ndim))
+    check(-ndim <= channel_axis < ndim,
+          f"channel_axis {channel_axis} is out of range for a {ndim}-D array")
+    keep = channel_axis % ndim
+    return tuple(a for a in range(ndim) if a != keep)
+
+
+# --------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------
+
+_identity = estimator(lambda w, q: q, lambda w, q: jnp.ones_like(w))
+
+
+def _check_weight(bits=1, channel_axis=-1):
+    check_choice("bits", bits, (1, 2))
+    check(channel_axis is None or isinstance(channel_axis, int),
+          f"channel_axis must be an int or None, got {channel_axis!r}")
+
+
+@register("tbt_weight", validate=_check_weight, bits=lambda bits=1, channel_axis=-1:
+          1 if bits == 1 else 1.58,
+          paper="TBT: Binary and Ternary Natural Language Generation (Liu et al., ACL 2023)",
+          formula="bits=1: a·sign(W), a = sg(mean_row|W|); bits=2: a·round(clip(W/a,−1,1)), "
+                  "a = sg(4/3·mean_row|W|); identity STE; also the embedding table",
+          result="XSUM BART-base W1-E1-A1 R1/R2/RL 31.68/11.19/25.29; W2-E2-A2 "
+                 "36.21/14.38/29.07 [README]")
+def tbt_weight(x, *, bits=1, channel_axis=-1):
+    """TBT statistics-based binary (bits=1) or ternary (bits=2) weight, one scale per row.
+
+    ``channel_axis`` holds the rows of the paper (output channels): -1 for a Flax ``Dense``
+    kernel ``[in, out]``; 0 for an embedding table ``[vocab, features]`` (one scale per token,
+    as the reference's ``QuantizeEmbedding``); None for one scale per tensor.
+    """
+    axes = per_channel_axes(x.ndim, channel_axis)
+    w = jax.lax.stop_gradient(x)
+    if bits == 1:
+        alpha = mean(jnp.abs(w), axis=axes, keepdims=True)
+        q = alpha * sign0(w / alpha)
+    else:
+        alpha = (4 / 3) * mean(jnp.abs(w), axis=axes, keepdims=True)
+        q = alpha * jnp.round(jnp.clip(w / alpha, -1.0, 1.0))
+    return _identity(x, q)
+
+
+# --------------------------------------------------------------------------------------------
+# Elastic activation quantizer (learned scale), shared with BiPFT
+# --------------------------------------------------------------------------------------------
+
+def elastic_levels(bits: int, signed: bool, unsigned_two_bit_levels: int = 2) -> tuple[int, int]:
+    """(Q_N, Q_P) of the elastic quantizer; TBT's signed 1-2 bit range is {-1, 0, 1}."""
+    if signed:
+        if bits in (1, 2):
+            return -1, 1
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if bits == 2:
+        return 0, unsigned_two_bit_levels
+    return 0, 2 ** bits - 1
+
+
+def elastic_init(x, *, bits: int, signed: bool):
+    """First-call alpha: 2·mean|x|/sqrt(Q') signed, 4·mean|x|/sqrt(Q') unsigned (reference's
+    ``AlphaInit``; Q' = 2^(b−1)−1 (0 → 1) signed, 2^b − 1 unsigned, independent of Q_P)."""
+    qp = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
+    qp = qp or 1
+    factor = 2.0 if signed else 4.0
+    return exact_div(factor * mean(jnp.abs(x)), math.sqrt(qp))
+
+
+@functools.lru_cache(maxsize=None)
+def _elastic(bits: int, signed: bool, qp2: int):
+    qn, qp = elastic_levels(bits, signed, qp2)
+    dynamic_min = (not signed) and bits >= 2
+
+    def floor(alpha):
+        return jnp.where(alpha > ELASTIC_EPS, alpha, ELASTIC_EPS).astype(jnp.result_type(alpha))
+
+    def shifted(x):
+        # Unsigned >= 2 bits quantizes x − min(x); min is a Python number (.item()) in the
+        # reference, so it carries no gradient.
+        m = jax.lax.stop_gradient(jnp.min(x)) if dynamic_min else 0.0
+        return x - m, m
+
+    def forward(x, alpha):
+        a = floor(alpha)
+        if signed and bits == 1:
+            return sign0(x) * a
+        xin, m = shifted(x)
+        q = jnp.clip(jnp.round(xin / a), qn, qp) * a
+        return q + m if dynamic_min else q
+
+    pass_x = estimator(lambda x, xin, a: x,
+                       lambda x, xin, a: ((xin / a >= qn) & (xin / a <= qp)).astype(x.dtype))
+
+    def surrogate(x, alpha):
+        a = floor(alpha)
+        xin, _ = shifted(x)
+        v = jax.lax.stop_gradient(xin / a)
+        if signed and bits == 1:
+            coef = sign0(jax.lax.stop_gradient(x))
+        else:
+            coef = jnp.where(v < qn, qn, jnp.where(v > qp, qp, jnp.round(v) - v))
+        grad_scale = 1.0 / math.sqrt(x.size * qp)
+        # d/dx: 1[Q_N <= x/alpha <= Q_P]; d/dalpha: sum(g · coef) · grad_scale (LSQ rule).
+        return pass_x(x, jax.lax.stop_gradient(xin), jax.lax.stop_gradient(a)) + a * (
+            jax.lax.stop_gradient(coef * grad_scale).astype(x.dtype))
+
+    return straight_through(forward, surrogate)
+
+
+def elastic_quantize(x, alpha, *, bits: int = 1, signed: bool = True,
+                     unsigned_two_bit_levels: int = 2):
+    """The elastic (LSQ-style) quantizer of TBT/BiT/BiPFT with learned scalar ``alpha``.
+
+    ``unsigned_two_bit_levels``: Q_P of unsigned 2-bit; TBT uses 2 (levels {0, 1, 2}), BiT and
+    BiPFT use 3.
+    """
+    return _elastic(bits, signed, unsigned_two_bit_levels)(x, alpha)
+
+
+def _check_act(bits=1, signed=True):
+    check_choice("bits", bits, (1, 2))
+    check_choice("signed", signed, (True, False))
+
+
+def _act_init(x, bits=1, signed=True):
+    return {"alpha": elastic_init(x, bits=bits, signed=signed)}
+
+
+@register("tbt_act", validate=_check_act, init=_act_init,
+          bits=lambda bits=1, signed=True: 1 if bits == 1 else 1.58,
+          paper="TBT: Binary and Ternary Natural Language Generation (Liu et al., ACL 2023)",
+          formula="elastic: signed A1 α·sign(x), A2 α·clip(round(x/α),−1,1); unsigned A1 "
+                  "α·clip(round(x/α),0,1), A2 α·clip(round((x−min x)/α),0,2)+min x; "
+                  "g·1[Q_N ≤ x/α ≤ Q_P], dα LSQ with scale 1/sqrt(N·Q_P); "
+                  "α₀ = 2·mean|x| (signed) or 4·mean|x|/sqrt(2^b−1) (unsigned)",
+          result="XSUM BART-base W1-E1-A1 R1/R2/RL 31.68/11.19/25.29; W2-E2-A2 "
+                 "36.21/14.38/29.07 [README]")
+def tbt_act(x, *, alpha, bits=1, signed=True):
+    """TBT elastic activation quantizer (1 or 2 bits, signed or unsigned), learned ``alpha``.
+
+    Signed for the inputs of q/k/v/out/fc1 and for Q, K, V; unsigned for the fc2 input and
+    the attention probabilities. ``init(x)`` gives the reference's first-call alpha. The paper
+    is sometimes read as having a learnable shift: the reference has none (only the dynamic
+    min of unsigned 2-bit), and neither has this function.
+    """
+    return elastic_quantize(x, alpha, bits=bits, signed=signed, unsigned_two_bit_levels=2)
+
+
+# --------------------------------------------------------------------------------------------
+# Min-max 8-bit activations (clip 2.5)
+# --------------------------------------------------------------------------------------------
+
+def _minmax_axes(x, layerwise):
+    if layerwise:
+        return tuple(range(x.ndim))
+    # Reference: last axis for <= 3-D inputs; per (batch, head) over the last two axes for 4-D.
+    return (x.ndim - 2, x.ndim - 1) if x.ndim == 4 else (x.ndim - 1,)
+
+
+@functools.lru_cache(maxsize=None)
+def _minmax(bits: int, symmetric: bool, clip_value: float, layerwise: bool):
+    def forward(x):
+        c = jnp.asarray(clip_value, x.dtype)
+        xc = jnp.where(x < c, x, c)
+        xc = jnp.where(xc > -c, xc, -c)
+        axes = _minmax_axes(x, layerwise)
+        if symmetric:
+            s = (2 ** (bits - 1) - 1) / jnp.max(jnp.abs(xc), axis=axes, keepdims=True)
+            return jnp.round(xc * s) / s
+        hi = jnp.max(xc, axis=axes, keepdims=True)
+        lo = jnp.min(xc, axis=axes, keepdims=True)
+        span = (hi - lo) + 1e-8
+        levels = 2 ** bits - 1
+        q = exact_div(jnp.round(((xc - lo) / span) * levels), float(levels))
+        return q * span + lo
+
+    def derivative(x):
+        # The reference zeroes the gradient AT the clip value too (ge/le), unlike larq.
+        return ((x > -clip_value) & (x < clip_value)).astype(x.dtype)
+
+    return estimator(forward, derivative)
+
+
+def _check_act8(bits=8, symmetric=True, clip_value=2.5, layerwise=True):
+    check_int_range("bits", bits, 2, 16)
+    check_choice("symmetric", symmetric, (True, False))
+    check_positive("clip_value", clip_value)
+    check_choice("layerwise", layerwise, (True, False))
+
+
+@register("tbt_act8", validate=_check_act8,
+          bits=lambda bits=8, symmetric=True, clip_value=2.5, layerwise=True: bits,
+          paper="TBT: Binary and Ternary Natural Language Generation (Liu et al., ACL 2023)",
+          formula="c = clip(x, ±2.5); symmetric round(c·s)/s, s = 127/max|c|; asymmetric "
+                  "round((c−min)/(max−min)·255)/255·(max−min)+min; g·1[|x| < 2.5]",
+          result="XSUM BART-base W1-E1-A8 R1/R2/RL 40.96/18.37/33.30; W2-E2-A8 "
+                 "42.40/19.54/34.51 [README]")
+def tbt_act8(x, *, bits=8, symmetric=True, clip_value=2.5, layerwise=True):
+    """TBT's min-max (not learned) 8-bit activation quantizer with clipping at ±clip_value.
+
+    ``layerwise=True`` (what TBT's linear layers pass) uses one range per tensor; False uses
+    one per row of the last axis (per (batch, head) for 4-D attention tensors).
+    """
+    return _minmax(bits, symmetric, float(clip_value), layerwise)(x)
