@@ -1,0 +1,177 @@
+"""quantize(model, rules) on NNX models written here: replacements, shared parameters, reports."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from bnn_jax.nn import QuantConv, QuantEinsum, QuantLinear, Rule, quantize
+
+
+def _sign(a):
+    return np.where(np.asarray(a) >= 0, 1.0, -1.0).astype(np.float32)
+
+
+class MLP(nnx.Module):
+    def __init__(self, rngs):
+        self.stem = nnx.Linear(6, 8, rngs=rngs)
+        self.blocks = nnx.List([nnx.Linear(8, 8, rngs=rngs), nnx.Linear(8, 8, rngs=rngs)])
+        self.proj = nnx.Einsum("bd,dk->bk", (8, 5), (5,), rngs=rngs)
+        self.head = nnx.Linear(5, 3, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.stem(x))
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.proj(x))
+
+
+class CNN(nnx.Module):
+    def __init__(self, rngs):
+        self.body = nnx.Sequential(nnx.Conv(3, 4, (3, 3), rngs=rngs), nnx.relu,
+                                   nnx.Conv(4, 4, (3, 3), strides=2, padding="VALID",
+                                            use_bias=False, rngs=rngs))
+        self.fc = nnx.Linear(16, 2, rngs=rngs)
+
+    def __call__(self, x):
+        y = self.body(x)
+        return self.fc(y.reshape(y.shape[0], -1))
+
+
+X = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+IMG = np.random.default_rng(1).standard_normal((2, 5, 5, 3)).astype(np.float32)
+
+
+def test_mlp_replacements_share_params_and_compute_by_hand():
+    m = MLP(nnx.Rngs(0))
+    before = {"stem": m.stem, "head": m.head, "k0": m.blocks[0].kernel, "b1": m.blocks[1].bias,
+              "pk": m.proj.kernel}
+    values = {k: np.asarray(v[...]) for k, v in before.items() if k in ("k0", "b1", "pk")}
+    report = quantize(m, [Rule("stem", None, None),  # keep the first layer full precision
+                          Rule(r"blocks/\d+", "ste_sign", "ste_sign"),
+                          ("proj", dict(name="ste_sign", clip_value=2.0), "approx_sign")])
+    assert [r.path for r in report.replaced] == ["blocks/0", "blocks/1", "proj"]
+    assert [(r.old, r.new, r.rule) for r in report.replaced] == [
+        ("Linear", "QuantLinear", 1), ("Linear", "QuantLinear", 1), ("Einsum", "QuantEinsum", 2)]
+    assert report.kept == ["stem"] and report.unmatched == ["head"] and not report.unused_rules
+    assert "blocks/0: Linear -> QuantLinear" in str(report)
+    # Same objects, same values; unmatched and exempted layers untouched.
+    assert m.stem is before["stem"] and m.head is before["head"]
+    assert type(m.stem) is nnx.Linear and type(m.head) is nnx.Linear
+    assert m.blocks[0].kernel is before["k0"] and m.blocks[1].bias is before["b1"]
+    assert m.proj.kernel is before["pk"]
+    np.testing.assert_array_equal(m.blocks[0].kernel[...], values["k0"])
+    assert isinstance(m.blocks[0], QuantLinear) and isinstance(m.proj, QuantEinsum)
+    # Each replaced layer equals the quantizer applied by hand.
+    h = np.asarray(nnx.relu(m.stem(jnp.asarray(X))))
+    w0, b0 = np.asarray(m.blocks[0].kernel[...]), np.asarray(m.blocks[0].bias[...])
+    y0 = _sign(h) @ _sign(w0) + b0
+    np.testing.assert_allclose(m.blocks[0](jnp.asarray(h)), y0, rtol=1e-6, atol=1e-6)
+    w1, b1 = np.asarray(m.blocks[1].kernel[...]), np.asarray(m.blocks[1].bias[...])
+    y1 = _sign(y0) @ _sign(w1) + b1
+    pk, pb = values["pk"], np.asarray(m.proj.bias[...])
+    y2 = _sign(y1) @ _sign(pk) + pb
+    want = y2 @ np.asarray(m.head.kernel[...]) + np.asarray(m.head.bias[...])
+    np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(m, jnp.asarray(X)), want,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_gradients_use_the_estimators():
+    m = MLP(nnx.Rngs(0))
+    quantize(m, [(r"blocks/0", "ste_sign", "ste_sign")])
+    h = jnp.asarray(np.random.default_rng(5).standard_normal((4, 8)).astype(np.float32))
+    layer = m.blocks[0]
+    dy = np.random.default_rng(3).standard_normal((4, 8)).astype(np.float32)
+    g_layer, g_x = nnx.jit(nnx.grad(lambda q, x: jnp.sum(q(x) * dy), argnums=(0, 1)))(layer, h)
+    w = np.asarray(layer.kernel[...])
+    hx = np.asarray(h)
+    # ste_sign: gradient passes where |.| <= 1.
+    np.testing.assert_allclose(g_x, (dy @ _sign(w).T) * (np.abs(hx) <= 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g_layer.kernel[...], (_sign(hx).T @ dy) * (np.abs(w) <= 1),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_cnn_in_sequential_with_pad_values():
+    m = CNN(nnx.Rngs(0))
+    k0 = m.body.layers[0].kernel
+    report = quantize(m, [dict(pattern=r"body/layers/\d", weight="ste_sign", input="ste_sign",
+                               constraint="weight_clip", params=dict(pad_values=1.0))])
+    assert [r.path for r in report.replaced] == ["body/layers/0", "body/layers/2"]
+    assert report.unmatched == ["fc"]
+    c0, c2 = m.body.layers[0], m.body.layers[2]
+    assert isinstance(c0, QuantConv) and c0.kernel is k0 and c0.pad_values == 1.0
+    assert c2.strides == (2, 2) and c2.padding == "VALID" and c2.bias is None
+    assert c0.kernel_constraint.name == "weight_clip"
+    # By hand: +1-padded sign(x) convolved with sign(W) (SAME, 3x3), for the first conv.
+    w = _sign(c0.kernel[...])
+    xp = np.pad(_sign(IMG), [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=1.0)
+    want = np.zeros((2, 5, 5, 4))
+    for i in range(5):
+        for j in range(5):
+            want[:, i, j] = np.einsum("nhwc,hwco->no", xp[:, i:i + 3, j:j + 3], w)
+    np.testing.assert_array_equal(c0(jnp.asarray(IMG)), want + np.asarray(c0.bias[...]))
+
+
+def test_optimizer_built_before_quantize_updates_the_shared_kernel():
+    m = CNN(nnx.Rngs(0))
+    opt = nnx.Optimizer(m, optax.sgd(0.5), wrt=nnx.Param)
+    quantize(m, [(r"body/layers/0", "ste_sign", "ste_sign")])
+    k_before = np.asarray(m.body.layers[0].kernel[...])
+    grads = nnx.grad(lambda m: jnp.sum(m(jnp.asarray(IMG))))(m)
+    g = np.asarray(grads.body.layers[0].kernel[...])
+    assert np.any(g != 0)
+    opt.update(m, grads)
+    np.testing.assert_allclose(m.body.layers[0].kernel[...], k_before - 0.5 * g, rtol=1e-6,
+                               atol=1e-7)
+
+
+def test_non_matching_rule_is_reported_and_strict_raises():
+    m = MLP(nnx.Rngs(0))
+    with pytest.warns(UserWarning, match=r"matched no layer.*rule 1 'blokcs/\.\*'"):
+        report = quantize(m, [("stem", "ste_sign"), ("blokcs/.*", "ste_sign")])
+    assert report.unused_rules == [(1, "blokcs/.*")]
+    assert "WARNING rule 1" in str(report)
+    m2 = MLP(nnx.Rngs(0))
+    with pytest.raises(ValueError, match="matched no layer.*layer paths"):
+        quantize(m2, [("stem", "ste_sign"), ("blokcs/.*", "ste_sign")], strict=True)
+    assert type(m2.stem) is nnx.Linear  # strict raises before touching the model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize(MLP(nnx.Rngs(0)), [("stem", "ste_sign")], strict=True)
+
+
+def test_first_matching_rule_wins_and_shared_modules_are_swapped_everywhere():
+    m = MLP(nnx.Rngs(0))
+    m.alias = m.blocks[1]  # the same module reachable from two paths
+    report = quantize(m, [(r"blocks/1", "ste_sign", None), (r"blocks/.*", "approx_sign", None)])
+    assert m.blocks[0].kernel_quantizer.name == "approx_sign"
+    assert m.blocks[1].kernel_quantizer.name == "ste_sign"
+    assert m.alias is m.blocks[1]
+    assert m.blocks[0].input_quantizer is None
+    assert len(report.replaced) == 2
+
+
+def test_requantizing_a_quantized_layer_keeps_kernel():
+    m = MLP(nnx.Rngs(0))
+    quantize(m, [(r"blocks/0", "ste_sign", "ste_sign")])
+    k = m.blocks[0].kernel
+    quantize(m, [(r"blocks/0", "dorefa", None, dict())])
+    assert m.blocks[0].kernel is k and m.blocks[0].kernel_quantizer.name == "dorefa"
+    assert m.blocks[0].input_quantizer is None
+
+
+def test_bad_rules_raise():
+    m = MLP(nnx.Rngs(0))
+    with pytest.raises(ValueError, match="not a valid regex"):
+        quantize(m, [("blocks/(", "ste_sign")])
+    with pytest.raises(ValueError, match="unknown rule key"):
+        quantize(m, [dict(pattern="stem", wieght="ste_sign")])
+    with pytest.raises(ValueError, match="unknown quantizer"):
+        quantize(m, [("stem", "no_such_quantizer")])
+    with pytest.raises(ValueError, match="wrap a bare layer"):
+        quantize(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), [(".*", "ste_sign")])
+    jax.clear_caches()
