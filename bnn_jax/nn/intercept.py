@@ -130,6 +130,8 @@ def _quantized(m, rule: Rule):
     """The quantized layer for ``m`` under ``rule``, sharing m's parameter objects."""
     q = dict(input_quantizer=rule.input, kernel_quantizer=rule.weight,
              kernel_constraint=rule.constraint, **rule.params)
+    if hasattr(m, "extra_init_args"):  # a QuantConv subclass such as WSConv keeps its class
+        q = {**m.extra_init_args(), **q}
     if isinstance(m, (nnx.Linear, QuantLinear)):
         return QuantLinear(m.in_features, m.out_features, use_bias=m.bias is not None,
                            dot_general=m.dot_general, **_common(m), **q)
@@ -137,7 +139,8 @@ def _quantized(m, rule: Rule):
         extra = {}
         if isinstance(m, QuantConv) and "pad_values" not in rule.params:
             extra["pad_values"] = m.pad_values
-        return QuantConv(m.in_features, m.out_features, m.kernel_size, m.strides,
+        cls = type(m) if isinstance(m, QuantConv) else QuantConv
+        return cls(m.in_features, m.out_features, m.kernel_size, m.strides,
                          padding=m.padding, input_dilation=m.input_dilation,
                          kernel_dilation=m.kernel_dilation,
                          feature_group_count=m.feature_group_count, use_bias=m.bias is not None,

@@ -63,7 +63,7 @@ class _QuantizedOperands(nnx.Module):
         self.kernel_constraint = _as_constraint(kernel_constraint)
         if self.kernel_quantizer is not None:
             # The kernel exists already, so its learned arrays get their first-call values now.
-            self._create_learned("kernel", self.kernel_quantizer, self.kernel[...])
+            self._create_learned("kernel", self.kernel_quantizer, self.latent_kernel())
 
     def _create_learned(self, role: str, q: Quantizer, x: jax.Array) -> None:
         init = q.init(x)
@@ -84,9 +84,13 @@ class _QuantizedOperands(nnx.Module):
             self._create_learned("input", q, x)
         return q(x, **self._learned("input", q), **overrides)
 
+    def latent_kernel(self) -> jax.Array:
+        """The kernel the kernel quantizer sees (subclasses may reparameterize it)."""
+        return self.kernel[...]
+
     def quantized_kernel(self, **overrides) -> jax.Array:
         """The kernel as the forward pass uses it (quantized, masked where a mask is set)."""
-        w = self.kernel[...]
+        w = self.latent_kernel()
         q = self.kernel_quantizer
         if q is not None:
             w = q(w, **self._learned("kernel", q), **overrides)
