@@ -1,0 +1,151 @@
+"""PB-LLM: 8-bit quantizer, QAT partial binarization and GPTQ-PB against numpy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bnn_jax.quant as q
+from bnn_jax.quant import pbllm
+
+RNG = np.random.default_rng(6)
+f32 = np.float32
+
+
+def np_asym8(w, axes, include_zero=False):
+    lo, hi = w.min(axis=axes, keepdims=True), w.max(axis=axes, keepdims=True)
+    if include_zero:
+        lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
+    scale = (hi - lo) / 255
+    zp = np.round(-lo / scale)
+    return scale * (np.clip(np.round(w / scale) + zp, 0, 255) - zp), scale
+
+
+@pytest.mark.parametrize("shape,axis,axes", [((20, 4), -1, (0,)), ((3, 3, 2, 5), -1, (0, 1, 2)),
+                                             ((6, 7), 0, (1,)), ((6, 7), None, None)])
+@pytest.mark.parametrize("include_zero", [False, True])
+def test_asym_fake_quant_matches_standard_formula(shape, axis, axes, include_zero):
+    w = (RNG.normal(size=shape) + 0.7).astype(f32)  # rows not centred on 0
+    y = np.asarray(q.asym_fake_quant(jnp.asarray(w), channel_axis=axis,
+                                     include_zero=include_zero))
+    expected, scale = np_asym8(w, axes, include_zero)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(y - w) <= 0.5 * scale * (1 + 1e-4))  # a true round-to-nearest grid
+    # numpy input stays numpy and agrees
+    np.testing.assert_allclose(pbllm.asym_fake_quant(w, channel_axis=axis,
+                                                     include_zero=include_zero),
+                               expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,fraction", [(200, 0.1), (120, 0.25), (64, 0.5)])
+def test_qat_salient_mask_counts(n, fraction):
+    w = RNG.normal(size=(n // 4, 4)).astype(f32)
+    mask = np.asarray(pbllm.qat_salient_mask(w, fraction))
+    assert mask.sum() == round(n * fraction)
+    order = np.sort(w.reshape(-1))
+    k = round(n * fraction / 2)
+    expected = (w <= order[k - 1]) | (w >= order[n - (round(n * fraction) - k)])
+    np.testing.assert_array_equal(mask, expected)
+    code = np.asarray(pbllm.qat_salient_mask(w, fraction, count_rule="code"))
+    assert code.sum() == int(n * fraction / 2) - 1 + n - int(n * (1 - fraction / 2))
+
+
+def np_pbllm(w, mask, g, granularity, train_salient):
+    keep = ~mask
+    if granularity == "matrix":
+        s = np.abs(w[keep]).mean()
+    else:
+        s = (np.abs(w) * keep).sum(axis=0, keepdims=True) / keep.sum(axis=0, keepdims=True)
+    y = np.where(mask, w, np.sign(w) * s)
+    dw = np.where(mask, g if train_salient else 0, g * s)
+    return y, dw
+
+
+@pytest.mark.parametrize("granularity", ["matrix", "row"])
+@pytest.mark.parametrize("train_salient", [False, True])
+def test_pbllm_qat_weight(granularity, train_salient):
+    w = RNG.normal(size=(16, 5)).astype(f32)
+    w[3, 1] = 0.0
+    quant = q.get("pbllm_weight", salient_fraction=0.2, scale_granularity=granularity,
+                  train_salient=train_salient)
+    mask = quant.init(jnp.asarray(w))["salient_mask"]
+    assert np.asarray(mask).sum() == 16
+    g = RNG.normal(size=w.shape).astype(f32)
+    y, vjp = jax.vjp(lambda w: quant(w, salient_mask=mask), jnp.asarray(w))
+    ey, edw = np_pbllm(w, np.asarray(mask), g, granularity, train_salient)
+    np.testing.assert_allclose(y, ey, rtol=1e-6)
+    assert np.asarray(y)[3, 1] == 0.0  # sign(0) = 0
+    np.testing.assert_allclose(vjp(jnp.asarray(g))[0], edw, rtol=1e-6)
+
+
+def test_pbllm_prepare_and_fake_quant_salient():
+    w = RNG.normal(size=(32, 4)).astype(f32)
+    w8, mask = pbllm.pbllm_prepare(w, 0.25)
+    np.testing.assert_allclose(w8, np_asym8(w, (0,))[0], rtol=1e-5, atol=1e-6)
+    quant = q.get("pbllm_weight", salient_quant="fake_quant")
+    y = np.asarray(quant(jnp.asarray(w), salient_mask=mask))
+    m = np.asarray(mask)
+    np.testing.assert_allclose(y[m], np.asarray(w8)[m], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPTQ-PB
+# ---------------------------------------------------------------------------------------------
+
+def layer(n_in=160, n_out=12, n=400):
+    kernel = RNG.normal(size=(n_in, n_out)).astype(f32)
+    mixing = RNG.normal(size=(n_in, n_in)) / np.sqrt(n_in) + np.eye(n_in)
+    x = (RNG.normal(size=(n, n_in)) @ mixing).astype(f32)  # correlated inputs, as in LLMs
+    return kernel, x
+
+
+def err(x, kernel, kernel_hat):
+    return np.linalg.norm(x.astype(np.float64) @ (kernel - kernel_hat))
+
+
+@pytest.mark.parametrize("saliency", ["magnitude", "hessian"])
+@pytest.mark.parametrize("fraction", [0.1, 0.25])
+def test_gptq_pb_beats_plain_partial_binarization(saliency, fraction):
+    kernel, x = layer()
+    hat, mask, _ = q.gptq_pb(kernel, x, salient_fraction=fraction, saliency=saliency)
+    rtn, mask_rtn, _ = q.gptq_pb(kernel, x, salient_fraction=fraction, saliency=saliency,
+                                 use_gptq=False)
+    assert mask.shape == kernel.shape and hat.shape == kernel.shape
+    assert mask.sum() == round(fraction * kernel.size)  # exactly the requested fraction
+    np.testing.assert_array_equal(mask, mask_rtn)
+    assert err(x, kernel, hat) < 0.97 * err(x, kernel, rtn)
+
+
+def test_gptq_pb_magnitude_mask_and_binary_values():
+    kernel, x = layer(n_in=32, n_out=4)
+    hat, mask, _ = q.gptq_pb(kernel, x, salient_fraction=0.25, use_gptq=False)
+    order = np.sort(np.abs(kernel).reshape(-1))
+    np.testing.assert_array_equal(mask, np.abs(kernel) >= order[-32])
+    # Binarized entries of each output channel take the two values μ ± α of its binarizer.
+    for j in range(4):
+        assert len(np.unique(np.round(hat[~mask[:, j], j], 5))) <= 2
+    count = q.gptq_pb(kernel, x, salient_fraction=0.25, count_rule="code")[1].sum()
+    assert count == kernel.size - (int(kernel.size * 0.75) + 1)
+
+
+def test_gptq_pb_without_binarized_columns_is_8bit():
+    kernel, x = layer(n_in=40, n_out=6)
+    rtn, mask, _ = q.gptq_pb(kernel, x, salient_fraction=1.0, use_gptq=False)
+    assert mask.all()
+    expected, _ = np_asym8(kernel.astype(np.float64), (0,), include_zero=True)
+    np.testing.assert_allclose(rtn, expected, rtol=1e-6, atol=1e-7)
+    hat, _, _ = q.gptq_pb(kernel, x, salient_fraction=1.0, blocksize=16, groupsize=None)
+    lo = np.minimum(kernel.min(axis=0), 0)
+    scale = (np.maximum(kernel.max(axis=0), 0) - lo) / 255
+    codes = hat / scale + np.round(-lo / scale)
+    np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)  # on each channel's grid
+    assert codes.min() > -1e-3 and codes.max() < 255 + 1e-3
+    assert err(x, kernel, hat) < err(x, kernel, rtn)
+
+
+def test_gptq_pb_errors():
+    kernel, x = layer(n_in=8, n_out=2, n=16)
+    with pytest.raises(ValueError, match="saliency"):
+        q.gptq_pb(kernel, x, salient_fraction=0.1, saliency="random")
+    with pytest.raises(ValueError, match="features"):
+        q.gptq_pb(kernel, x[:, :4], salient_fraction=0.1)
