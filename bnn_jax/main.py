@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).",
@@ -20,6 +20,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; keep the console ours
     from bnn_jax.train import run
     from bnn_jax.train.loop import NonFiniteLossError
 
@@ -31,5 +33,30 @@ def main(argv) -> None:
         sys.exit(1)
 
 
+def _check_overrides(argv: list[str]) -> None:
+    """Name an unknown ``--config.<field>`` clearly (config_flags raises a bare AttributeError)."""
+    spec = None
+    for i, a in enumerate(argv):  # --config=path or --config path
+        if a.startswith("--config="):
+            spec = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+    fields = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if spec is None or not fields:
+        return
+    from bnn_jax.sweep import load_config_module
+    from bnn_jax.train.config import check_field_path
+
+    try:
+        module, arg = load_config_module(spec)
+        config = module.get_config(arg)
+        for f in fields:
+            check_field_path(config, f)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
+    _check_overrides(sys.argv[1:])
     app.run(main)

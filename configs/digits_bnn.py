@@ -28,7 +28,7 @@ def get_config(arg=None):
                    kernel_quantizer=None if arg.float else dict(name="ste_sign"),
                    # Latent weights stay in [-1, 1] where the clipped STE passes gradients.
                    kernel_constraint=None if arg.float else dict(name="weight_clip"))
-    c.optimizer = dict(name="adam", learning_rate=3e-3, schedule="warmup_cosine",
+    c.optimizer = dict(name="adam", learning_rate=3e-2 if arg.quick else 3e-3, schedule="warmup_cosine",
                        warmup_steps=c.total_steps // 20, end_factor=0.0, grad_clip_norm=5.0,
                        # No decay anywhere by default; the group shows per-parameter settings.
                        weight_decay=0.0, groups=[(r"(bn|norms)/.*", dict(weight_decay=0.0))])
@@ -36,6 +36,9 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-    """Learning rate x activation estimator (each trial: its own workdir, one results table)."""
-    return [{"optimizer.learning_rate": lr, "model.input_quantizer.name": est}
-            for lr in (1e-3, 3e-3) for est in ("ste_sign", "approx_sign")]
+    """Activation estimator (x learning rate at full size); each trial gets its own workdir."""
+    quick = parse_arg(arg, quick=False, estimator="ste_sign", float=False, steps=0).quick
+    estimators = [{"model.input_quantizer.name": e} for e in ("ste_sign", "approx_sign")]
+    if quick:
+        return estimators
+    return [{"optimizer.learning_rate": lr, **e} for lr in (1e-3, 3e-3) for e in estimators]

@@ -77,8 +77,8 @@ class TfdsDataset:
         info = self.builder.info
         self.num_classes = info.features["label"].num_classes
         self.test_split = _TEST_SPLIT.get(name, "test")
-        self.num_train = info.splits["train"].num_examples
-        self.num_test = info.splits[self.test_split].num_examples
+        self.num_train = self._num_examples("train")
+        self.num_test = self._num_examples(self.test_split)
         if global_batch_size > self.num_train:
             raise ValueError(f"data.batch_size={global_batch_size} exceeds the {self.num_train} "
                              f"training examples of {name!r}")
@@ -88,6 +88,16 @@ class TfdsDataset:
             self.image_shape = tuple(info.features["image"].shape)
         mean, std = _MEAN_STD[name]
         self._mean, self._std = tf.constant(mean), tf.constant(std)
+
+    def _num_examples(self, split: str) -> int:
+        try:
+            return int(self.builder.info.splits[split].num_examples)
+        except KeyError:
+            pass
+        # No split metadata (tfds mock data, some community datasets): count the records once.
+        ds = self.builder.as_dataset(split=split,
+                                     decoders={"image": self._tfds.decode.SkipDecoding()})
+        return int(ds.reduce(0, lambda c, _: c + 1))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -143,19 +153,32 @@ class TfdsDataset:
         yield from self._tfds.as_numpy(ds)
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
-        """This process's share of the test split, once; padded rows have ``mask`` 0."""
+        """This process's share of the test split, once; padded rows have ``mask`` 0.
+
+        Every process yields the same number of batches (that of the whole split at the global
+        eval batch size), so no process waits in a collective for one that has finished.
+        """
         tf = self._tf
         local = self.eval_batch_size // self.process_count
+        steps = -(-self.num_test // self.eval_batch_size)
         ds = self._read(self.test_split, shuffle_files=False)
         ds = ds.map(self._eval_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        for batch in self._tfds.as_numpy(ds.batch(local)):
+        shape = (local, *self.image_shape)
+        empty = {"image": np.zeros(shape, np.float32), "label": np.zeros(local, np.int32),
+                 "mask": np.zeros(local, np.float32)}
+        it = iter(self._tfds.as_numpy(ds.batch(local)))
+        for _ in range(steps):
+            batch = next(it, None)
+            if batch is None:
+                yield empty
+                continue
             n = len(batch["label"])
             if n < local:  # pad so every eval step has one shape (one compile)
-                batch = {k: np.concatenate([v, np.zeros((local - n, *v.shape[1:]), v.dtype)])
-                         for k, v in batch.items()}
+                batch = {k: np.concatenate([v, empty[k][n:]]) for k, v in batch.items()}
             yield batch
 
 
 def _mocked(tfds) -> bool:
     # tfds.testing.mock_data replaces as_dataset; the data directory then need not exist.
-    return getattr(tfds.core.DatasetBuilder.as_dataset, "__module__", "").startswith("unittest")
+    module = getattr(tfds.core.DatasetBuilder.as_dataset, "__module__", "") or ""
+    return module.startswith("tensorflow_datasets.testing")

@@ -39,7 +39,7 @@ def defaults() -> ml_collections.ConfigDict:
     # Method schedules fed to the quantizers every step: {"kernel": {"o": {kind, start, end}}}.
     c.schedules = dict(input={}, kernel={})
     c.init_from = ""              # workdir whose newest checkpoint initializes the params
-    c.mesh = dict(data=-1, fsdp=1, model=1)
+    c.mesh = dict(data=-1, fsdp=1, model=1, num_devices=0)  # num_devices 0: all devices
     c.partition_rules = [(".*", "replicate")]
     c.distributed = dict(enabled=False, coordinator_address="", num_processes=1, process_id=0)
     return c
@@ -150,3 +150,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"unknown kd kind {config.kd.kind!r}; valid kinds: {list(KD_KINDS)}")
     if config.loss.name not in LOSSES:
         raise ValueError(f"unknown loss {config.loss.name!r}; valid losses: {list(LOSSES)}")
+
+
+def check_field_path(config: ml_collections.ConfigDict, dotted: str) -> None:
+    """Reject ``a.b.c`` unless it names an existing field (for ``--config.a.b.c=`` overrides)."""
+    node, walked = config, []
+    for part in dotted.split("."):
+        keys = sorted(node.keys()) if hasattr(node, "keys") else []
+        if part not in keys:
+            where = "config" + "".join(f".{w}" for w in walked)
+            raise ValueError(f"unknown config field {dotted!r}: {where} has no field {part!r}; "
+                             f"valid fields there: {keys}")
+        node, walked = node[part], walked + [part]

@@ -162,7 +162,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         params = constrain(nnx.split(m, nnx.Param, ...)[1].to_pure_dict())
         acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
         out = {"loss": loss, "accuracy": acc, "grad_norm": optax.global_norm(grads),
-               "learning_rate": lr_fn(state["step"])}
+               "param_norm": optax.global_norm(params), "learning_rate": lr_fn(state["step"])}
         new_state = {"params": params, "rest": new_rest, "opt_state": opt_state,
                      "step": state["step"] + 1, "rng": state["rng"]}
         return new_state, out
@@ -223,18 +223,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         """Fetch pending step metrics; stop at the first non-finite loss or gradient."""
         fetched = jax.device_get([m for _, m in pending])
         for (s, _), m in zip(pending, fetched):
-            if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+            if not all(np.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
                 ckpt.wait()
                 good = ckpt.all_steps()
                 raise NonFiniteLossError(
-                    f"non-finite loss {float(m['loss'])} (gradient norm {float(m['grad_norm'])}) "
-                    f"at step {s}; training stopped. The last good checkpoint is "
+                    f"non-finite loss {float(m['loss'])} (gradient norm {float(m['grad_norm'])}, "
+                    f"parameter norm {float(m['param_norm'])}) at step {s}; training stopped. "
+                    "The last good checkpoint is "
                     f"{'step ' + str(good[-1]) if good else 'none'} in {ckpt.directory}")
         pending.clear()
         if not fetched:
             return {}
         avg = metrics_lib.compute(metrics_lib.average(
-            {k: np.stack([m[k] for m in fetched]) for k in ("loss", "accuracy", "grad_norm")}))
+            {k: np.stack([m[k] for m in fetched])
+             for k in ("loss", "accuracy", "grad_norm", "param_norm")}))
         return {**avg, "learning_rate": float(fetched[-1]["learning_rate"])}
 
     try:

@@ -22,9 +22,17 @@ BATCH_AXES = ("data", "fsdp")
 
 
 def make_mesh(sizes: Any, devices: Sequence[Any] | None = None) -> Mesh:
-    """A mesh over all (or the given) devices; one axis size may be -1 (the remaining devices)."""
+    """A mesh over all (or the given) devices; one axis size may be -1 (the remaining devices).
+
+    ``num_devices`` (0 = all) restricts the mesh to the first devices, e.g. to compare scaling.
+    """
     devices = list(jax.devices() if devices is None else devices)
     sizes = dict(sizes)
+    n = int(sizes.pop("num_devices", 0) or 0)
+    if n:
+        if n > len(devices):
+            raise ValueError(f"mesh.num_devices={n} but only {len(devices)} devices exist")
+        devices = devices[:n]
     unknown = sorted(set(sizes) - set(AXES))
     if unknown:
         raise ValueError(f"unknown mesh axes {unknown}; valid axes: {list(AXES)}")
