@@ -107,6 +107,9 @@ def test_hidden_state_loss():
     # Direction only: scaling the student does not change the loss.
     np.testing.assert_allclose(losses.hidden_state_loss([3 * a for a in s], t), expected,
                                rtol=1e-5)
+    gs, gt = jax.grad(losses.hidden_state_loss, argnums=(0, 1))(s, t)
+    assert all(np.abs(np.asarray(g)).max() > 0 for g in gs)
+    assert all(np.all(np.asarray(g) == 0) for g in gt)  # the teacher gets no gradient
 
 
 @pytest.mark.parametrize("axis", [-1, 2])
