@@ -21,7 +21,8 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; keep the console ours
+        # orbax logs every save at INFO; keep the console for progress lines.
+        logging.set_verbosity(logging.WARNING)
     from bnn_jax.train import run
     from bnn_jax.train.loop import NonFiniteLossError
 

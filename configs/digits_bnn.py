@@ -28,7 +28,8 @@ def get_config(arg=None):
                    kernel_quantizer=None if arg.float else dict(name="ste_sign"),
                    # Latent weights stay in [-1, 1] where the clipped STE passes gradients.
                    kernel_constraint=None if arg.float else dict(name="weight_clip"))
-    c.optimizer = dict(name="adam", learning_rate=3e-2 if arg.quick else 3e-3, schedule="warmup_cosine",
+    c.optimizer = dict(name="adam", learning_rate=3e-2 if arg.quick else 3e-3,
+                       schedule="warmup_cosine",
                        warmup_steps=c.total_steps // 20, end_factor=0.0, grad_clip_norm=5.0,
                        # No decay anywhere by default; the group shows per-parameter settings.
                        weight_decay=0.0, groups=[(r"(bn|norms)/.*", dict(weight_decay=0.0))])

@@ -36,7 +36,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def _split(model: nnx.Module):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, params.to_pure_dict(), rest.to_pure_dict()
+    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
 
 def _top_k_correct(logits, labels, k):
@@ -139,7 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         def loss_fn(params):
             m = nnx.merge(graph_train, params, state["rest"])
             logits = m(batch["image"], **quant_params(state["step"]))
-            new_rest = nnx.split(m, nnx.Param, ...)[2].to_pure_dict()
+            new_rest = nnx.to_pure_dict(nnx.split(m, nnx.Param, ...)[2])
             loss = jnp.mean(task_loss(logits, batch["label"]))
             if teacher is not None:
                 t = nnx.merge(teacher[0], teacher[1]["params"], teacher[1]["rest"])
@@ -159,10 +159,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
         m = nnx.merge(graph_train, params, new_rest)
         apply_constraints(m)
-        params = constrain(nnx.split(m, nnx.Param, ...)[1].to_pure_dict())
+        params = constrain(nnx.to_pure_dict(nnx.split(m, nnx.Param, ...)[1]))
         acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
-        out = {"loss": loss, "accuracy": acc, "grad_norm": optax.global_norm(grads),
-               "param_norm": optax.global_norm(params), "learning_rate": lr_fn(state["step"])}
+        out = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params), "learning_rate": lr_fn(state["step"])}
         new_state = {"params": params, "rest": new_rest, "opt_state": opt_state,
                      "step": state["step"] + 1, "rng": state["rng"]}
         return new_state, out
