@@ -10,6 +10,18 @@ from bnn_jax.quant.registry import Quantizer, entry, get, markdown_table, names,
 from bnn_jax.quant.larq import (approx_sign, dorefa, hard_tanh, leaky_tanh, magnitude_aware_sign,
                                 magnitude_aware_sign_unclipped, noop, ste_heaviside, ste_sign,
                                 ste_tern, swish_sign, weight_clip, xnor_weight_scale)
+from bnn_jax.quant import schedules
+from bnn_jax.quant.classic import (binary_connect, binary_connect_stochastic, bireal_weight,
+                                   bnn_ste, fda, irnet_ede, irnet_weight, rprelu, rsign, twn,
+                                   xnor_act, xnor_scaling_map, xnor_weight)
+from bnn_jax.quant.reste import reste_weight  # the function `reste` would shadow its module
+from bnn_jax.quant.biper import (biper_act, biper_regularizer, biper_stage2_params,
+                                 biper_two_stage, biper_weight, biper_weight_stage1)
+from bnn_jax.quant.lsq import lsq_plus  # likewise `lsq`: use get("lsq") or quant.lsq.lsq
+from bnn_jax.quant.ofq import (cga_apply, cga_mask, cga_restore, qk_reparam, qk_reparam_logits,
+                               qk_reparam_weight, statsq)
+from bnn_jax.quant.bivit import bivit_weight, sab_binarize, sab_threshold_mask
+from bnn_jax.quant.norm import batch_channel_norm, weight_standardization
 from bnn_jax.quant.tbt import elastic_quantize, tbt_act, tbt_act8, tbt_weight
 from bnn_jax.quant.bitnet import bitnet_act, bitnet_weight
 from bnn_jax.quant.bibert import bi_attention, bibert_act, bibert_sign, bibert_weight

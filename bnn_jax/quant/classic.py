@@ -1,0 +1,377 @@
+"""Classic binarizers: BinaryConnect, BNN, XNOR-Net, Bi-Real, TWN, IR-Net, FDA and ReActNet.
+
+Layout: kernels are Flax's ``(..., in, out)``; "per output channel" statistics reduce over every
+axis but the last (the PyTorch references reduce over every axis but the first). Activations are
+channels-last. ``sign(0) = +1`` throughout (the references call ``torch.sign``, which gives 0 at
+exactly 0; we keep outputs truly binary so they can be bit-packed). Statistics used as scales are
+stop-gradient unless the docstring says the reference differentiates them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from bnn_jax.quant.core import clipped_ste_derivative, estimator, exact_div, mean, sign
+from bnn_jax.quant.larq import approx_sign
+from bnn_jax.quant.registry import (check, check_choice, check_int_range, check_positive,
+                                    register)
+
+CONVENTIONS = ("code", "paper")
+
+
+def _out_axes(x):
+    """Axes holding one output channel's weights: all but the last."""
+    return tuple(range(x.ndim - 1))
+
+
+def _identity_ste(x):
+    return jnp.ones_like(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# BinaryConnect / BNN
+# ---------------------------------------------------------------------------------------------
+
+_sign_identity = estimator(sign, _identity_ste)
+# a·sign(w) with the gradient of clip(w, -1, 1): the detach trick of BiBench / Bi-Real /
+# ReActNet, ``sg(a·sign(w) - clip(w)) + clip(w)`` (torch.clamp passes |w| == 1).
+_scaled_sign_clip = estimator(lambda w, a: a * sign(w),
+                              lambda w, a: clipped_ste_derivative(w, 1.0))
+# The magnitude-aware variant: the same, gradient scaled by a.
+_scaled_sign_clip_scaled = estimator(lambda w, a: a * sign(w),
+                                     lambda w, a: a * clipped_ste_derivative(w, 1.0))
+
+
+@register("binary_connect",
+          paper="BinaryConnect (Courbariaux et al., NeurIPS 2015)",
+          formula="sign(w); identity STE g (latent weights clipped to [−1, 1] after each update "
+                  "with the `weight_clip` constraint)",
+          result="CIFAR-10 test error 9.90 % (det.), 8.27 % (stoch.) [MEM]")
+def binary_connect(x):
+    """Deterministic BinaryConnect: sign(w) with the plain identity straight-through gradient."""
+    return _sign_identity(x)
+
+
+def binary_connect_stochastic(x, key):
+    """Stochastic BinaryConnect: +1 with probability ``clip((w + 1)/2, 0, 1)``, else -1.
+
+    Identity straight-through gradient. Not registered: it needs a PRNG key per call.
+    """
+    p = jnp.clip((x + 1.0) * 0.5, 0.0, 1.0)
+    u = jax.random.uniform(key, x.shape, dtype=jnp.result_type(x))
+    forward = jnp.where(u < p, 1, -1).astype(jnp.result_type(x))
+    return x + jax.lax.stop_gradient(forward - x)
+
+
+def _bnn_exclusive_derivative(x):
+    return (jnp.abs(x) < 1).astype(jnp.result_type(x))
+
+
+_bnn_inclusive = estimator(sign, lambda x: clipped_ste_derivative(x, 1.0))
+_bnn_exclusive = estimator(sign, _bnn_exclusive_derivative)
+
+
+@register("bnn_ste",
+          validate=lambda boundary="inclusive": check_choice("boundary", boundary,
+                                                             ("inclusive", "exclusive")),
+          paper="BNN / BinaryNet (Hubara, Courbariaux et al., NeurIPS 2016)",
+          formula="sign(x); g·1[|x| ≤ 1] (inclusive, BiBench) or g·1[|x| < 1] (exclusive, "
+                  "BiBERT/BiViT `BinaryQuantizer`)",
+          result="CIFAR-10 test error 11.40 % (Theano) / 10.15 % (Torch7) [MEM]")
+def bnn_ste(x, *, boundary="inclusive"):
+    """Sign with the clipped ("hard-tanh") STE; ``boundary`` says whether |x| == 1 passes.
+
+    BiBench's ``BinaryQuantize`` keeps the boundary (inclusive, the default); BiBERT's and
+    BiViT's ``BinaryQuantizer`` zero it (exclusive).
+    """
+    return _bnn_inclusive(x) if boundary == "inclusive" else _bnn_exclusive(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# XNOR-Net
+# ---------------------------------------------------------------------------------------------
+
+def _xnor_paper_derivative(w, alpha, inv_n):
+    return inv_n + alpha * clipped_ste_derivative(w, 1.0)
+
+
+_xnor_paper = estimator(lambda w, alpha, inv_n: alpha * sign(w), _xnor_paper_derivative)
+
+
+@register("xnor_weight",
+          validate=lambda gradient="code": check_choice("gradient", gradient, CONVENTIONS),
+          paper="XNOR-Net / BWN (Rastegari et al., ECCV 2016)",
+          formula="α_c·sign(W), α_c = sg(mean|W_c|) per output channel; code (BiBench): "
+                  "g·1[|W| ≤ 1]; paper: g·(1/n + α·1[|W| ≤ 1])",
+          result="ResNet-18 ImageNet top-1/top-5: BWN 60.8 / 83.0 [MEM], XNOR 51.2 / 73.2 "
+                 "[README]")
+def xnor_weight(x, *, gradient="code"):
+    """XNOR-Net weights: per-output-channel stop-gradient mean|W| times sign(W).
+
+    ``gradient="code"`` (default) is BiBench's ``layers/xnor.py``: the straight-through
+    gradient of ``clip(W, -1, 1)``, not scaled by alpha. ``gradient="paper"`` is the paper's
+    ``dC/dW = dC/dW~ (1/n + alpha 1[|W| <= 1])`` (n = weights per output channel).
+    """
+    alpha = jax.lax.stop_gradient(mean(jnp.abs(x), axis=_out_axes(x), keepdims=True))
+    if gradient == "paper":
+        n = math.prod(x.shape[:-1]) if x.ndim > 1 else 1
+        return _xnor_paper(x, jnp.broadcast_to(alpha, x.shape), 1.0 / n)
+    return _scaled_sign_clip(x, jnp.broadcast_to(alpha, x.shape))
+
+
+@register("xnor_act",
+          validate=lambda scaling="per_sample": check_choice("scaling", scaling,
+                                                             ("per_sample", "none")),
+          paper="XNOR-Net (Rastegari et al., ECCV 2016)",
+          formula="sign(x)·sg(mean|x| over all but the batch axis) (BiBench) or sign(x) with the "
+                  "paper's map K = box_k(mean_c|x|) applied to the conv output "
+                  "(`xnor_scaling_map`); g·1[|x| ≤ 1]",
+          result="ResNet-18 ImageNet top-1/top-5 51.2 / 73.2 [README]")
+def xnor_act(x, *, scaling="per_sample"):
+    """XNOR-Net input binarization with the clipped STE.
+
+    ``scaling="per_sample"`` (default) is BiBench's reference: one stop-gradient mean|x| per
+    sample over (H, W, C). The paper instead scales the *convolution output* by the spatial map
+    ``K = A * k`` (A = mean over channels of |x|, k a k x k box filter); use
+    ``scaling="none"`` here and multiply the conv output by :func:`xnor_scaling_map`.
+    """
+    if scaling == "none":
+        return _bnn_inclusive(x)
+    axes = tuple(range(1, x.ndim))
+    alpha = jax.lax.stop_gradient(mean(jnp.abs(x), axis=axes, keepdims=True))
+    # BiBench: sg(alpha·sign(x) − clip(x)) + clip(x), so the gradient is not scaled by alpha.
+    return _scaled_sign_clip(x, jnp.broadcast_to(alpha, x.shape))
+
+
+def xnor_scaling_map(x, *, kernel_size=3, strides=1, padding="SAME"):
+    """XNOR-Net's K: channel-mean of |x| (NHWC) filtered by a k x k box of value 1/k^2.
+
+    Returns an ``(N, H', W', 1)`` map (stop-gradient) that multiplies the binary conv output;
+    ``strides`` and ``padding`` must match the convolution's so the map lines up with it.
+    """
+    check(x.ndim == 4, f"xnor_scaling_map expects NHWC activations, got shape {x.shape}")
+    check_int_range("kernel_size", kernel_size, 1, 64)
+    a = mean(jnp.abs(x), axis=-1, keepdims=True)
+    s = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    box = jnp.full((kernel_size, kernel_size, 1, 1), 1.0 / (kernel_size * kernel_size), a.dtype)
+    k = jax.lax.conv_general_dilated(a, box, s, padding,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.stop_gradient(k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bi-Real Net (activations: larq's `approx_sign`)
+# ---------------------------------------------------------------------------------------------
+
+@register("bireal_weight",
+          validate=lambda gradient="code": check_choice("gradient", gradient, CONVENTIONS),
+          paper="Bi-Real Net (Liu et al., ECCV 2018), magnitude-aware weights",
+          formula="α_c·sign(W), α_c = sg(mean|W_c|); code: g·1[|W| ≤ 1] (through clip, not "
+                  "scaled); paper: g·α_c·1[|W| ≤ 1]. Activations: `approx_sign`",
+          result="Bi-Real-18 / Bi-Real-34 ImageNet top-1/top-5 56.4 / 79.5 ; 62.2 / 83.9 "
+                 "[README]")
+def bireal_weight(x, *, gradient="code"):
+    """Bi-Real weights: per-output-channel stop-gradient mean|W| times sign(W).
+
+    ``gradient="code"`` (default) is ``birealnet.py::HardBinaryConv``: the gradient of
+    ``clip(W, -1, 1)`` (torch.clamp passes |W| == 1), not multiplied by alpha.
+    ``gradient="paper"`` is the paper's magnitude-aware gradient ``alpha 1[|W| <= 1]`` (the
+    Caffe release; also larq's ``magnitude_aware_sign``). Bi-Real activations are
+    :func:`bnn_jax.quant.approx_sign`.
+    """
+    alpha = jax.lax.stop_gradient(mean(jnp.abs(x), axis=_out_axes(x), keepdims=True))
+    alpha = jnp.broadcast_to(alpha, x.shape)
+    if gradient == "paper":
+        return _scaled_sign_clip_scaled(x, alpha)
+    return _scaled_sign_clip(x, alpha)
+
+
+# ---------------------------------------------------------------------------------------------
+# TWN
+# ---------------------------------------------------------------------------------------------
+
+def _twn_forward(w, delta, alpha):
+    t = (w > delta).astype(w.dtype) - (w < -delta).astype(w.dtype)
+    return alpha * t
+
+
+_twn = estimator(_twn_forward, lambda w, delta, alpha: jnp.ones_like(w))
+
+
+def _check_twn(threshold_factor=0.7, per_channel=False):
+    check_positive("threshold_factor", threshold_factor)
+    check_choice("per_channel", per_channel, (False, True))
+
+
+@register("twn", validate=_check_twn, bits=1.58,
+          paper="Ternary Weight Networks (Li, Zhang, Liu, 2016)",
+          formula="α·t, t = 1[W > Δ] − 1[W < −Δ], Δ = 0.7·mean|W|, α = mean of |W| over "
+                  "|W| > Δ (both sg, per tensor); identity STE",
+          result="–")
+def twn(x, *, threshold_factor=0.7, per_channel=False):
+    """Ternary Weight Networks: threshold 0.7 mean|W|, scale = mean |W| above it.
+
+    Per tensor by default, as in the reference Caffe code (``Blob::ternarize_data``), whose
+    scale ``<t, W> / <t, t>`` equals the mean |W| above the threshold; ``per_channel=True``
+    takes both statistics per output channel. Straight-through identity gradient.
+    """
+    axes = _out_axes(x) if per_channel else None
+    abs_x = jnp.abs(x)
+    count = math.prod(x.shape[:-1]) if per_channel else x.size
+    # Caffe: (0.7f * asum) / count.
+    delta = exact_div(threshold_factor * jnp.sum(abs_x, axis=axes, keepdims=per_channel),
+                      float(count))
+    above = (abs_x > delta).astype(x.dtype)
+    alpha = jnp.sum(abs_x * above, axis=axes, keepdims=per_channel) / jnp.maximum(
+        jnp.sum(above, axis=axes, keepdims=per_channel), 1.0)
+    delta, alpha = jax.lax.stop_gradient(delta), jax.lax.stop_gradient(alpha)
+    return _twn(x, jnp.broadcast_to(delta, x.shape), jnp.broadcast_to(alpha, x.shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# IR-Net
+# ---------------------------------------------------------------------------------------------
+
+def _ede_derivative(x, t, k):
+    return k * t * (1.0 - jnp.square(jnp.tanh(x * t)))
+
+
+_ede = estimator(lambda x, t, k: sign(x), _ede_derivative)
+
+
+def _check_ede(t=0.1, k=10.0):
+    if isinstance(t, (int, float)):
+        check_positive("t", t)
+    if isinstance(k, (int, float)):
+        check_positive("k", k)
+
+
+@register("irnet_ede", validate=_check_ede,
+          paper="IR-Net (Qin et al., CVPR 2020), Error Decay Estimator",
+          formula="sign(x); g·k·t·(1 − tanh²(t·x)); (t, k) from `schedules.irnet_t_k`",
+          result="ResNet-18 ImageNet top-1 58.1 [MEM]")
+def irnet_ede(x, *, t=0.1, k=10.0):
+    """Sign with IR-Net's EDE gradient ``k t (1 - tanh^2(t x))``; feed ``irnet_t_k`` per step.
+
+    Defaults are the reference layer's initial buffers (k = 10, t = 0.1).
+    """
+    return _ede(x, t, k)
+
+
+@register("irnet_weight", validate=_check_ede,
+          paper="IR-Net (Qin et al., CVPR 2020), Libra-PB balanced weights",
+          formula="ŵ = (W − mean_c)/std_c (unbiased, differentiated); 2^round(log2 mean|ŵ_c|)"
+                  "·sign(ŵ) with sg scale; EDE gradient",
+          result="ResNet-18 ImageNet top-1 58.1 [MEM]")
+def irnet_weight(x, *, t=0.1, k=10.0):
+    """IR-Net weights: per-output-channel standardize, sign with EDE, power-of-two scale.
+
+    As ``IRConv2d``: the centring and the (unbiased) std division are differentiated; the
+    scale ``2^round(log2 mean|w_hat|)`` is stop-gradient.
+    """
+    axes = _out_axes(x)
+    n = math.prod(x.shape[:-1])
+    centred = x - mean(x, axis=axes, keepdims=True)
+    var = exact_div(jnp.sum(jnp.square(centred), axis=axes, keepdims=True), float(n - 1))
+    w_hat = centred / jnp.sqrt(var)
+    m = mean(jnp.abs(w_hat), axis=axes, keepdims=True)
+    scale = jax.lax.stop_gradient(jnp.power(2.0, jnp.round(exact_div(jnp.log(m), math.log(2)))))
+    return _ede(w_hat, t, k) * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# FDA
+# ---------------------------------------------------------------------------------------------
+
+def _fda_derivative(x, n, omega, n_max):
+    total = jnp.zeros_like(x)
+    for i in range(n_max + 1):
+        term = jnp.cos((2 * i + 1) * omega * x)
+        total = total + jnp.where(i <= n, term, 0.0)
+    g = 4.0 * omega / math.pi * total
+    return jnp.where(jnp.abs(x) > 1.0, 0.0, g)
+
+
+def _check_fda(n=9, omega=0.1, n_max=18):
+    check_int_range("n_max", n_max, 0, 1000)
+    if isinstance(n, int):
+        check_int_range("n", n, 0, n_max)
+    check_positive("omega", omega)
+
+
+@register("fda", validate=_check_fda,
+          paper="FDA: Frequency Domain Approximation (Xu et al., NeurIPS 2021), BiBench code",
+          formula="sign(x); g·(4ω/π)·Σ_{i=0..n} cos((2i+1)ωx), zero where |x| > 1; ω = 0.1, "
+                  "n from `schedules.fda_terms` (9 → 18)",
+          result="–")
+def fda(x, *, n=9, omega=0.1, n_max=18):
+    """Sign with FDA's Fourier-series gradient (BiBench ``FDA_BinaryQuantize``).
+
+    ``n`` may be a traced integer (the term schedule); terms beyond ``n_max`` are never summed,
+    so keep ``n <= n_max``. |x| == 1 still passes (the reference zeroes only |x| > 1). The
+    learned noise-adaption branch of BiBench's FDA layers is layer-level and not included.
+    """
+    static_max = n if isinstance(n, int) else n_max
+    return _fda_estimator(float(omega), static_max)(x, jnp.asarray(n))
+
+
+@functools.lru_cache(maxsize=None)
+def _fda_estimator(omega, n_max):
+    # One custom_vjp per (omega, n_max), so repeated calls do not retrace.
+    return estimator(lambda v, n: sign(v), lambda v, n: _fda_derivative(v, n, omega, n_max))
+
+
+# ---------------------------------------------------------------------------------------------
+# ReActNet
+# ---------------------------------------------------------------------------------------------
+
+def _shift(x, b, convention):
+    # The code adds a learnable bias (init 0); the paper subtracts a learnable threshold.
+    return x + b if convention == "code" else x - b
+
+
+def _init_channel_zeros(x, **_):
+    return {"beta": jnp.zeros(x.shape[-1:], jnp.result_type(x))}
+
+
+@register("rsign", init=_init_channel_zeros,
+          validate=lambda convention="code": check_choice("convention", convention, CONVENTIONS),
+          paper="ReActNet (Liu et al., ECCV 2020), RSign",
+          formula="sign(x + β_c) (code `LearnableBias`) or sign(x − β_c) (paper); β init 0; "
+                  "ApproxSign gradient g·max(0, 2 − 2|x ± β|) to x and ∓β",
+          result="ReActNet-A ImageNet top-1 69.5 [README] (paper abstract 69.4)")
+def rsign(x, *, beta, convention="code"):
+    """ReActNet's RSign: sign of a per-channel (last axis) shifted input, ApproxSign gradient.
+
+    ``convention="code"`` (default) is the released ``LearnableBias`` + sign, i.e.
+    ``sign(x + beta)``; ``"paper"`` is the paper's ``sign(x - beta)``. The two are the same
+    model with beta negated.
+    """
+    return approx_sign(_shift(x, beta, convention))
+
+
+def _init_rprelu(x, **_):
+    c = x.shape[-1:]
+    dt = jnp.result_type(x)
+    return {"gamma": jnp.zeros(c, dt), "zeta": jnp.zeros(c, dt), "slope": jnp.full(c, 0.25, dt)}
+
+
+@register("rprelu", kind="activation", bits=None, init=_init_rprelu,
+          validate=lambda convention="code": check_choice("convention", convention, CONVENTIONS),
+          paper="ReActNet (Liu et al., ECCV 2020), RPReLU",
+          formula="PReLU(x − γ_c; slope_c) + ζ_c (paper) or PReLU(x + γ_c) + ζ_c (code); "
+                  "γ = ζ = 0, slope = 0.25 at init",
+          result="ReActNet-A ImageNet top-1 69.5 [README]")
+def rprelu(x, *, gamma, zeta, slope, convention="code"):
+    """ReActNet's RPReLU: a per-channel shift, PReLU with per-channel slope, another shift.
+
+    ``convention="code"`` adds ``gamma`` (``move1`` then ``PReLU`` then ``move2``);
+    ``"paper"`` subtracts it. Slope init 0.25 is ``nn.PReLU``'s default.
+    """
+    v = _shift(x, gamma, convention)
+    # torch's PReLU uses the slope at exactly 0 (x > 0 ? g : a g).
+    return jnp.where(v > 0, v, slope * v) + zeta

@@ -1,0 +1,112 @@
+"""LSQ / LSQ+ against numpy implementations of methods.md §1.6-1.7 (OFQ's LSQ as the code)."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bnn_jax.quant as q
+from binarizer_oracles import edges, rand, vjp
+
+
+def qrange(bits, signed):
+    return (2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def np_lsq(x, s, offset, bits, signed, boundary):
+    """Forward, dx, ds (per element, before the sum) and d offset of LSQ(+), without g."""
+    qn, qp = qrange(bits, signed)
+    s = np.maximum(s, 1e-5)
+    v = (x - offset) / s
+    c = np.clip(v, -qn, qp)
+    inside = (v >= -qn) & (v <= qp) if boundary == "inclusive" else (v > -qn) & (v < qp)
+    y = np.round(c) * s + offset
+    ds = np.round(c) - v * inside  # round(v) - v inside, -Q_N / Q_P outside
+    return y, inside.astype(np.float64), ds, 1.0 - inside
+
+
+@pytest.mark.parametrize("bits,signed", [(2, True), (3, True), (4, False)])
+@pytest.mark.parametrize("boundary", ["inclusive", "exclusive"])
+def test_lsq_forward_and_gradients(bits, signed, boundary):
+    quant = q.get("lsq", bits=bits, signed=signed, boundary=boundary)
+    assert quant.learned == ("step",)
+    qn, qp = qrange(bits, signed)
+    step = np.float32(0.5)
+    # Random data plus points exactly on the range edges and rounding ties, and their neighbours.
+    special = edges(qp * 0.5, -qn * 0.5, 0.25, -0.25, 0.0)
+    for x in [rand((4, 5), bits), special]:
+        x = np.abs(x) if not signed else x
+        y, (dx, dstep), g = vjp(lambda a, s: quant(a, step=s), x, step)
+        ey, inside, ds, _ = np_lsq(x.astype(np.float64), 0.5, 0.0, bits, signed, boundary)
+        np.testing.assert_allclose(y, ey, rtol=1e-6)
+        np.testing.assert_array_equal(dx, g * inside)
+        gscale = 1.0 / math.sqrt(x.size * qp)
+        np.testing.assert_allclose(dstep, np.sum(g * ds) * gscale, rtol=1e-5, atol=1e-6)
+
+
+def test_lsq_per_channel_step_and_grad_scale():
+    x = rand((6, 3), 11)
+    step = np.array([0.3, 0.6, 0.9], np.float32)
+    y, (dx, dstep), g = vjp(lambda a, s: q.get("lsq", bits=3)(a, step=s), x, step)
+    ey, inside, ds, _ = np_lsq(x.astype(np.float64), step, 0.0, 3, True, "inclusive")
+    np.testing.assert_allclose(y, ey, rtol=1e-6)
+    np.testing.assert_allclose(dstep, (g * ds).sum(0) / math.sqrt(6 * 3), rtol=1e-5, atol=1e-6)
+
+
+def test_lsq_step_floor():
+    x = rand((5,), 2)
+    y, (_, dstep), g = vjp(lambda a, s: q.get("lsq")(a, step=s), x, np.float32(1e-7))
+    ey, _, ds, _ = np_lsq(x.astype(np.float64), 1e-7, 0.0, 2, True, "inclusive")
+    np.testing.assert_allclose(y, ey, rtol=1e-5)  # forward uses 1e-5
+    np.testing.assert_allclose(dstep, np.sum(g * ds) / math.sqrt(5), rtol=1e-5)  # STE floor
+
+
+@pytest.mark.parametrize("signed,rule,factor", [(True, "code", 2), (False, "code", 4),
+                                                (False, "paper", 2), (True, "paper", 2)])
+def test_lsq_init(signed, rule, factor):
+    x = rand((4, 6), 3)
+    quant = q.get("lsq", bits=3, signed=signed, init_rule=rule)
+    qp = qrange(3, signed)[1]
+    np.testing.assert_allclose(quant.init(x)["step"],
+                               factor * np.mean(np.abs(x)) / math.sqrt(qp), rtol=1e-6)
+    per = q.get("lsq", bits=3, signed=signed, init_rule=rule, per_channel=True).init(x)
+    np.testing.assert_allclose(per["step"], factor * np.abs(x).mean(0) / math.sqrt(qp),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("bits,signed", [(2, False), (4, True)])
+def test_lsq_plus_forward_and_gradients(bits, signed):
+    quant = q.get("lsq_plus", bits=bits, signed=signed)
+    assert quant.learned == ("step", "offset")
+    x = rand((5, 4), 21, scale=2.0)
+    step, offset = np.float32(0.4), np.float32(-0.3)
+    y, (dx, dstep, doff), g = vjp(lambda a, s, b: quant(a, step=s, offset=b), x, step, offset)
+    ey, inside, ds, db = np_lsq(x.astype(np.float64), 0.4, -0.3, bits, signed, "inclusive")
+    qp = qrange(bits, signed)[1]
+    gscale = 1.0 / math.sqrt(x.size * qp)
+    np.testing.assert_allclose(y, ey, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, g * inside, rtol=1e-6)  # (g / s)·s rounds in float32
+    np.testing.assert_allclose(dstep, np.sum(g * ds) * gscale, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(doff, np.sum(g * db) * gscale, rtol=1e-5, atol=1e-6)
+
+
+def test_lsq_plus_inits():
+    x = rand((8, 3), 4)
+    mm = q.get("lsq_plus", bits=2, signed=False).init(x)
+    np.testing.assert_allclose(mm["step"], (x.max() - x.min()) / 3, rtol=1e-6)
+    np.testing.assert_allclose(mm["offset"], x.min(), rtol=1e-6)
+    # min/max init maps min and max exactly onto the end levels
+    y = np.asarray(q.get("lsq_plus", bits=2, signed=False)(jnp.asarray(x), **mm))
+    np.testing.assert_allclose([y.min(), y.max()], [x.min(), x.max()], rtol=1e-5)
+    s3 = q.get("lsq_plus", bits=3, init_method="3sigma").init(x)
+    mu, sd = x.astype(np.float64).mean(), x.astype(np.float64).std()
+    np.testing.assert_allclose(s3["step"], max(abs(mu - 3 * sd), abs(mu + 3 * sd)) / 4, rtol=1e-5)
+    assert float(s3["offset"]) == 0.0
+
+
+@pytest.mark.parametrize("bad", [dict(bits=1), dict(signed="yes"), dict(boundary="open"),
+                                 dict(init_rule="mine")])
+def test_lsq_rejects_bad_parameters(bad):
+    with pytest.raises(ValueError):
+        q.get("lsq", **bad)
