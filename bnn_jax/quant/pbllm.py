@@ -139,7 +139,9 @@ def _check_qat(salient_fraction=0.1, scale_granularity="matrix", train_salient=F
 
 
 def _qat_init(x, salient_fraction=0.1, count_rule="exact", **_):
-    return {"salient_mask": qat_salient_mask(x, salient_fraction, count_rule=count_rule)}
+    # A 0/1 float array (not bool) so that it can sit in a parameter tree next to the kernel.
+    mask = qat_salient_mask(x, salient_fraction, count_rule=count_rule)
+    return {"salient_mask": mask.astype(jnp.result_type(x))}
 
 
 @register("pbllm_weight", validate=_check_qat, init=_qat_init,
@@ -153,14 +155,16 @@ def pbllm_weight(x, *, salient_mask, salient_fraction=0.1, scale_granularity="ma
                  train_salient=False, salient_quant="prequantized", count_rule="exact"):
     """PB-LLM QAT partially binarized kernel ``[in, out]``.
 
-    ``salient_mask`` is fixed after ``init`` (it is passed, not trained). With the default
+    ``salient_mask`` (nonzero = salient) is fixed after ``init``: ``init`` returns it as a 0/1
+    float array so a layer can keep it with its parameters; it gets zero gradient (keep it out
+    of weight decay). With the default
     ``salient_quant="prequantized"`` the caller replaces the latent kernel once by
     :func:`pbllm_prepare` (as the reference does) and the salient entries are used as they
     are; ``"fake_quant"`` fake-quantizes them to 8 bits on every call (identity STE).
     ``salient_fraction``/``count_rule`` only matter to ``init``.
     """
     del salient_fraction, count_rule
-    mask = jnp.asarray(salient_mask, bool)
+    mask = jax.lax.stop_gradient(jnp.asarray(salient_mask)) != 0
     keep = (~mask).astype(x.dtype)
     a = jnp.abs(jax.lax.stop_gradient(x)) * keep
     if scale_granularity == "matrix":

@@ -70,12 +70,15 @@ def tbt_weight(x, *, bits=1, channel_axis=-1):
     """
     axes = per_channel_axes(x.ndim, channel_axis)
     w = jax.lax.stop_gradient(x)
+    alpha = mean(jnp.abs(w), axis=axes, keepdims=True)
+    if bits == 2:
+        alpha = (4 / 3) * alpha
+    # An all-zero row has alpha = 0; the reference divides by it (NaN), here it stays 0.
+    safe = jnp.where(alpha > 0, alpha, jnp.ones_like(alpha))
     if bits == 1:
-        alpha = mean(jnp.abs(w), axis=axes, keepdims=True)
-        q = alpha * sign0(w / alpha)
+        q = alpha * sign0(w / safe)
     else:
-        alpha = (4 / 3) * mean(jnp.abs(w), axis=axes, keepdims=True)
-        q = alpha * jnp.round(jnp.clip(w / alpha, -1.0, 1.0))
+        q = alpha * jnp.round(jnp.clip(w / safe, -1.0, 1.0))
     return _identity(x, q)
 
 

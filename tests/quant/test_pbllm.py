@@ -69,13 +69,21 @@ def test_pbllm_qat_weight(granularity, train_salient):
     quant = q.get("pbllm_weight", salient_fraction=0.2, scale_granularity=granularity,
                   train_salient=train_salient)
     mask = quant.init(jnp.asarray(w))["salient_mask"]
-    assert np.asarray(mask).sum() == 16
+    assert mask.dtype == jnp.float32 and np.asarray(mask).sum() == 16
     g = RNG.normal(size=w.shape).astype(f32)
     y, vjp = jax.vjp(lambda w: quant(w, salient_mask=mask), jnp.asarray(w))
-    ey, edw = np_pbllm(w, np.asarray(mask), g, granularity, train_salient)
+    ey, edw = np_pbllm(w, np.asarray(mask) != 0, g, granularity, train_salient)
     np.testing.assert_allclose(y, ey, rtol=1e-6)
     assert np.asarray(y)[3, 1] == 0.0  # sign(0) = 0
     np.testing.assert_allclose(vjp(jnp.asarray(g))[0], edw, rtol=1e-6)
+
+
+def test_pbllm_mask_in_a_parameter_tree_gets_zero_gradient():
+    w = jnp.asarray(RNG.normal(size=(8, 3)).astype(f32))
+    quant = q.get("pbllm_weight", salient_fraction=0.25)
+    params = {"kernel": w, **quant.init(w)}
+    grads = jax.grad(lambda p: jnp.sum(quant(p["kernel"], salient_mask=p["salient_mask"])))(params)
+    np.testing.assert_array_equal(grads["salient_mask"], 0)
 
 
 def test_pbllm_prepare_and_fake_quant_salient():

@@ -51,6 +51,15 @@ def test_tbt_ternary_boundary_values_exact():
     assert np.sum(np.abs(y[:, 0]) > 0) == 1
 
 
+@pytest.mark.parametrize("bits", [1, 2])
+def test_tbt_weight_all_zero_row_stays_zero(bits):
+    w = RNG.normal(size=(4, 3)).astype(f32)
+    w[:, 1] = 0.0
+    y = np.asarray(q.tbt_weight(jnp.asarray(w), bits=bits))
+    assert np.all(np.isfinite(y)) and np.all(y[:, 1] == 0)
+    np.testing.assert_allclose(y[:, [0, 2]], np_tbt_weight(w[:, [0, 2]], bits, (0,)), rtol=1e-6)
+
+
 def test_tbt_embedding_gets_one_scale_per_token():
     emb = RNG.normal(size=(7, 5)).astype(f32)
     y = np.asarray(q.tbt_weight(jnp.asarray(emb), bits=1, channel_axis=0))
