@@ -85,15 +85,20 @@ def binarydm_lmb(x, *, sigma1, sigma2, channel_axis=-1):
 
 
 def progressive_binarization(step, *, num_groups: int = 5, steps_per_group: int = 1,
-                             act_quant_delay: int | None = None):
+                             act_quant_delay: int | None = None,
+                             single_basis_step: int | None = 100_000):
     """BinaryDM's progressive schedule as a pure function of the (traced) step.
 
-    Returns ``(binary, act_quant)``: ``binary[g]`` is True once U-Net group ``g`` is binarized,
-    ``act_quant`` once activation quantization is on. The reference starts full precision and
-    switches one group per training iteration from the middle outward (group 4 at step 0, ...,
-    group 0 at step 4), then turns on activation quantization at step 5 (the 6th iteration).
-    ``steps_per_group`` stretches that (the paper may use a longer phase, which is not public);
-    ``act_quant_delay`` defaults to ``num_groups * steps_per_group``.
+    Returns ``(binary, act_quant, multi_basis)``: ``binary[g]`` is True once U-Net group ``g``
+    is binarized, ``act_quant`` once activation quantization is on, ``multi_basis`` while the
+    order-2 layers still use their second basis. The reference starts full precision and
+    switches one group per training iteration from the middle outward (group 4 = middle block
+    at step 0, ..., group 0 at step 4), then turns on activation quantization at step 5 (the
+    6th iteration); at its 100000th iteration it sets every layer to order 1 (``ddpm_ours.py``,
+    ``on_train_batch_start``), i.e. ``multi_basis`` becomes False (``single_basis_step=None``
+    keeps two bases forever). ``steps_per_group`` stretches the binarization phase (the paper
+    may use a longer one, which is not public); ``act_quant_delay`` defaults to
+    ``num_groups * steps_per_group``.
     """
     check_int_range("num_groups", num_groups, 1, 1 << 20)
     check_int_range("steps_per_group", steps_per_group, 1, 1 << 30)
@@ -102,4 +107,6 @@ def progressive_binarization(step, *, num_groups: int = 5, steps_per_group: int 
     step = jnp.asarray(step)
     order = num_groups - 1 - jnp.arange(num_groups)  # innermost group goes first
     binary = step >= order * steps_per_group
-    return binary, step >= act_quant_delay
+    multi_basis = (jnp.asarray(True) if single_basis_step is None
+                   else step < single_basis_step)
+    return binary, step >= act_quant_delay, multi_basis

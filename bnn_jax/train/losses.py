@@ -161,7 +161,11 @@ def lrm_projection(teacher_feature, *, axis: int = -1, rank: int | None = None):
 
 def lrm_loss(student_feats: Sequence, teacher_feats: Sequence, projections: Sequence, *,
              axis: int = -1):
-    """``mean_blocks MSE(F_s·K, F_t·K)`` with the cached per-block projections ``K``."""
+    """``mean_blocks MSE(F_s·K, F_t·K)`` with the cached per-block projections ``K``.
+
+    BinaryDM hooks every ``TimestepEmbedSequential`` output of the U-Net and weights this by
+    1e-4 in the total loss (see :func:`binarydm_scale_l2`).
+    """
     _check(len(student_feats) == len(teacher_feats) == len(projections),
            "student_feats, teacher_feats and projections must have the same length")
     terms = []
@@ -170,6 +174,15 @@ def lrm_loss(student_feats: Sequence, teacher_feats: Sequence, projections: Sequ
         pt = jnp.moveaxis(sg(t), axis, -1) @ sg(k)
         terms.append(jnp.mean(jnp.square(ps - pt)))
     return sum(terms) / len(terms)
+
+
+def binarydm_scale_l2(sigma2s: Sequence, *, weight: float = 0.09):
+    """``weight·Σ σ_II²`` over every order-2 LMB layer's second-basis scales.
+
+    Not in the paper's text but in the reference training loss (``ddpm_ours.py``):
+    ``L = L_simple + 1e-4·L_LRM + 0.09·Σ σ_II²``.
+    """
+    return weight * sum(jnp.sum(jnp.square(s)) for s in sigma2s)
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,13 +80,20 @@ def test_lmb_order2_beats_order1_reconstruction():
     (0, [0, 0, 0, 0, 1], 0), (1, [0, 0, 0, 1, 1], 0), (4, [1, 1, 1, 1, 1], 0),
     (5, [1, 1, 1, 1, 1], 1), (1000, [1, 1, 1, 1, 1], 1)])
 def test_progressive_schedule_reference(step, binary, act):
-    b, a = jax.jit(q.progressive_binarization)(jnp.asarray(step))
+    b, a, two = jax.jit(q.progressive_binarization)(jnp.asarray(step))
     np.testing.assert_array_equal(b, np.array(binary, bool))
     assert bool(a) == bool(act)
+    assert bool(two)
+
+
+def test_progressive_schedule_drops_the_second_basis():
+    assert not bool(q.progressive_binarization(100_000)[2])
+    assert bool(q.progressive_binarization(99_999)[2])
+    assert bool(q.progressive_binarization(10**7, single_basis_step=None)[2])
 
 
 def test_progressive_schedule_stretched():
-    b, a = q.progressive_binarization(3, num_groups=3, steps_per_group=2)
+    b, a, _ = q.progressive_binarization(3, num_groups=3, steps_per_group=2)
     np.testing.assert_array_equal(b, [False, True, True])
     assert not bool(a)
     assert bool(q.progressive_binarization(6, num_groups=3, steps_per_group=2)[1])

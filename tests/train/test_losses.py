@@ -158,3 +158,10 @@ def test_dad_loss(beta, normalize):
         np.testing.assert_allclose(got, kl[mask].mean(), rtol=1e-5)
     gt = jax.grad(lambda b: losses.dad_loss(jnp.asarray(s), b, beta=beta))(jnp.asarray(t))
     np.testing.assert_array_equal(gt, 0)
+
+
+def test_binarydm_scale_l2():
+    sig = [RNG.normal(size=(1, 3)).astype(f32), RNG.normal(size=(1, 1, 1, 2)).astype(f32)]
+    expected = 0.09 * sum(np.sum(a.astype(np.float64) ** 2) for a in sig)
+    np.testing.assert_allclose(losses.binarydm_scale_l2(list(map(jnp.asarray, sig))), expected,
+                               rtol=1e-6)
