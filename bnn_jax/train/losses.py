@@ -130,7 +130,11 @@ def dmd_loss(student_feats: Sequence, teacher_feats: Sequence, *, threshold: flo
 
 
 def hidden_state_loss(student_states: Sequence, teacher_states: Sequence):
-    """BiBERT's intermediate loss: ``Σ_l ‖H_s/‖H_s‖ − H_t/‖H_t‖‖`` over the hidden states."""
+    """BiBERT's intermediate loss: ``Σ_l ‖H_s/‖H_s‖ − H_t/‖H_t‖‖`` over the hidden states.
+
+    The reference passes L + 1 states (the embedding output and every layer's), the teacher's
+    taken every ``L_t/L_s`` layers.
+    """
     _check(len(student_states) == len(teacher_states),
            f"{len(student_states)} student states but {len(teacher_states)} teacher states")
     return sum(normalized_difference(s, t) for s, t in zip(student_states, teacher_states))

@@ -159,6 +159,6 @@ def test_bipft_attention_init_and_gradients():
     def loss(est, alphas):
         return jnp.sum(q.bipft_attention(*qkv, x, estimators=est, **alphas)[0] ** 2)
 
-    g_est, g_alpha = jax.grad(loss, argnums=(0, 1))(est, alphas)
+    g_est, g_alpha = jax.jit(jax.grad(loss, argnums=(0, 1)))(est, alphas)
     assert np.any(np.asarray(g_est["v_p"]["kernel"]) != 0)
     assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves((g_est, g_alpha)))
