@@ -253,7 +253,7 @@ def _check_ede(t=0.1, k=10.0):
 @register("irnet_ede", validate=_check_ede,
           paper="IR-Net (Qin et al., CVPR 2020), Error Decay Estimator",
           formula="sign(x); g·k·t·(1 − tanh²(t·x)); (t, k) from `schedules.irnet_t_k`",
-          result="ResNet-18 ImageNet top-1 58.1 [MEM]")
+          result="–")
 def irnet_ede(x, *, t=0.1, k=10.0):
     """Sign with IR-Net's EDE gradient ``k t (1 - tanh^2(t x))``; feed ``irnet_t_k`` per step.
 
@@ -266,7 +266,7 @@ def irnet_ede(x, *, t=0.1, k=10.0):
           paper="IR-Net (Qin et al., CVPR 2020), Libra-PB balanced weights",
           formula="ŵ = (W − mean_c)/std_c (unbiased, differentiated); 2^round(log2 mean|ŵ_c|)"
                   "·sign(ŵ) with sg scale; EDE gradient",
-          result="ResNet-18 ImageNet top-1 58.1 [MEM]")
+          result="–")
 def irnet_weight(x, *, t=0.1, k=10.0):
     """IR-Net weights: per-output-channel standardize, sign with EDE, power-of-two scale.
 

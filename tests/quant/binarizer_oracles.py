@@ -30,10 +30,23 @@ def edges(*points):
 
 
 def vjp(fn, *args, cotangent=None, seed=1):
-    """``(y, grads)`` of ``fn(*args)`` for a random (or given) cotangent."""
-    y, pull = jax.vjp(fn, *[jnp.asarray(a) for a in args])
-    g = rand(np.shape(y), seed) if cotangent is None else cotangent
-    return np.asarray(y), [np.asarray(d) for d in pull(jnp.asarray(g, y.dtype))], g
+    """``(y, grads, cotangent)`` of ``fn(*args)`` for a random (or given) cotangent.
+
+    Forward and backward run as one jitted program: one compilation per call instead of one
+    per primitive and shape, which keeps these many small cases fast on CPU.
+    """
+    args = [jnp.asarray(a) for a in args]
+    out = jax.eval_shape(fn, *args)
+    g = rand(out.shape, seed) if cotangent is None else cotangent
+    g = jnp.asarray(g, out.dtype)
+
+    @jax.jit
+    def run(a, gg):
+        y, pull = jax.vjp(fn, *a)
+        return y, pull(gg)
+
+    y, grads = run(args, g)
+    return np.asarray(y), [np.asarray(d) for d in grads], np.asarray(g)
 
 
 def np_sign(x):

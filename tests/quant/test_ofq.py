@@ -56,10 +56,10 @@ def np_cga_freeze(w_torch, bits, br):
 def test_cga_mask_matches_reference(bits, br):
     w_torch = rand((5, 40), bits * 7)
     frozen = np_cga_freeze(w_torch, bits, br)
-    got = np.asarray(q.cga_mask(jnp.asarray(w_torch), bits=bits, boundary_range=br,
-                                layout="torch"))
+    mask = jax.jit(q.cga_mask, static_argnames=("bits", "boundary_range", "layout"))
+    got = np.asarray(mask(jnp.asarray(w_torch), bits=bits, boundary_range=br, layout="torch"))
     np.testing.assert_array_equal(got, 1.0 - frozen)
-    flax = np.asarray(q.cga_mask(jnp.asarray(w_torch.T), bits=bits, boundary_range=br))
+    flax = np.asarray(mask(jnp.asarray(w_torch.T), bits=bits, boundary_range=br))
     np.testing.assert_array_equal(flax, 1.0 - frozen.T)
     if br >= 0.05:
         assert 0 < got.sum() < got.size  # both kinds occur
