@@ -10,6 +10,8 @@ initialized to the *uncentred* ``mean|W|``. Activations: ``bnn_ste(boundary="exc
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -44,7 +46,13 @@ def sab_binarize(x, *, ratio=0.25):
     Forward is exactly the thresholded softmax; the gradient is the softmax's, as in
     ``BiAttention_SAB``.
     """
-    return straight_through(lambda s: _sab(s, ratio), lambda s: jax.nn.softmax(s, axis=-1))(x)
+    return _sab_estimator(float(ratio))(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _sab_estimator(ratio):
+    # One custom_vjp per ratio, so repeated eager calls do not retrace.
+    return straight_through(lambda s: _sab(s, ratio), lambda s: jax.nn.softmax(s, axis=-1))
 
 
 def _init_bivit(x, **_):
