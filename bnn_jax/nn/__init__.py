@@ -3,13 +3,17 @@ and ``quantize(model, rules)`` to quantize an existing NNX model in place."""
 
 from bnn_jax.nn.activations import (DPReLU, LearnableBias, Quantize, RPReLU, RSign,
                                     SqueezeExcite, WSConv, hard_sigmoid, hard_tanh)
+from bnn_jax.nn.attention import (BiAttention, BiPFTAttention, MultiHeadAttention,
+                                  QKReparamAttention, SABAttention)
 from bnn_jax.nn.intercept import QuantizeReport, Replacement, Rule, as_rule, quantize
 from bnn_jax.nn.layers import (QUANT_LAYERS, QuantConv, QuantEinsum, QuantLinear,
                                apply_constraints, as_quantizer)
 from bnn_jax.nn.linen import quantized_conv_general_dilated, quantized_dot_general
 
-__all__ = ["DPReLU", "LearnableBias", "QUANT_LAYERS", "QuantConv", "QuantEinsum", "QuantLinear",
-           "Quantize", "QuantizeReport", "RPReLU", "RSign", "Replacement", "Rule",
-           "SqueezeExcite", "WSConv", "apply_constraints", "as_quantizer", "as_rule",
-           "hard_sigmoid", "hard_tanh", "quantize", "quantized_conv_general_dilated",
-           "quantized_dot_general"]
+__all__ = [
+    "BiAttention", "BiPFTAttention", "DPReLU", "LearnableBias", "MultiHeadAttention",
+    "QKReparamAttention", "QUANT_LAYERS", "QuantConv", "QuantEinsum", "QuantLinear", "Quantize",
+    "QuantizeReport", "RPReLU", "RSign", "Replacement", "Rule", "SABAttention", "SqueezeExcite",
+    "WSConv", "apply_constraints", "as_quantizer", "as_rule", "hard_sigmoid", "hard_tanh",
+    "quantize", "quantized_conv_general_dilated", "quantized_dot_general",
+]

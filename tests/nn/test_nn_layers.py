@@ -21,7 +21,7 @@ def _grads(layer, x, dy):
     def loss(layer, x):
         return jnp.sum(layer(x) * dy)
 
-    (dlayer, dx) = nnx.grad(loss, argnums=(0, 1))(layer, x)
+    (dlayer, dx) = nnx.jit(nnx.grad(loss, argnums=(0, 1)))(layer, x)
     return dx, dlayer
 
 
@@ -162,22 +162,27 @@ def test_tiny_bnn_end_to_end(mode):
     for name in ("conv1", "conv2", "dense"):
         np.testing.assert_array_equal(getattr(m, name).quantized_kernel(),
                                       ORACLE[f"model/tiny_bnn/param_quantized/{name}/kernel"])
-    acts = nnx.jit(lambda m, x: m(x))(m, x)
-    np.testing.assert_array_equal(acts["conv1"], ORACLE[p + "act/conv1"])
-    for name in ("bn1", "conv2", "flatten", "dense"):
-        np.testing.assert_allclose(acts[name], ORACLE[p + f"act/{name}"], rtol=1e-5, atol=1e-5)
-    # conv2 sums +-1 products; if bn1 agreed up to rounding, its signs and so conv2 are exact.
-    np.testing.assert_array_equal(acts["conv2"], ORACLE[p + "act/conv2"])
+
+    @nnx.jit
+    def run(m, x, dy):
+        def loss(m, x):
+            acts = m(x)
+            return jnp.sum(acts["dense"] * dy), acts
+
+        (dm, dx), acts = nnx.grad(loss, argnums=(0, 1), has_aux=True)(m, x)
+        return acts, dm, dx
+
     for kind in ("rand", "ones"):
         dy = _o(p + "dy_rand") if kind == "rand" else jnp.ones((2, 32))
         m = _tiny_model()
         m.train() if mode == "train" else m.eval()
-
-        @nnx.jit
-        def grads(m, x):
-            return nnx.grad(lambda m, x: jnp.sum(m(x)["dense"] * dy), argnums=(0, 1))(m, x)
-
-        dm, dx = grads(m, x)
+        acts, dm, dx = run(m, x, dy)
+        np.testing.assert_array_equal(acts["conv1"], ORACLE[p + "act/conv1"])
+        for name in ("bn1", "conv2", "flatten", "dense"):
+            np.testing.assert_allclose(acts[name], ORACLE[p + f"act/{name}"], rtol=1e-5,
+                                       atol=1e-5)
+        # conv2 sums +-1 products; bn1 agrees up to rounding, so its signs and conv2 are exact.
+        np.testing.assert_array_equal(acts["conv2"], ORACLE[p + "act/conv2"])
         np.testing.assert_allclose(dx, ORACLE[p + f"grad_{kind}/x"], rtol=1e-4, atol=1e-5)
         for name in PARAMS:
             np.testing.assert_allclose(_param(dm, name), ORACLE[p + f"grad_{kind}/{name}"],
@@ -324,7 +329,7 @@ def test_learned_quantizer_state_is_initialised_and_trained():
     want = (_sign(np.asarray(x)) * a_in) @ (_sign(w) * np.abs(w).mean(0)) + np.asarray(
         layer.bias[...])
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
-    g = nnx.grad(lambda m: jnp.sum(m(x)))(layer)
+    g = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x))))(layer)
     # d sum(y) / d alpha_in[i] = sum_n sign(x[n,i]) * sum_o Wq[i,o]
     np.testing.assert_allclose(g.input_alpha[...],
                                _sign(np.asarray(x)).sum(0) * (_sign(w) * np.abs(w).mean(0)).sum(1),
