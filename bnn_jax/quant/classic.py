@@ -102,20 +102,33 @@ def _xnor_paper_derivative(w, alpha, inv_n):
 _xnor_paper = estimator(lambda w, alpha, inv_n: alpha * sign(w), _xnor_paper_derivative)
 
 
-@register("xnor_weight",
-          validate=lambda gradient="code": check_choice("gradient", gradient, CONVENTIONS),
+def _check_xnor_weight(gradient="code", centred=False):
+    check_choice("gradient", gradient, CONVENTIONS)
+    check_choice("centred", centred, (False, True))
+    check(not (centred and gradient == "paper"),
+          "centred=True is BiBench's XNORLinear and has no paper gradient; use gradient='code'")
+
+
+@register("xnor_weight", validate=_check_xnor_weight,
           paper="XNOR-Net / BWN (Rastegari et al., ECCV 2016)",
           formula="α_c·sign(W), α_c = sg(mean|W_c|) per output channel; code (BiBench): "
-                  "g·1[|W| ≤ 1]; paper: g·(1/n + α·1[|W| ≤ 1])",
+                  "g·1[|W| ≤ 1]; paper: g·(1/n + α·1[|W| ≤ 1]); `centred`: BiBench's "
+                  "XNORLinear on W − mean_c W",
           result="ResNet-18 ImageNet top-1/top-5: BWN 60.8 / 83.0 [MEM], XNOR 51.2 / 73.2 "
                  "[README]")
-def xnor_weight(x, *, gradient="code"):
+def xnor_weight(x, *, gradient="code", centred=False):
     """XNOR-Net weights: per-output-channel stop-gradient mean|W| times sign(W).
 
-    ``gradient="code"`` (default) is BiBench's ``layers/xnor.py``: the straight-through
+    ``gradient="code"`` (default) is BiBench's ``XNORConv2d``: the straight-through
     gradient of ``clip(W, -1, 1)``, not scaled by alpha. ``gradient="paper"`` is the paper's
     ``dC/dW = dC/dW~ (1/n + alpha 1[|W| <= 1])`` (n = weights per output channel).
+    ``centred=True`` is BiBench's ``XNORLinear``: ``c = W - mean_c W`` (differentiated),
+    ``sg(mean|c|)·sign(c)`` with the gradient ``mean|c|·1[|c| <= 1]``.
     """
+    if centred:
+        c = x - mean(x, axis=_out_axes(x), keepdims=True)
+        alpha = jax.lax.stop_gradient(mean(jnp.abs(c), axis=_out_axes(x), keepdims=True))
+        return _bnn_inclusive(c) * alpha
     alpha = jax.lax.stop_gradient(mean(jnp.abs(x), axis=_out_axes(x), keepdims=True))
     if gradient == "paper":
         n = math.prod(x.shape[:-1]) if x.ndim > 1 else 1

@@ -65,6 +65,19 @@ def test_xnor_weight(gradient):
         np.testing.assert_allclose(dx, expect, rtol=1e-6, atol=1e-7)
 
 
+def test_xnor_weight_centred_linear_variant():
+    for w in [rand((5, 3), 12), rand((2, 3, 4), 13, scale=0.7)]:
+        y, (dw,), g = vjp(q.get("xnor_weight", centred=True), w)
+        axes = per_out(w)
+        c = w.astype(np.float64) - w.mean(axes, keepdims=True)
+        sw = np.abs(c).mean(axes, keepdims=True)
+        np.testing.assert_allclose(y, sw * np_sign(c), rtol=1e-6)
+        u = g * sw * (np.abs(c) <= 1)  # BinaryQuantize then ×sw, back through the centring
+        np.testing.assert_allclose(dw, u - u.mean(axes, keepdims=True), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="centred"):
+        q.get("xnor_weight", centred=True, gradient="paper")
+
+
 def test_xnor_act_per_sample_and_none():
     x = rand((2, 3, 3, 2))
     x[0, 0, 0] = [1.0, -1.0]
