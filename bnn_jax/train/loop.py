@@ -47,8 +47,8 @@ def _top_k_correct(logits, labels, k):
 
 def _initialize_distributed(config) -> None:
     d = config.distributed
-    if not d.enabled or jax.process_count() > 1:
-        return
+    if not d.enabled or jax.distributed.is_initialized():
+        return  # (asking jax.process_count() here would start the backend too early)
     kwargs = {}
     if d.coordinator_address:  # else jax finds them from the cluster (SLURM, TPU pods, ...)
         kwargs = dict(coordinator_address=d.coordinator_address,
@@ -91,6 +91,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     model.train()
 
     # ------------------------------------------------------------------------- optimizer --
+    params = optimizers.binarize_bop_params(config.optimizer, params)
     tx, lr_fn = optimizers.build(config.optimizer, params, total)
     constrain = optimizers.build_constraints(config.constraints)
 
@@ -117,8 +118,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         saved = ckpt_lib.restore_params(config.kd.teacher_workdir, None)
         teacher = (t_graph, jax.device_put({"params": saved["params"], "rest": saved["rest"]},
                                            replicated))
-        kd_fn = {"logit": lambda s, t: losses.logit_kd(s, t, temperature=config.kd.temperature),
-                 "distributional": losses.distributional_loss}[config.kd.kind]
+        # "distributional": ReActNet's loss as its code computes it (cross-entropy to the
+        # teacher's softmax); "logit": Hinton's T^2-scaled KL at config.kd.temperature.
+        kd_fn = {"logit": lambda s, t: losses.kd_loss(s, t, temperature=config.kd.temperature),
+                 "distributional": losses.distribution_loss}[config.kd.kind]
 
     # ----------------------------------------------------------------------------- steps --
     schedules = {role: dict(specs) for role, specs in config.schedules.to_dict().items()}

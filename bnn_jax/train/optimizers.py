@@ -174,3 +174,15 @@ def build_constraints(rules: Any) -> Callable[[Any], Any]:
         return jax.tree_util.tree_map_with_path(one, params) if compiled else params
 
     return apply
+
+
+def binarize_bop_params(cfg: Any, params: Any) -> Any:
+    """Params with ``sign`` applied where Bop trains them (Bop keeps weights in {-1, +1})."""
+    from bnn_jax.quant import sign
+
+    cfg = dict(cfg)
+    groups = [(g[0], dict(g[1])) for g in (cfg.get("groups") or ())]
+    names = {"default": cfg.get("name", "adam"),
+             **{f"g{i}": {**cfg, **o}.get("name", "adam") for i, (_, o) in enumerate(groups)}}
+    labels = group_labels(params, groups) if groups else jax.tree.map(lambda _: "default", params)
+    return jax.tree.map(lambda p, lab: sign(p) if names[lab] == "bop" else p, params, labels)
