@@ -1,0 +1,51 @@
+"""The README section "Use bnn_jax quantizers in your own Flax model" runs as written."""
+
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _nn_blocks():
+    text = README.read_text()
+    part = text[text.index("<!-- section:nn:start -->"):text.index("<!-- section:nn:end -->")]
+    return re.findall(r"```python\n(.*?)```", part, flags=re.S)
+
+
+def test_readme_nn_section_runs(capsys):
+    blocks = _nn_blocks()
+    assert len(blocks) == 3
+    scope = {}
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), scope)
+    model, report, logits = scope["model"], scope["report"], scope["logits"]
+    from bnn_jax.nn import QuantLinear
+
+    assert isinstance(model.hidden, QuantLinear) and type(model.stem) is nnx.Linear
+    assert [r.path for r in report.replaced] == ["hidden"]
+    assert sorted(report.unmatched) == ["head", "stem"]
+    assert "hidden: Linear -> QuantLinear" in capsys.readouterr().out
+    # The quantized model computes sign(h) @ sign(W) + b in its hidden layer.
+    x = jnp.ones((4, 16))
+    h = np.asarray(nnx.relu(model.stem(x)))
+    w, b = np.asarray(model.hidden.kernel[...]), np.asarray(model.hidden.bias[...])
+    hidden = np.where(h >= 0, 1.0, -1.0) @ np.where(w >= 0, 1.0, -1.0) + b
+    want = hidden @ np.asarray(model.head.kernel[...]) + np.asarray(model.head.bias[...])
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+    # The policy line gives the PokeBNN mix, the default last.
+    rules = scope["rules"]
+    assert [r.pattern for r in rules] == ["stem", r".*/se/.*", "head", ".*"]
+    assert rules[-1].weight == "ste_sign"
+    # The Linen layers quantize: a Dense of +-1 inputs and kernel gives integers.
+    dense = scope["dense"]
+    params = dense.init(jax.random.key(0), jnp.ones((1, 8)))
+    y = dense.apply(params, jnp.linspace(-1, 1, 8)[None])
+    np.testing.assert_array_equal(y, np.round(y))
+    conv = scope["conv"]
+    cp = conv.init(jax.random.key(0), jnp.ones((1, 4, 4, 2)))
+    assert conv.apply(cp, jnp.ones((1, 4, 4, 2))).shape == (1, 4, 4, 64)
