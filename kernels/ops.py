@@ -57,17 +57,18 @@ def _epilogue(acc, scale, bias, n: int, op: str):
 
 # ----------------------------------------------------------------------------- integer matmul
 
-def _matmul_2d(a: Packed, b: Packed, length: int, backend: str, **blocks) -> jax.Array:
+def _matmul_2d(a: Packed, b: Packed, length: int, backend: str, blocks) -> jax.Array:
     """(M, Kw) x (Kw, N) planes -> int32 (M, N) on the resolved backend."""
     impl, interpret = resolve(backend)
     args = (a.sign, a.mask, b.sign, b.mask, length)
     if impl == "xla":
         return xla.matmul(*args)
-    return pallas.matmul(*args, backend=impl, interpret=interpret, **blocks)
+    return pallas.matmul(*args, backend=impl, interpret=interpret, block_m=blocks[0],
+                         block_n=blocks[1])
 
 
 def packed_matmul(a: Packed, b: Packed, *, scale=None, bias=None, backend: str = "auto",
-                  **blocks) -> jax.Array:
+                  block_m: int | None = None, block_n: int | None = None) -> jax.Array:
     """Exact ``a @ b`` of packed operands (±1, {0,1} or ternary) as int32, then ``*scale + bias``.
 
     ``a`` is (..., M, K) packed along its last axis; ``b`` is (K, N) packed along axis 0, or
@@ -76,6 +77,11 @@ def packed_matmul(a: Packed, b: Packed, *, scale=None, bias=None, backend: str =
     """
     a, b = _require_packed("a", a), _require_packed("b", b)
     resolve(backend)
+    return _packed_matmul_jit(a, b, scale, bias, backend, (block_m, block_n))
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _packed_matmul_jit(a: Packed, b: Packed, scale, bias, backend: str, blocks) -> jax.Array:
     if a.axis != a.ndim - 1:
         raise ValueError(f"packed_matmul: a must be packed along its last axis, got axis {a.axis} "
                          f"of shape {a.shape}")
@@ -90,7 +96,7 @@ def packed_matmul(a: Packed, b: Packed, *, scale=None, bias=None, backend: str =
         lead = a.shape[:-1]
         rows = [None if p is None else p.reshape(-1, p.shape[-1]) for p in (a.sign, a.mask)]
         flat = Packed(*rows, length=a.length, axis=1)
-        out = _matmul_2d(flat, b, a.length, backend, **blocks).reshape(*lead, n)
+        out = _matmul_2d(flat, b, a.length, backend, blocks).reshape(*lead, n)
     else:
         if a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2]:
             raise ValueError(f"packed_matmul: batched operands need equal leading axes, got "
@@ -102,7 +108,7 @@ def packed_matmul(a: Packed, b: Packed, *, scale=None, bias=None, backend: str =
         def one(a_sign, a_mask, b_sign, b_mask):
             return _matmul_2d(Packed(a_sign, a_mask, length=a.length, axis=1),
                               Packed(b_sign, b_mask, length=b.length, axis=0),
-                              a.length, backend, **blocks)
+                              a.length, backend, blocks)
 
         out = jax.vmap(one)(flat(a.sign), flat(a.mask), flat(b.sign), flat(b.mask))
         out = out.reshape(*a.shape[:-1], n)
@@ -137,7 +143,7 @@ def _pad_words(planes: dict, enc: str, pads, pad_value: float, valid):
 
 def packed_conv2d(x: Packed, w: Packed, *, strides=(1, 1), padding: str = "VALID",
                   pad_value: float = 0.0, scale=None, bias=None, backend: str = "auto",
-                  **blocks) -> jax.Array:
+                  block_m: int | None = None, block_n: int | None = None) -> jax.Array:
     """Exact 2-D convolution of NHWC ``x`` packed along C with HWIO ``w`` packed along I, int32.
 
     ``padding`` is 'VALID' or 'SAME' (TensorFlow's split); ``pad_value`` is the value the padded
@@ -146,6 +152,20 @@ def packed_conv2d(x: Packed, w: Packed, *, strides=(1, 1), padding: str = "VALID
     """
     x, w = _require_packed("x", x), _require_packed("w", w)
     resolve(backend)
+    try:
+        strides = tuple(int(s) for s in np.broadcast_to(strides, (2,)))
+    except (TypeError, ValueError):
+        raise ValueError(f"packed_conv2d: strides must be an int or two ints, got {strides!r}")
+    if pad_value not in PAD_VALUES:
+        raise ValueError(f"packed_conv2d: pad_value must be one of {list(PAD_VALUES)}, "
+                         f"got {pad_value!r}")
+    return _packed_conv2d_jit(x, w, scale, bias, strides, padding, float(pad_value), backend,
+                              (block_m, block_n))
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8))
+def _packed_conv2d_jit(x: Packed, w: Packed, scale, bias, strides, padding, pad_value, backend,
+                       blocks) -> jax.Array:
     if x.ndim != 4 or x.axis != 3:
         raise ValueError(f"packed_conv2d: x must be NHWC packed along C (axis 3), got shape "
                          f"{x.shape} axis {x.axis}")
@@ -158,12 +178,8 @@ def packed_conv2d(x: Packed, w: Packed, *, strides=(1, 1), padding: str = "VALID
     if padding not in ("SAME", "VALID"):
         raise ValueError(f"packed_conv2d: padding must be one of ['SAME', 'VALID'], "
                          f"got {padding!r}")
-    if pad_value not in PAD_VALUES:
-        raise ValueError(f"packed_conv2d: pad_value must be one of {list(PAD_VALUES)}, "
-                         f"got {pad_value!r}")
     if x.encoding == "bool" and pad_value == -1.0:
         raise ValueError("packed_conv2d: {0,1} activations cannot be padded with -1")
-    strides = tuple(int(s) for s in np.broadcast_to(strides, (2,)))
     if min(strides) < 1:
         raise ValueError(f"packed_conv2d: strides must be positive, got {strides}")
     nb, h, wd, _ = x.shape
@@ -196,7 +212,7 @@ def packed_conv2d(x: Packed, w: Packed, *, strides=(1, 1), padding: str = "VALID
                axis=1)
     b = Packed(*(None if p is None else p.reshape(kh * kw * cw, c_out) for p in (w.sign, w.mask)),
                length=kh * kw * cw * WORD_BITS, axis=0)
-    out = _matmul_2d(a, b, kh * kw * x.length, backend, **blocks).reshape(nb, ho, wo, c_out)
+    out = _matmul_2d(a, b, kh * kw * x.length, backend, blocks).reshape(nb, ho, wo, c_out)
     if zero_fix:
         out = out - _border_correction(w, (h, wd), pads, strides, (ho, wo))
     return _epilogue(out, scale, bias, c_out, "packed_conv2d")
@@ -223,7 +239,7 @@ def _weight_matmul(x, w_sign, w_mask, length, backend, blocks):
     if impl == "xla":
         return xla.weight_matmul(x, w_sign, w_mask, jnp.float32)
     return pallas.weight_matmul(x, w_sign, w_mask, backend=impl, interpret=interpret,
-                                **dict(blocks))
+                                block_m=blocks[0], block_n=blocks[1])
 
 
 def _weight_matmul_fwd(x, w_sign, w_mask, length, backend, blocks):
@@ -246,7 +262,8 @@ _weight_matmul.defvjp(_weight_matmul_fwd, _weight_matmul_bwd)
 
 
 def packed_weight_matmul(x, w: Packed, *, scale=None, bias=None, preferred_element_type=None,
-                         backend: str = "auto", **blocks) -> jax.Array:
+                         backend: str = "auto", block_m: int | None = None,
+                         block_n: int | None = None) -> jax.Array:
     """``x @ W``: float/bf16 ``x`` (..., K) times packed ±1/ternary ``W`` (K, N) (W1A16/W1.58A16).
 
     Accumulates in float32; the result has ``preferred_element_type`` (default ``x.dtype``).
@@ -254,6 +271,17 @@ def packed_weight_matmul(x, w: Packed, *, scale=None, bias=None, preferred_eleme
     """
     w = _require_packed("w", w)
     resolve(backend)
+    try:
+        x = jnp.asarray(x)
+    except TypeError as e:
+        raise ValueError(f"packed_weight_matmul: x must be an array, got {type(x).__name__}") from e
+    return _packed_weight_matmul_jit(x, w, scale, bias, preferred_element_type, backend,
+                                     (block_m, block_n))
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _packed_weight_matmul_jit(x, w: Packed, scale, bias, preferred_element_type, backend,
+                              blocks) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"packed_weight_matmul: x must be floating point (bf16/f16/f32), "
@@ -269,7 +297,6 @@ def packed_weight_matmul(x, w: Packed, *, scale=None, bias=None, preferred_eleme
                          f"K={w.length}")
     n = w.shape[1]
     lead = x.shape[:-1]
-    out = _weight_matmul(x.reshape(-1, w.length), w.sign, w.mask, w.length, backend,
-                         tuple(sorted(blocks.items())))
+    out = _weight_matmul(x.reshape(-1, w.length), w.sign, w.mask, w.length, backend, blocks)
     out = _epilogue(out.reshape(*lead, n), scale, bias, n, "packed_weight_matmul")
     return out.astype(preferred_element_type or x.dtype)

@@ -1,0 +1,14 @@
+"""Freeze a trained model into packed bits + scales that run on bnn_jax.kernels; save and load it.
+
+``frozen, records = freeze(model)``; ``save(frozen, path, records)``; ``load(path, model)``;
+``python -m bnn_jax.export --workdir DIR`` freezes the newest checkpoint of a training run.
+"""
+
+from bnn_jax.export.freeze import LayerRecord, freeze, is_frozen_layer, report, state_bytes
+from bnn_jax.export.frozen import (FrozenConv, FrozenLinear, PackedBits, Scale, input_encoding,
+                                   split_levels)
+from bnn_jax.export.io import load, read_meta, save
+
+__all__ = ["FrozenConv", "FrozenLinear", "LayerRecord", "PackedBits", "Scale", "freeze",
+           "input_encoding", "is_frozen_layer", "load", "read_meta", "report", "save",
+           "split_levels", "state_bytes"]

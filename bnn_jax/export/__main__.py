@@ -1,0 +1,94 @@
+"""``python -m bnn_jax.export --workdir DIR``: freeze the newest checkpoint of a training run.
+
+Rebuilds the model from ``DIR/config.json``, restores the newest good checkpoint under
+``DIR/checkpoints`` (params and BatchNorm statistics), freezes it, prints the size before and
+after and one line per quantized layer, checks the frozen logits against the fake-quant logits
+on a batch of evaluation data, and writes ``DIR/frozen.npz`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from bnn_jax import export
+from bnn_jax.kernels.backend import BACKENDS
+
+
+def restore_model(workdir: str):
+    """(model in eval mode with the newest checkpoint's weights, dataset) of a training run."""
+    from bnn_jax import data as data_lib
+    from bnn_jax import models
+    from bnn_jax.train import checkpoint as ckpt_lib
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise ValueError(f"{path} not found: --workdir must be a training run's directory")
+    with open(path, encoding="utf-8") as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    ds = data_lib.build(config.data, seed=config.seed)
+    model = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
+                         rngs=nnx.Rngs(config.seed))
+    saved = ckpt_lib.restore_params(workdir, None)
+    graph, params, rest = nnx.split(model, nnx.Param, ...)
+    model = nnx.merge(graph, _like(nnx.to_pure_dict(params), saved["params"]),
+                      _like(nnx.to_pure_dict(rest), saved["rest"]))
+    model.eval()
+    return model, ds, int(np.asarray(saved["step"]))
+
+
+def _like(template, saved):
+    """``saved`` in the template's structure and dtypes (orbax restores list indices as strings)."""
+    if isinstance(template, dict):
+        if not isinstance(saved, dict):
+            raise ValueError(f"checkpoint does not match the model: expected a mapping with keys "
+                             f"{sorted(map(str, template))}, got {type(saved).__name__}")
+        missing = [k for k in template if k not in saved and str(k) not in saved]
+        if missing:
+            raise ValueError(f"checkpoint does not match the model: missing {missing}")
+        return {k: _like(v, saved[k] if k in saved else saved[str(k)])
+                for k, v in template.items()}
+    t = jnp.asarray(template)
+    s = jnp.asarray(saved, dtype=t.dtype)
+    if s.shape != t.shape:
+        raise ValueError(f"checkpoint array of shape {s.shape} where the model has {t.shape}")
+    return s
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bnn_jax.export", description=__doc__)
+    parser.add_argument("--workdir", required=True, help="a training run's directory")
+    parser.add_argument("--out", default=None, help="output file (default WORKDIR/frozen.npz)")
+    parser.add_argument("--backend", default="auto", choices=list(BACKENDS))
+    args = parser.parse_args(argv)
+    try:
+        model, ds, step = restore_model(args.workdir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    frozen, records = export.freeze(model, backend=args.backend)
+    before, after = export.state_bytes(model), export.state_bytes(frozen)
+    print(f"checkpoint step {step} of {args.workdir}")
+    print(export.report(records, before, after))
+    batch = next(iter(ds.eval_batches()))
+    images = jnp.asarray(batch["image"])
+    ref, out = np.asarray(model(images)), np.asarray(frozen(images))
+    diff = float(np.max(np.abs(ref - out)))
+    agree = float(np.mean(ref.argmax(-1) == out.argmax(-1)))
+    print(f"frozen vs fake-quant logits on {len(images)} eval images: max |diff| {diff:.3g}, "
+          f"same argmax {agree:.1%}")
+    path = args.out or os.path.join(args.workdir, "frozen.npz")
+    size = export.save(frozen, path, records)
+    print(f"wrote {path}: {size} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

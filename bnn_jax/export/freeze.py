@@ -1,0 +1,158 @@
+"""``freeze(model)``: a copy of a trained NNX model whose quantized layers run on packed kernels."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax.nnx import graphlib
+
+from bnn_jax.export.frozen import (FrozenConv, FrozenLinear, PackedBits, Scale, _Frozen,
+                                   conv_supported, layer_input_encoding, split_levels)
+from bnn_jax.kernels import pack
+from bnn_jax.kernels.backend import BACKENDS
+
+
+@dataclasses.dataclass
+class LayerRecord:
+    """What freezing did to one layer, with its storage before and after (bytes)."""
+
+    path: str
+    kind: str            # QuantLinear / QuantConv
+    frozen: bool
+    weights: int         # number of kernel entries
+    bytes_before: int    # float kernel (+ bias) as trained
+    bytes_after: int     # packed planes + scale (+ bias), or unchanged if kept
+    encoding: str = ""   # binary / ternary weights; "" if kept float
+    activations: str = ""  # binary / bool / ternary (integer kernel) or float
+    reason: str = ""     # why a layer was kept float
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Storage of the layer's kernel-related arrays per kernel entry."""
+        return 8 * self.bytes_after / self.weights
+
+
+def _nbytes(x) -> int:
+    return int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+
+
+def _references(root) -> list[tuple[tuple, Any, Any, Any]]:
+    """(path, parent, key, child) for every reference to a module below ``root``."""
+    out, seen, stack = [], set(), [((), None, None, root)]
+    while stack:
+        path, parent, key, node = stack.pop()
+        if parent is not None:
+            out.append((path, parent, key, node))
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        impl = graphlib.get_node_impl(node)
+        if impl is None:
+            continue
+        children = [(k, c) for k, c in impl.node_dict(node).items()
+                    if not isinstance(c, nnx.Variable) and graphlib.is_node(c)]
+        stack.extend(((*path, k), node, k, c) for k, c in reversed(children))
+    return out
+
+
+def _set_child(parent, key, value) -> None:
+    if isinstance(parent, nnx.Module) and not hasattr(parent, "__setitem__"):
+        setattr(parent, key, value)
+    else:
+        parent[key] = value
+
+
+def _frozen_layer(layer, backend: str):
+    """(frozen module or None, LayerRecord fields) for one quantized layer."""
+    from bnn_jax.nn import QuantConv, QuantLinear
+
+    kind = type(layer).__name__
+    kernel = np.asarray(layer.kernel[...])
+    before = _nbytes(kernel) + (_nbytes(layer.bias[...]) if layer.bias is not None else 0)
+    rec = dict(kind=kind, weights=int(kernel.size), bytes_before=before, bytes_after=before)
+    if isinstance(layer, QuantConv):
+        reason = conv_supported(layer)
+        if reason:
+            return None, dict(rec, reason=reason)
+    elif not isinstance(layer, QuantLinear):
+        return None, dict(rec, reason=f"{kind} is not packed")
+    if layer.kernel_quantizer is None:
+        return None, dict(rec, reason="full-precision kernel")
+    split = split_levels(np.asarray(layer.quantized_kernel()))
+    if split is None:
+        return None, dict(rec, reason=f"kernel quantizer {layer.kernel_quantizer.name!r} is not "
+                                      "binary/ternary times a per-channel scale")
+    levels, scale, encoding = split
+    cls = FrozenConv if isinstance(layer, QuantConv) else FrozenLinear
+    packed = pack(jnp.asarray(levels), axis=levels.ndim - 2, encoding=encoding)
+    new = cls(layer, packed, scale, layer_input_encoding(layer), backend=backend)
+    after = sum(_nbytes(v[...]) for v in (new.w_sign, new.w_mask, new.scale, new.bias)
+                if v is not None)
+    return new, dict(rec, frozen=True, bytes_after=after, encoding=encoding,
+                     activations=new.act_encoding or "float")
+
+
+def freeze(model: nnx.Module, *, backend: str = "auto") -> tuple[nnx.Module, list[LayerRecord]]:
+    """(frozen copy of ``model``, one record per quantized layer); ``model`` is not changed.
+
+    Each QuantLinear/QuantConv whose quantized kernel is ±1 or ternary times a per-channel scale
+    becomes a FrozenLinear/FrozenConv; everything else (float layers, BatchNorm, unsupported
+    quantized layers) is copied unchanged. The copy is put in eval mode. ``backend`` selects the
+    kernels (see bnn_jax.kernels.backend).
+    """
+    from bnn_jax.nn import QUANT_LAYERS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid choices: {list(BACKENDS)}")
+    if not isinstance(model, nnx.Module):
+        raise ValueError(f"freeze expects an NNX Module, got {type(model).__name__}")
+    if isinstance(model, QUANT_LAYERS):
+        raise ValueError("freeze() swaps layers inside a model; wrap a bare layer in a Module")
+    frozen = nnx.clone(model)
+    groups: dict[int, list] = {}
+    for path, parent, key, child in _references(frozen):
+        if isinstance(child, QUANT_LAYERS):
+            groups.setdefault(id(child), []).append(("/".join(map(str, path)), parent, key, child))
+    records = []
+    for group in groups.values():
+        layer = group[0][3]
+        new, fields = _frozen_layer(layer, backend)
+        records.append(LayerRecord(path=group[0][0], **{"frozen": False, **fields}))
+        if new is not None:
+            for _, parent, key, _ in group:
+                _set_child(parent, key, new)
+    frozen.eval()
+    return frozen, records
+
+
+def is_frozen_layer(x) -> bool:
+    """True for the layers :func:`freeze` produces."""
+    return isinstance(x, _Frozen)
+
+
+def report(records: list[LayerRecord], before_bytes: int | None = None,
+           after_bytes: int | None = None) -> str:
+    """A plain-text table of the layers and the model size before/after freezing."""
+    lines = [f"{'layer':<32} {'kind':<12} {'weights':>9} {'before':>11} {'after':>11} "
+             f"{'bits/w':>7}  encoding"]
+    for r in records:
+        enc = (f"W:{r.encoding} A:{r.activations}" if r.frozen else f"kept float ({r.reason})")
+        lines.append(f"{r.path:<32} {r.kind:<12} {r.weights:>9} {r.bytes_before:>11} "
+                     f"{r.bytes_after:>11} {r.bits_per_weight:>7.3f}  {enc}")
+    if before_bytes is not None and after_bytes is not None:
+        lines.append(f"model: {before_bytes} bytes before, {after_bytes} bytes after "
+                     f"({before_bytes / max(after_bytes, 1):.1f}x smaller)")
+    return "\n".join(lines)
+
+
+def state_bytes(model: nnx.Module) -> int:
+    """Bytes of every array in the model's state (what :func:`bnn_jax.export.save` writes)."""
+    return sum(_nbytes(v[...]) for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable))
+
+
+__all__ = ["LayerRecord", "PackedBits", "Scale", "freeze", "is_frozen_layer", "report",
+           "state_bytes"]

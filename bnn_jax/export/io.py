@@ -1,0 +1,122 @@
+"""Save and load a frozen model: one uncompressed ``.npz`` of its arrays, written atomically.
+
+The file holds every array of the frozen model's state under its "/"-joined path (packed
+uint32 planes, float32 scales, biases, the float layers and BatchNorm statistics) and a JSON
+``__meta__`` entry describing each frozen layer. Loading needs the model's architecture: pass a
+freshly built (unfrozen) model of the same configuration; its quantized layers are replaced by
+frozen ones rebuilt from the file, then every array is checked (names, shapes, dtypes) and set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bnn_jax.export.freeze import LayerRecord, _references, _set_child
+from bnn_jax.export.frozen import FrozenConv, FrozenLinear
+from bnn_jax.kernels import Packed
+
+FORMAT = 1
+META_KEY = "__meta__"
+
+
+def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
+    """Every Variable of the model by "/"-joined path."""
+    return {"/".join(map(str, path)): node for path, node in nnx.iter_graph(model)
+            if isinstance(node, nnx.Variable)}
+
+
+def _frozen_layers(model: nnx.Module) -> dict[str, dict]:
+    out = {}
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, (FrozenLinear, FrozenConv)):
+            out["/".join(map(str, path))] = dict(
+                kind=type(node).__name__, length=node.length, axis=node.axis,
+                encoding=node.encoding, activations=node.act_encoding)
+    return out
+
+
+def save(model: nnx.Module, path: str, records: list[LayerRecord] | None = None) -> int:
+    """Write the frozen ``model`` to ``path`` (.npz) atomically; returns the file size in bytes."""
+    arrays = {k: np.asarray(v[...]) for k, v in _variables(model).items()}
+    if META_KEY in arrays:
+        raise ValueError(f"the model has a variable named {META_KEY!r}, which the format reserves")
+    meta = dict(format=FORMAT, layers=_frozen_layers(model),
+                records=[r.__dict__ for r in records or []])
+    arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # Write next to the target and rename: a crash never leaves a half-written model file.
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".frozen-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return os.path.getsize(path)
+
+
+def read_meta(path: str) -> dict:
+    """The JSON metadata of a saved frozen model."""
+    with np.load(path) as f:
+        if META_KEY not in f.files:
+            raise ValueError(f"{path} is not a frozen bnn_jax model (no {META_KEY} entry)")
+        return json.loads(f[META_KEY].tobytes().decode())
+
+
+def load(path: str, model: nnx.Module, *, backend: str = "auto") -> nnx.Module:
+    """The frozen model saved at ``path``, rebuilt on ``model`` (same architecture, not frozen)."""
+    from bnn_jax.nn import QUANT_LAYERS
+
+    meta = read_meta(path)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files if k != META_KEY}
+    frozen = nnx.clone(model)
+    layers = meta["layers"]
+    found = set()
+    for ref_path, parent, key, child in _references(frozen):
+        name = "/".join(map(str, ref_path))
+        if not isinstance(child, QUANT_LAYERS) or name not in layers:
+            continue
+        info = layers[name]
+        cls = {"FrozenLinear": FrozenLinear, "FrozenConv": FrozenConv}[info["kind"]]
+        planes = [jnp.asarray(arrays[f"{name}/{p}"]) if f"{name}/{p}" in arrays else None
+                  for p in ("w_sign", "w_mask")]
+        packed = Packed(*planes, length=info["length"], axis=info["axis"])
+        q = child.input_quantizer
+        for n in (q.learned if q is not None else ()):
+            # Learned input arrays appear on a layer's first call; take them from the file.
+            if not hasattr(child, f"input_{n}") and f"{name}/input_{n}" in arrays:
+                setattr(child, f"input_{n}", nnx.Param(jnp.asarray(arrays[f"{name}/input_{n}"])))
+        _set_child(parent, key, cls(child, packed, arrays[f"{name}/scale"], info["activations"],
+                                    backend=backend))
+        found.add(name)
+    missing_layers = sorted(set(layers) - found)
+    if missing_layers:
+        raise ValueError(f"{path}: the model has no quantized layers at {missing_layers}; "
+                         "pass a model built from the same configuration")
+    variables = _variables(frozen)
+    missing, unexpected = sorted(set(variables) - set(arrays)), sorted(set(arrays) - set(variables))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the model: missing {missing}, "
+                         f"unexpected {unexpected}")
+    for name, var in variables.items():
+        want, got = var[...], arrays[name]
+        if tuple(want.shape) != got.shape or np.dtype(want.dtype) != got.dtype:
+            raise ValueError(f"{path}: {name} has shape {got.shape} {got.dtype}, the model "
+                             f"expects {tuple(want.shape)} {np.dtype(want.dtype)}")
+        var[...] = jnp.asarray(got)
+    frozen.eval()
+    return frozen
