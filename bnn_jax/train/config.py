@@ -112,7 +112,7 @@ def schedule_value(spec: Any, progress: Any) -> Any:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Every config error we can find without building anything, each listing valid choices."""
-    from bnn_jax import data, models
+    from bnn_jax import data, models, quant
     from bnn_jax.train import optimizers, sharding
 
     base = defaults()
@@ -130,7 +130,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _check_quantizers(f"config.model.{key}", value)
     optimizers.validate(config.optimizer)
     sharding.validate_rules(config.partition_rules)
-    sharding.make_mesh  # axes are checked when the mesh is made (needs the device count)
     for role, params in _fields(config.get("schedules", {})).items():
         if role not in ("input", "kernel"):
             raise ValueError(f"config.schedules has role {role!r}; "
@@ -142,6 +141,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                  f"{list(SCHEDULE_KINDS)}")
             if "start" not in _fields(spec):
                 raise ValueError(f"schedule {role}.{pname} needs a 'start' value")
+            qspec = _fields(config.model).get(f"{role}_quantizer")
+            if qspec is None:
+                raise ValueError(f"config.schedules.{role} is set but config.model has no "
+                                 f"{role}_quantizer")
+            q = quant.get(qspec)
+            if pname not in q.params:
+                raise ValueError(f"schedule {role}.{pname}: quantizer {q.name!r} has no static "
+                                 f"parameter {pname!r}; valid: {sorted(q.params)}")
     if config.kd.enabled:
         models.validate(config.kd.teacher_model)
         if not config.kd.teacher_workdir:
