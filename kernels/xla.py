@@ -72,7 +72,9 @@ def weight_matmul(x, w_sign, w_mask, out_dtype) -> jax.Array:
     kw, n = w_any.shape
     m = x.shape[0]
     x = _pad_words(x, kw * WORD_BITS, 1)  # zero activations meet the zero pad bits
-    compute = jnp.bfloat16 if x.dtype == jnp.bfloat16 else jnp.float32
+    # f32 products of ±1 with bf16/f16/f32 activations are exact, and XLA's f32 dot is the
+    # fast one on every backend's reference path (bf16 dots are slow on CPU).
+    compute = jnp.float32
     xs = x.astype(compute).reshape(m, kw, WORD_BITS).transpose(1, 0, 2)
     shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None]
 
