@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bnn_jax.nn.layers import QuantConv, as_quantizer
+from bnn_jax.nn.layers import QuantConv, _scheduled, as_quantizer
 from bnn_jax.quant.core import mean
 from bnn_jax.quant.larq import hard_tanh
 from bnn_jax.quant.norm import weight_standardization
@@ -35,7 +35,8 @@ class Quantize(nnx.Module):
         self.quantizer = as_quantizer(quantizer)
 
     def __call__(self, x: jax.Array, **overrides) -> jax.Array:
-        """``q(x, **learned, **overrides)``; overrides feed schedules (e.g. ReSTE's ``o``)."""
+        """``q(x, **learned, **overrides)``; overrides (and :func:`quant_params` ``input``
+        values) feed schedules such as ReSTE's ``o``."""
         q = self.quantizer
         if q is None:
             return x
@@ -43,7 +44,8 @@ class Quantize(nnx.Module):
             init = q.init(x)
             for name in q.learned:
                 setattr(self, name, nnx.Param(jnp.asarray(init[name])))
-        return q(x, **{n: getattr(self, n)[...] for n in q.learned}, **overrides)
+        return q(x, **{n: getattr(self, n)[...] for n in q.learned},
+                 **_scheduled("input", q, overrides))
 
 
 class RSign(Quantize):

@@ -19,6 +19,8 @@ applies it after the optimizer update with :func:`apply_constraints`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -34,6 +36,34 @@ default_kernel_init = initializers.lecun_normal()
 default_bias_init = initializers.zeros_init()
 
 _PAD_MODES = ("SAME", "VALID", "CIRCULAR", "REFLECT", "CAUSAL")
+
+
+_SCHEDULE: contextvars.ContextVar[dict[str, dict[str, Any]]] = contextvars.ContextVar(
+    "bnn_jax_quant_params", default={})
+
+
+@contextlib.contextmanager
+def quant_params(*, input: Mapping[str, Any] | None = None,
+                 kernel: Mapping[str, Any] | None = None):
+    """Per-call values of quantizers' static parameters (schedules such as ReSTE's ``o``) for
+    every quantized layer called inside the block, without threading them through the model.
+
+    Enter it *inside* the jitted step so the values are traced, e.g.
+    ``with quant_params(kernel=dict(o=o_of_step)): logits = model(x)``. A value goes only to
+    quantizers that have a parameter of that name; arguments given to a layer call win.
+    """
+    outer = _SCHEDULE.get()
+    token = _SCHEDULE.set({"input": {**outer.get("input", {}), **(input or {})},
+                           "kernel": {**outer.get("kernel", {}), **(kernel or {})}})
+    try:
+        yield
+    finally:
+        _SCHEDULE.reset(token)
+
+
+def _scheduled(role: str, q: Quantizer, explicit: Mapping[str, Any]) -> dict[str, Any]:
+    ctx = _SCHEDULE.get().get(role, {})
+    return {**{k: v for k, v in ctx.items() if k in q.params}, **explicit}
 
 
 def as_quantizer(spec: Any, *, role: str = "quantizer") -> Quantizer | None:
@@ -82,7 +112,7 @@ class _QuantizedOperands(nnx.Module):
             return x
         if q.learned and not hasattr(self, f"input_{q.learned[0]}"):
             self._create_learned("input", q, x)
-        return q(x, **self._learned("input", q), **overrides)
+        return q(x, **self._learned("input", q), **_scheduled("input", q, overrides))
 
     def latent_kernel(self) -> jax.Array:
         """The kernel the kernel quantizer sees (subclasses may reparameterize it)."""
@@ -93,7 +123,7 @@ class _QuantizedOperands(nnx.Module):
         w = self.latent_kernel()
         q = self.kernel_quantizer
         if q is not None:
-            w = q(w, **self._learned("kernel", q), **overrides)
+            w = q(w, **self._learned("kernel", q), **_scheduled("kernel", q, overrides))
         mask = getattr(self, "mask", None)
         if mask is not None:
             # Mask after quantizing: a masked weight must contribute 0, not sign(0) = +1.

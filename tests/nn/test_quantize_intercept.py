@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from bnn_jax.nn import QuantConv, QuantEinsum, QuantLinear, Rule, quantize
+from bnn_jax.nn import QuantConv, QuantEinsum, QuantLinear, Rule, quant_params, quantize
 
 
 def _sign(a):
@@ -175,3 +175,35 @@ def test_bad_rules_raise():
     with pytest.raises(ValueError, match="wrap a bare layer"):
         quantize(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), [(".*", "ste_sign")])
     jax.clear_caches()
+
+
+def test_schedule_values_reach_quantized_layers_of_a_foreign_model():
+    # ReSTE's o is a static parameter fed a traced value per step; the MLP's __call__ knows
+    # nothing of it, so quant_params carries it to every quantizer that has an `o`.
+    m = MLP(nnx.Rngs(0))
+    quantize(m, [(r"blocks/0", "reste", "ste_sign"), (r"blocks/1", "ste_sign", "reste")])
+    layer0, layer1 = m.blocks[0], m.blocks[1]
+    h = jnp.asarray(np.random.default_rng(6).standard_normal((4, 8)).astype(np.float32))
+
+    @nnx.jit
+    def grads(layer, o):
+        with quant_params(kernel=dict(o=o), input=dict(o=o)):
+            return nnx.grad(lambda q: jnp.sum(q(h)))(layer)
+
+    w = np.asarray(layer0.kernel[...], np.float64)
+    a = np.abs(w)
+    for o in (1.0, 3.0):
+        h_der = np.where(a <= 1.5, np.where(a <= 0.1, 0.1 ** (1 / o) / 0.1,
+                                            (1 / o) * np.maximum(a, 0.1) ** ((1 - o) / o)), 0)
+        want = (_sign(h).sum(0)[:, None] * np.ones((1, 8))) * h_der
+        np.testing.assert_allclose(grads(layer0, jnp.float32(o)).kernel[...], want, rtol=1e-5,
+                                   atol=1e-6)
+    # Explicit call arguments win over the context; ste_sign (layer1's kernel) has no `o`.
+    def grad_x(o_ctx, explicit):
+        def f(x):
+            with quant_params(input=dict(o=o_ctx), kernel=dict(o=o_ctx)):
+                return jnp.sum(layer1(x, input_params=explicit))
+        return np.asarray(jax.jit(jax.grad(f))(h))
+
+    np.testing.assert_array_equal(grad_x(3.0, dict(o=1.0)), grad_x(1.0, None))
+    assert not np.allclose(grad_x(3.0, None), grad_x(1.0, None))
