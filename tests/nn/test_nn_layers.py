@@ -270,6 +270,25 @@ def test_quant_conv_groups_dilation_against_loops():
     want = _np_conv(_sign(x), _sign(w), 1, [(2, 1), (1, 0)], dil=2, groups=2,
                     pad_value=-1.0) + np.asarray(layer.bias[...])
     np.testing.assert_allclose(layer(jnp.asarray(x)), want, rtol=1e-6, atol=1e-6)
+    # Gradients under nnx.jit against a reference written with lax and the detach trick.
+    ste = lambda t: jax.lax.stop_gradient(jnp.where(t >= 0, 1.0, -1.0) - t) + t  # noqa: E731
+
+    def ref(x, w):
+        xq = ste(x) * (jnp.abs(x) <= 1) + jax.lax.stop_gradient(ste(x)) * (jnp.abs(x) > 1)
+        wq = ste(w) * (jnp.abs(w) <= 1) + jax.lax.stop_gradient(ste(w)) * (jnp.abs(w) > 1)
+        xp = jnp.pad(xq, [(0, 0), (2, 1), (1, 0), (0, 0)], constant_values=-1.0)
+        return jax.lax.conv_general_dilated(xp, wq, (1, 1), "VALID", rhs_dilation=(2, 2),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=2)
+
+    dy = jnp.asarray(rng.standard_normal(want.shape).astype(np.float32))
+    dx, dl = _grads(layer, jnp.asarray(x), dy)
+    rx, rw = jax.grad(lambda x, w: jnp.sum(ref(x, w) * dy), argnums=(0, 1))(
+        jnp.asarray(x), layer.kernel[...])
+    np.testing.assert_allclose(dx, rx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dl.kernel[...], rw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dl.bias[...], np.asarray(dy).sum((0, 1, 2)), rtol=1e-5)
+    assert np.any(np.asarray(dx) == 0) and np.any(np.asarray(dx) != 0)
 
 
 def test_quant_conv_1d_causal_and_batchless():
@@ -306,6 +325,14 @@ def test_quant_einsum_against_numpy():
     w, b = np.asarray(layer.kernel[...]), np.asarray(layer.bias[...])
     want = np.einsum("btd,dhk->bthk", _sign(x), _sign(w)) + b
     np.testing.assert_allclose(layer(jnp.asarray(x)), want, rtol=1e-6, atol=1e-6)
+    dy = rng.standard_normal(want.shape).astype(np.float32)
+    dx, dl = _grads(layer, jnp.asarray(x), jnp.asarray(dy))
+    # Clipped STE on both operands (|.| <= 1 passes).
+    np.testing.assert_allclose(dx, np.einsum("bthk,dhk->btd", dy, _sign(w)) * (np.abs(x) <= 1),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dl.kernel[...],
+                               np.einsum("btd,bthk->dhk", _sign(x), dy) * (np.abs(w) <= 1),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_learned_quantizer_state_is_initialised_and_trained():
