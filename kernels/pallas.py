@@ -113,7 +113,8 @@ def _weight_kernel(*refs, has, kw):
     it = iter(refs[1:-1])
     w_sign, w_mask = (next(it) if h else None for h in has)
     out = refs[-1]
-    shifts = lax.broadcasted_iota(jnp.uint32, (WORD_BITS, out.shape[1]), 0)
+    # int32 iota (what Triton and Mosaic build natively), cast for the unsigned shifts.
+    shifts = lax.broadcasted_iota(jnp.int32, (WORD_BITS, out.shape[1]), 0).astype(jnp.uint32)
     compute = x_ref.dtype
 
     def body(k, acc):
