@@ -113,13 +113,33 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def restore_params(workdir: str, abstract_state: Any) -> Any:
-    """The state of the newest good checkpoint in another run's workdir (teachers, stage 2)."""
+def restore_params(workdir: str, like: dict[str, Any]) -> dict[str, Any]:
+    """``{"params", "rest"}`` of the newest good checkpoint of another run (teacher, stage 2).
+
+    The other run's optimizer may differ, so only the model arrays are taken, matched by path
+    to ``like`` (this run's ``{"params": ..., "rest": ...}``); a missing or reshaped array is an
+    error naming it.
+    """
+    from bnn_jax.train.sharding import path_str
+
     ckpt = Checkpointer(workdir, async_save=False)
     try:
-        got = ckpt.restore_latest(abstract_state)
+        got = ckpt.restore_latest(None)
     finally:
         ckpt.close()
     if got is None:
         raise ValueError(f"no checkpoint found under {os.path.join(workdir, 'checkpoints')}")
-    return got[0]
+    saved = {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(
+        {k: got[0][k] for k in ("params", "rest")})}
+
+    def pick(path, target):
+        name = path_str(path)
+        if name not in saved:
+            raise ValueError(f"checkpoint in {workdir} has no array {name!r}")
+        value = np.asarray(saved[name])
+        if value.shape != np.shape(target):
+            raise ValueError(f"checkpoint array {name!r} has shape {value.shape}, the model "
+                             f"expects {np.shape(target)}")
+        return value
+
+    return jax.tree_util.tree_map_with_path(pick, like)

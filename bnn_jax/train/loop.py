@@ -114,10 +114,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         t_model = models.build(config.kd.teacher_model, num_classes=ds.num_classes,
                                input_shape=ds.image_shape, rngs=nnx.Rngs(0))
         t_model.eval()
-        t_graph = nnx.split(t_model, nnx.Param, ...)[0]
-        saved = ckpt_lib.restore_params(config.kd.teacher_workdir, None)
-        teacher = (t_graph, jax.device_put({"params": saved["params"], "rest": saved["rest"]},
-                                           replicated))
+        t_graph, t_params, t_rest = _split(t_model)
+        saved = ckpt_lib.restore_params(config.kd.teacher_workdir,
+                                        {"params": t_params, "rest": t_rest})
+        teacher = (t_graph, jax.device_put(saved, replicated))
         # "distributional": ReActNet's loss as its code computes it (cross-entropy to the
         # teacher's softmax); "logit": Hinton's T^2-scaled KL at config.kd.temperature.
         kd_fn = {"logit": lambda s, t: losses.kd_loss(s, t, temperature=config.kd.temperature),
@@ -201,8 +201,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state = jax.jit(init_state, out_shardings=state_sh)()
         start = 0
         if config.init_from:
-            saved = ckpt_lib.restore_params(config.init_from, None)
-            state["params"] = jax.device_put(saved["params"], state_sh["params"])
+            saved = ckpt_lib.restore_params(config.init_from, {"params": params, "rest": rest})
+            # A Bop stage 2 starts from the signs of the stage-1 latent weights.
+            loaded = optimizers.binarize_bop_params(config.optimizer, saved["params"])
+            state["params"] = jax.device_put(loaded, state_sh["params"])
             state["rest"] = jax.device_put(saved["rest"], state_sh["rest"])
             say(f"Initialized parameters from {config.init_from}")
 

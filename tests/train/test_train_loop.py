@@ -126,3 +126,19 @@ def test_config_errors_are_reported_before_anything_is_built(tmp_path, field, va
     with pytest.raises(ValueError, match=message):
         run(c, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()  # failed before creating the workdir or compiling
+
+
+def test_init_from_starts_a_second_stage_from_the_first_stage_parameters(straight_run, tmp_path):
+    c = tiny_config(steps=1, every=1)
+    c.init_from = str(straight_run)
+    c.optimizer = dict(name="sgd", learning_rate=0.0)  # a step that leaves the params as loaded
+    c.model.kernel_constraint = None
+    run(c, str(tmp_path))
+    assert_trees_equal(saved_state(tmp_path, 1)["params"], saved_state(straight_run, 6)["params"])
+    fresh = tiny_config(steps=1, every=1)
+    fresh.optimizer = c.optimizer
+    fresh.model.kernel_constraint = None
+    run(fresh, str(tmp_path / "fresh"))
+    with pytest.raises(AssertionError):  # without init_from the params are the random init
+        assert_trees_equal(saved_state(tmp_path / "fresh", 1)["params"],
+                           saved_state(straight_run, 6)["params"])
