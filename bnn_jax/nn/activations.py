@@ -43,7 +43,7 @@ class Quantize(nnx.Module):
         if q.learned and not hasattr(self, q.learned[0]):
             init = q.init(x)
             for name in q.learned:
-                setattr(self, name, nnx.Param(jnp.asarray(init[name])))
+                setattr(self, name, nnx.Param(jax.lax.stop_gradient(jnp.asarray(init[name]))))
         return q(x, **{n: getattr(self, n)[...] for n in q.learned},
                  **_scheduled("input", q, overrides))
 

@@ -215,7 +215,7 @@ class BiPFTAttention(MultiHeadAttention):
         if not hasattr(self, "attn_alpha"):
             init = bipft_attention_init(q, k, v, inputs, estimators=est, mask=mask)
             for name, value in init.items():
-                setattr(self, name, nnx.Param(jnp.asarray(value)))
+                setattr(self, name, nnx.Param(jax.lax.stop_gradient(jnp.asarray(value))))
         alphas = {n: getattr(self, n)[...] for n in ("q_alpha", "k_alpha", "v_alpha",
                                                      "attn_alpha")}
         context, attention = bipft_attention(q, k, v, inputs, estimators=est, mask=mask,

@@ -100,7 +100,9 @@ class _QuantizedOperands(nnx.Module):
         missing = sorted(set(q.learned) - set(init))
         check(not missing, f"{q.name}.init returned {sorted(init)}, missing learned {missing}")
         for name in q.learned:
-            setattr(self, f"{role}_{name}", nnx.Param(jnp.asarray(init[name])))
+            # A starting value, not a function of x: no gradient flows back through it.
+            value = jax.lax.stop_gradient(jnp.asarray(init[name]))
+            setattr(self, f"{role}_{name}", nnx.Param(value))
 
     def _learned(self, role: str, q: Quantizer) -> dict[str, jax.Array]:
         return {n: getattr(self, f"{role}_{n}")[...] for n in q.learned}

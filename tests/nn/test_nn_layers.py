@@ -372,3 +372,17 @@ def test_bad_arguments_raise_clear_errors():
         QuantConv(2, 2, 3, padding="FULL", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="feature_group_count"):
         QuantConv(4, 6, 3, feature_group_count=4, rngs=nnx.Rngs(0))
+
+
+def test_first_call_inside_grad_initialises_without_leaking_gradient():
+    x = jnp.asarray(np.random.default_rng(9).standard_normal((6, 4)).astype(np.float32))
+    dx_first = {}
+    for call in ("first", "second"):
+        layer = QuantLinear(4, 3, input_quantizer=dict(name="lsq", bits=2), rngs=nnx.Rngs(0))
+        if call == "second":
+            layer(x)  # create input_step eagerly first
+        dx_first[call] = nnx.jit(nnx.grad(lambda m, x: jnp.sum(m(x) ** 2), argnums=1))(layer, x)
+        np.testing.assert_allclose(layer.input_step[...],
+                                   2 * np.abs(np.asarray(x)).mean() / np.sqrt(1), rtol=1e-6)
+    # The init rule's dependence on x must not add a gradient path on the first call.
+    np.testing.assert_allclose(dx_first["first"], dx_first["second"], rtol=1e-6)
