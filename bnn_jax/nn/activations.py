@@ -78,25 +78,25 @@ class LearnableBias(nnx.Module):
 
 
 class DPReLU(nnx.Module):
-    """PokeBNN's Dynamic PReLU: ``y = s(x - b_x)·(x - b_x) - b_y``, per channel (last axis).
+    """PokeBNN's Dynamic PReLU: ``y = s·(x - bias_x) - bias_y``, per channel (last axis).
 
-    ``s = slope_pos`` where ``x - b_x >= 0`` and ``slope_neg`` elsewhere; learned ``shift_x``
-    (b_x), ``shift_y`` (b_y) init 0, ``slope_pos`` init 1 and ``slope_neg`` init 0.25, as in
-    google/aqt ``pokebnn.py``.
+    ``s = pos_slope`` where ``x - bias_x >= 0`` and ``neg_slope`` elsewhere; ``bias_x``,
+    ``bias_y`` init 0, ``pos_slope`` init 1, ``neg_slope`` init 0.25 (names and inits of
+    google/aqt ``pokebnn.py``, which also casts the output to bfloat16; here the dtype is kept).
     """
 
-    def __init__(self, features: int, *, slope_pos_init: float = 1.0,
-                 slope_neg_init: float = 0.25, param_dtype: Any = jnp.float32):
-        self.shift_x = nnx.Param(jnp.zeros((features,), param_dtype))
-        self.shift_y = nnx.Param(jnp.zeros((features,), param_dtype))
-        self.slope_pos = nnx.Param(jnp.full((features,), slope_pos_init, param_dtype))
-        self.slope_neg = nnx.Param(jnp.full((features,), slope_neg_init, param_dtype))
+    def __init__(self, features: int, *, pos_slope_init: float = 1.0,
+                 neg_slope_init: float = 0.25, param_dtype: Any = jnp.float32):
+        self.bias_x = nnx.Param(jnp.zeros((features,), param_dtype))
+        self.bias_y = nnx.Param(jnp.zeros((features,), param_dtype))
+        self.pos_slope = nnx.Param(jnp.full((features,), pos_slope_init, param_dtype))
+        self.neg_slope = nnx.Param(jnp.full((features,), neg_slope_init, param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Apply the two-slope, two-shift activation."""
-        v = x - self.shift_x[...]
-        slope = jnp.where(v >= 0, self.slope_pos[...], self.slope_neg[...])
-        return slope * v - self.shift_y[...]
+        v = x - self.bias_x[...]
+        slope = jnp.where(v >= 0, self.pos_slope[...], self.neg_slope[...])
+        return slope * v - self.bias_y[...]
 
 
 def hard_sigmoid(x: jax.Array) -> jax.Array:

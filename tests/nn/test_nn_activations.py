@@ -28,10 +28,10 @@ def _sum_grad(module, x, dy):
 def test_dprelu_forward_and_gradients():
     c = 5
     m = DPReLU(c)
-    np.testing.assert_array_equal(m.slope_pos[...], np.ones(c))
-    np.testing.assert_array_equal(m.slope_neg[...], np.full(c, 0.25, np.float32))
+    np.testing.assert_array_equal(m.pos_slope[...], np.ones(c))
+    np.testing.assert_array_equal(m.neg_slope[...], np.full(c, 0.25, np.float32))
     bx, by, sp, sn = _rand(c), _rand(c), _rand(c) + 1, _rand(c) * 0.1 + 0.25
-    m.shift_x[...], m.shift_y[...], m.slope_pos[...], m.slope_neg[...] = bx, by, sp, sn
+    m.bias_x[...], m.bias_y[...], m.pos_slope[...], m.neg_slope[...] = bx, by, sp, sn
     x = _rand(2, 3, c, scale=2.0)
     x[0, 0, :] = bx  # exactly at the kink
     v = x - bx
@@ -42,12 +42,12 @@ def test_dprelu_forward_and_gradients():
     dm, dx = _sum_grad(m, x, dy)
     slope = np.where(pos, sp, sn)
     np.testing.assert_allclose(dx, dy * slope, rtol=1e-6)
-    np.testing.assert_allclose(dm.shift_x[...], -(dy * slope).sum((0, 1)), rtol=1e-5,
+    np.testing.assert_allclose(dm.bias_x[...], -(dy * slope).sum((0, 1)), rtol=1e-5,
                                atol=1e-5)
-    np.testing.assert_allclose(dm.shift_y[...], -dy.sum((0, 1)), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dm.slope_pos[...], (dy * v * pos).sum((0, 1)), rtol=1e-5,
+    np.testing.assert_allclose(dm.bias_y[...], -dy.sum((0, 1)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dm.pos_slope[...], (dy * v * pos).sum((0, 1)), rtol=1e-5,
                                atol=1e-6)
-    np.testing.assert_allclose(dm.slope_neg[...], (dy * v * ~pos).sum((0, 1)), rtol=1e-5,
+    np.testing.assert_allclose(dm.neg_slope[...], (dy * v * ~pos).sum((0, 1)), rtol=1e-5,
                                atol=1e-6)
 
 
