@@ -40,7 +40,8 @@ LCE_MS = {"conv_stack4": {"lce": 22.5, "tflite_xnnpack_f32": 39.0},
           "fc_4096_b1": {"lce": 0.24}, "fc_4096_b64": {"lce": 11.6}}
 
 
-def median_time(fn, *args, budget_s: float = 1.0, min_runs: int = 5, max_runs: int = 50) -> float:
+def median_time(fn, *args, budget_s: float = 1.0, min_runs: int = 10,
+                max_runs: int = 100) -> float:
     """Median seconds of ``fn(*args)`` after one warm-up call; repeats fill ``budget_s``."""
     jax.block_until_ready(fn(*args))
     t0 = time.perf_counter()
@@ -268,7 +269,7 @@ def _load() -> str:
 def run(quick: bool, backend: str):
     """All records of one benchmark run (``quick``: one shape per op, short timing budgets)."""
     rng = np.random.default_rng(0)
-    budget = 0.2 if quick else 1.0
+    budget = 0.2 if quick else 1.0  # seconds of repeats per measurement
     mats = [(64, 1024)] if quick else [(m, k) for k in (1024, 4096) for m in (1, 8, 64, 256)]
     convs = [(1, 14, 512)] if quick else [(b, hw, c) for hw, c in ((56, 64), (28, 256), (14, 512))
                                           for b in (1, 8)]

@@ -36,7 +36,14 @@ def restore_model(workdir: str):
     ds = data_lib.build(config.data, seed=config.seed)
     model = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
                          rngs=nnx.Rngs(config.seed))
-    saved = ckpt_lib.restore_params(workdir, None)
+    ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
+    try:
+        got = ckpt.restore_latest(None)  # the raw saved tree; matched to the model below
+    finally:
+        ckpt.close()
+    if got is None:
+        raise ValueError(f"no checkpoint found under {os.path.join(workdir, 'checkpoints')}")
+    saved = got[0]
     graph, params, rest = nnx.split(model, nnx.Param, ...)
     model = nnx.merge(graph, _like(nnx.to_pure_dict(params), saved["params"]),
                       _like(nnx.to_pure_dict(rest), saved["rest"]))

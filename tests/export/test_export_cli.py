@@ -71,5 +71,9 @@ def test_cli_freezes_latest_checkpoint(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys):
     assert main(["--workdir", str(tmp_path)]) == 2
     assert "config.json" in capsys.readouterr().err
+    with open(tmp_path / "config.json", "w", encoding="utf-8") as f:
+        f.write(_config().to_json_best_effort())
+    assert main(["--workdir", str(tmp_path)]) == 2
+    assert "no checkpoint found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--workdir", str(tmp_path), "--backend", "cuda"])
