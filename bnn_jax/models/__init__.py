@@ -2,7 +2,7 @@
 
 Each model module exports ``Model``, an NNX module constructed as
 ``Model(num_classes=..., input_shape=..., rngs=..., **config_fields)`` and called as
-``model(images)`` (quantizer schedules are passed as ``input_params``/``kernel_params``).
+``model(images)`` (the loop feeds quantizer schedules through ``bnn_jax.nn.quant_params``).
 Modules are imported only when their model is built, so the zoo costs nothing to list.
 """
 

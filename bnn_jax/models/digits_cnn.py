@@ -39,12 +39,12 @@ class Model(nnx.Module):
         self.head_bn = nnx.BatchNorm(width, momentum=bn_momentum, rngs=rngs)
         self.head = nnx.Linear(width, num_classes, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, input_params=None, kernel_params=None) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         """Logits for NHWC images."""
         x = self.stem_bn(self.stem(x))
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             h = x if self.binary_activations else jax.nn.relu(x)
-            x = x + norm(conv(h, input_params=input_params, kernel_params=kernel_params))
+            x = x + norm(conv(h))
             if i in self.pool_after:
                 x = nnx.max_pool(x, (2, 2), strides=(2, 2))
         x = jax.nn.relu(self.head_bn(x))

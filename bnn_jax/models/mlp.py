@@ -39,10 +39,10 @@ class Model(nnx.Module):
         # Binary layers binarize their own input; a float MLP needs a nonlinearity here.
         return x if self.binary_activations else jax.nn.relu(x)
 
-    def __call__(self, x: jax.Array, *, input_params=None, kernel_params=None) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         """Logits for a batch of images (any shape; flattened)."""
         x = jnp.reshape(x, (x.shape[0], -1))
         x = self._act(self.stem_bn(self.stem(x)))
         for layer, norm in zip(self.layers, self.norms):
-            x = self._act(norm(layer(x, input_params=input_params, kernel_params=kernel_params)))
+            x = self._act(norm(layer(x)))
         return self.head(x)

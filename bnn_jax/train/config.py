@@ -141,10 +141,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                  f"{list(SCHEDULE_KINDS)}")
             if "start" not in _fields(spec):
                 raise ValueError(f"schedule {role}.{pname} needs a 'start' value")
+            # Models that name their quantizers <role>_quantizer are checked here; values
+            # reach only quantizers that have the parameter (bnn_jax.nn.quant_params).
             qspec = _fields(config.model).get(f"{role}_quantizer")
             if qspec is None:
-                raise ValueError(f"config.schedules.{role} is set but config.model has no "
-                                 f"{role}_quantizer")
+                continue
             q = quant.get(qspec)
             if pname not in q.params:
                 raise ValueError(f"schedule {role}.{pname}: quantizer {q.name!r} has no static "

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bnn_jax import data as data_lib
 from bnn_jax import models
+from bnn_jax.nn import apply_constraints, quant_params
 from bnn_jax.train import checkpoint as ckpt_lib
 from bnn_jax.train import config as config_lib
 from bnn_jax.train import metrics as metrics_lib
@@ -126,11 +127,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ----------------------------------------------------------------------------- steps --
     schedules = {role: dict(specs) for role, specs in config.schedules.to_dict().items()}
 
-    def quant_params(step):
+    def apply_model(graph, params, rest, images, step):
+        """The model's logits and its updated state; method schedules reach every quantized
+        layer through bnn_jax.nn.quant_params as traced functions of the step."""
         progress = step.astype(jnp.float32) / total
-        return {f"{role}_params": {k: config_lib.schedule_value(v, progress)
-                                   for k, v in specs.items()}
-                for role, specs in schedules.items() if specs}
+        values = {role: {k: config_lib.schedule_value(v, progress) for k, v in specs.items()}
+                  for role, specs in schedules.items()}
+        m = nnx.merge(graph, params, rest)
+        with quant_params(**values):
+            logits = m(images)
+        return logits, nnx.to_pure_dict(nnx.split(m, nnx.Param, ...)[2])
 
     def task_loss(logits, labels):
         smooth = float(config.loss.label_smoothing)
@@ -140,9 +146,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     def train_step(state, batch):
         def loss_fn(params):
-            m = nnx.merge(graph_train, params, state["rest"])
-            logits = m(batch["image"], **quant_params(state["step"]))
-            new_rest = nnx.to_pure_dict(nnx.split(m, nnx.Param, ...)[2])
+            logits, new_rest = apply_model(graph_train, params, state["rest"], batch["image"],
+                                           state["step"])
             loss = jnp.mean(task_loss(logits, batch["label"]))
             if teacher is not None:
                 t = nnx.merge(teacher[0], teacher[1]["params"], teacher[1]["rest"])
@@ -158,8 +163,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         params = optax.apply_updates(state["params"], updates)
         # Kernel constraints act on the updated latent weights (larq/Keras order): the layers'
         # own kernel_constraint, then config.constraints.
-        from bnn_jax.nn import apply_constraints
-
         m = nnx.merge(graph_train, params, new_rest)
         apply_constraints(m)
         params = constrain(nnx.to_pure_dict(nnx.split(m, nnx.Param, ...)[1]))
@@ -171,8 +174,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         return new_state, out
 
     def eval_step(state, batch):
-        m = nnx.merge(graph_eval, state["params"], state["rest"])
-        logits = m(batch["image"], **quant_params(state["step"]))
+        logits, _ = apply_model(graph_eval, state["params"], state["rest"], batch["image"],
+                                state["step"])
         per_example = {"loss": task_loss(logits, batch["label"]),
                        "top1": _top_k_correct(logits, batch["label"], 1),
                        "top5": _top_k_correct(logits, batch["label"], 5)}
