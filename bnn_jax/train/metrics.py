@@ -100,12 +100,20 @@ def compute(acc: dict) -> dict[str, float]:
 
 
 class Progress:
-    """Steps/s, examples/s and ETA between console reports (first interval excludes compile)."""
+    """Steps/s, examples/s and ETA between console reports.
+
+    Call :meth:`restart` once the first step has finished, so that compilation does not count
+    as training time in the first rate and ETA.
+    """
 
     def __init__(self, total_steps: int, global_batch: int, start_step: int):
         self.total, self.batch = total_steps, global_batch
         self.t0, self.s0 = time.perf_counter(), start_step
         self.start_time, self.start_step = self.t0, start_step
+
+    def restart(self, step: int) -> None:
+        """Measure rates from now and ``step`` on (elapsed() still counts from the start)."""
+        self.t0, self.s0 = time.perf_counter(), step
 
     def tick(self, step: int) -> dict[str, float]:
         """Rates since the previous tick and the estimated time to the end of the run."""
