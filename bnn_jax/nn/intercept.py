@@ -21,8 +21,10 @@ from typing import Any, Iterable, Mapping
 
 from flax import nnx
 from flax.nnx import graphlib
+from jax import lax
 
-from bnn_jax.nn.layers import QuantConv, QuantEinsum, QuantLinear, _as_constraint, as_quantizer
+from bnn_jax.nn.layers import (QuantConv, QuantEinsum, QuantLinear, QuantLinearGeneral,
+                               _as_constraint, as_quantizer)
 from bnn_jax.quant.registry import check
 
 _RULE_KEYS = ("pattern", "weight", "input", "constraint", "params")
@@ -102,6 +104,7 @@ class QuantizeReport:
     kept: list[str] = dataclasses.field(default_factory=list)
     unmatched: list[str] = dataclasses.field(default_factory=list)
     unused_rules: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    unsupported: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"quantize: {len(self.replaced)} replaced, {len(self.kept)} kept full precision "
@@ -111,10 +114,20 @@ class QuantizeReport:
                          f"input={r.input})")
         for i, p in self.unused_rules:
             lines.append(f"  WARNING rule {i} {p!r} matched no layer")
+        for p, why in self.unsupported:
+            lines.append(f"  {p}: left unchanged ({why} is not supported)")
         return "\n".join(lines)
 
 
-_TARGETS = (nnx.Linear, nnx.Conv, nnx.Einsum, QuantLinear, QuantConv, QuantEinsum)
+_TARGETS = (nnx.Linear, nnx.Conv, nnx.Einsum, nnx.LinearGeneral, QuantLinear, QuantConv,
+            QuantEinsum, QuantLinearGeneral)
+
+
+def _unsupported(m) -> str | None:
+    """Why a target-typed layer cannot be swapped (None if it can)."""
+    if isinstance(m, nnx.LinearGeneral) and len(m.batch_axis):
+        return "nnx.LinearGeneral with batch_axis"
+    return None
 
 
 def _common(m) -> dict[str, Any]:
@@ -132,6 +145,10 @@ def _quantized(m, rule: Rule):
              kernel_constraint=rule.constraint, **rule.params)
     if hasattr(m, "extra_init_args"):  # a QuantConv subclass such as WSConv keeps its class
         q = {**m.extra_init_args(), **q}
+    if isinstance(m, (nnx.LinearGeneral, QuantLinearGeneral)):
+        return QuantLinearGeneral(m.in_features, m.out_features, axis=m.axis,
+                                  use_bias=m.bias is not None, dot_general=m.dot_general or
+                                  lax.dot_general, **_common(m), **q)
     if isinstance(m, (nnx.Linear, QuantLinear)):
         return QuantLinear(m.in_features, m.out_features, use_bias=m.bias is not None,
                            dot_general=m.dot_general, **_common(m), **q)
@@ -207,6 +224,9 @@ def quantize(model: nnx.Module, rules: Iterable[Any], *, strict: bool = False) -
     refs: dict[int, list] = {}
     for path, parent, key, child in _references(model):
         if isinstance(child, _TARGETS):
+            if (why := _unsupported(child)) is not None:
+                report.unsupported.append(("/".join(map(str, path)), why))
+                continue
             refs.setdefault(id(child), []).append(("/".join(map(str, path)), parent, key, child))
     plan = []  # decide everything first, so strict=True raises before the model is touched
     for group in refs.values():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -164,14 +165,82 @@ class QuantLinear(_QuantizedOperands):
         self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
 
     def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
-                 kernel_params: Mapping | None = None) -> jax.Array:
+                 kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
         """Apply the layer; ``*_params`` override static quantizer parameters (schedules)."""
         xq = self.quantize_input(x, **(input_params or {}))
         w = self.quantized_kernel(**(kernel_params or {}))
         b = self.bias[...] if self.bias is not None else None
         xq, w, b = self.promote_dtype((xq, w, b), dtype=self.dtype)
         y = self.dot_general(xq, w, (((xq.ndim - 1,), (0,)), ((), ())), precision=self.precision,
-                             **_pet(self.preferred_element_type))
+                             **_pet(self.preferred_element_type, out_sharding))
+        if b is not None:
+            y = y + b
+        return y
+
+
+def _as_tuple(v: int | Sequence[int]) -> tuple[int, ...]:
+    return (v,) if isinstance(v, int) else tuple(v)
+
+
+class QuantLinearGeneral(_QuantizedOperands):
+    """``nnx.LinearGeneral`` (contraction over several input axes into several output axes,
+    e.g. the per-head projections of ``nnx.MultiHeadAttention``) with quantized operands.
+
+    The kernel quantizer sees the kernel as a matrix ``(prod(in_features), prod(out_features))``,
+    so "per output channel" means per output unit, as for :class:`QuantLinear`. Batch axes
+    (``batch_axis``) are not supported.
+    """
+
+    def __init__(self, in_features: int | Sequence[int], out_features: int | Sequence[int], *,
+                 axis: int | Sequence[int] = -1, input_quantizer: Any = None,
+                 kernel_quantizer: Any = None, kernel_constraint: Any = None,
+                 use_bias: bool = True, dtype: Any = None, param_dtype: Any = jnp.float32,
+                 precision: Any = None, kernel_init=default_kernel_init,
+                 bias_init=default_bias_init, promote_dtype=dtypes.promote_dtype,
+                 dot_general=lax.dot_general, preferred_element_type: Any = None,
+                 kernel: nnx.Param | None = None, bias: nnx.Param | None = None,
+                 rngs: nnx.Rngs | None = None):
+        self.in_features, self.out_features = _as_tuple(in_features), _as_tuple(out_features)
+        self.axis = _as_tuple(axis)
+        check(len(self.axis) == len(self.in_features),
+              f"axis {self.axis} and in_features {self.in_features} must have the same length")
+        shape = (*self.in_features, *self.out_features)
+        n_in, n_out = math.prod(self.in_features), math.prod(self.out_features)
+        if kernel is None:
+            check(rngs is not None, "QuantLinearGeneral needs rngs (or an existing kernel=)")
+            # Initialize as the (fan-in, fan-out) matrix, as nnx.LinearGeneral does.
+            kernel = nnx.Param(jnp.reshape(kernel_init(rngs.params(), (n_in, n_out),
+                                                       param_dtype), shape))
+        check(tuple(kernel.shape) == shape, f"kernel shape {tuple(kernel.shape)} != {shape}")
+        self.kernel = kernel
+        if use_bias and bias is None:
+            check(rngs is not None, "QuantLinearGeneral needs rngs (or an existing bias=)")
+            bias = nnx.Param(jnp.reshape(bias_init(rngs.params(), (n_out,), param_dtype),
+                                         self.out_features))
+        self.bias = bias if use_bias else nnx.data(None)
+        self.use_bias = use_bias
+        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
+        self.promote_dtype, self.dot_general = promote_dtype, dot_general
+        self.preferred_element_type = preferred_element_type
+        self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
+
+    def latent_kernel(self) -> jax.Array:
+        """The kernel as the ``(fan-in, fan-out)`` matrix the kernel quantizer sees."""
+        k = self.kernel[...]
+        return jnp.reshape(k, (math.prod(self.in_features), math.prod(self.out_features)))
+
+    def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
+                 kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
+        """Contract ``axis`` of the quantized input with the quantized kernel."""
+        axis = tuple(sorted(a % x.ndim for a in self.axis))
+        xq = self.quantize_input(x, **(input_params or {}))
+        w = jnp.reshape(self.quantized_kernel(**(kernel_params or {})),
+                        (*self.in_features, *self.out_features))
+        b = self.bias[...] if self.bias is not None else None
+        xq, w, b = self.promote_dtype((xq, w, b), dtype=self.dtype)
+        contract = tuple(range(len(axis)))
+        y = self.dot_general(xq, w, ((axis, contract), ((), ())), precision=self.precision,
+                             **_pet(self.preferred_element_type, out_sharding))
         if b is not None:
             y = y + b
         return y
@@ -279,7 +348,7 @@ class QuantConv(_QuantizedOperands):
         return list(p)
 
     def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
-                 kernel_params: Mapping | None = None) -> jax.Array:
+                 kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
         """Apply the layer; ``*_params`` override static quantizer parameters (schedules)."""
         rank = len(self.kernel_size)
         n_batch = x.ndim - (rank + 1)
@@ -306,7 +375,7 @@ class QuantConv(_QuantizedOperands):
                                       rhs_dilation=self.kernel_dilation, dimension_numbers=dn,
                                       feature_group_count=self.feature_group_count,
                                       precision=self.precision,
-                                      **_pet(self.preferred_element_type))
+                                      **_pet(self.preferred_element_type, out_sharding))
         if b is not None:
             y = y + b
         return jnp.reshape(y, batch_shape + y.shape[1:])
@@ -347,7 +416,7 @@ class QuantEinsum(_QuantizedOperands):
 
     def __call__(self, x: jax.Array, einsum_str: str | None = None, *,
                  input_params: Mapping | None = None,
-                 kernel_params: Mapping | None = None) -> jax.Array:
+                 kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
         """Apply the layer (``einsum_str`` here or at construction, as nnx.Einsum)."""
         check((einsum_str is None) != (self.einsum_str is None),
               "give einsum_str either at construction or at call time (exactly one)")
@@ -357,7 +426,7 @@ class QuantEinsum(_QuantizedOperands):
         b = self.bias[...] if self.bias is not None else None
         xq, w, b = self.promote_dtype((xq, w, b), dtype=self.dtype)
         y = self.einsum_op(spec, xq, w, precision=self.precision,
-                           **_pet(self.preferred_element_type))
+                           **_pet(self.preferred_element_type, out_sharding))
         if b is not None:
             # Bias axes = output axes that come from the kernel (as nnx.Einsum broadcasts it).
             operands, out, _ = opt_einsum.parser.parse_einsum_input((spec, xq, w))
@@ -373,13 +442,14 @@ def _check_einsum(einsum_str: str) -> str:
     return einsum_str
 
 
-def _pet(preferred_element_type):
-    # Only pass the keyword when set: user-supplied dot/conv functions may not accept it.
-    return {} if preferred_element_type is None else {
+def _pet(preferred_element_type, out_sharding=None):
+    # Only pass keywords that are set: user-supplied dot/conv functions may not accept them.
+    kw = {} if preferred_element_type is None else {
         "preferred_element_type": preferred_element_type}
+    return kw if out_sharding is None else {**kw, "out_sharding": out_sharding}
 
 
-QUANT_LAYERS = (QuantLinear, QuantConv, QuantEinsum)
+QUANT_LAYERS = (QuantLinear, QuantConv, QuantEinsum, QuantLinearGeneral)
 
 
 def apply_constraints(model: nnx.Module) -> int:

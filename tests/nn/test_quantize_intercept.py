@@ -207,3 +207,51 @@ def test_schedule_values_reach_quantized_layers_of_a_foreign_model():
 
     np.testing.assert_array_equal(grad_x(3.0, dict(o=1.0)), grad_x(1.0, None))
     assert not np.allclose(grad_x(3.0, None), grad_x(1.0, None))
+
+
+class Transformerish(nnx.Module):
+    def __init__(self, rngs):
+        # Odd input width: a sum of 9 +-1 terms is never 0, so float rounding decides no sign.
+        self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=9, qkv_features=8,
+                                           decode=False, rngs=rngs)
+        self.proj = nnx.LinearGeneral((2, 4), 3, axis=(-2, -1), use_bias=False, rngs=rngs)
+
+
+def test_flax_multi_head_attention_projections_are_quantized():
+    m = Transformerish(nnx.Rngs(0))
+    report = quantize(m, [(r"attn/(query|key|value|out)", "ste_sign", "ste_sign")],
+                      strict=True)
+    assert [r.path for r in report.replaced] == ["attn/key", "attn/out", "attn/query",
+                                                  "attn/value"]
+    assert report.unmatched == ["proj"]
+    a = m.attn
+    x = np.random.default_rng(8).standard_normal((2, 3, 9)).astype(np.float32)
+    w = {n: np.asarray(getattr(a, n).kernel[...]) for n in ("query", "key", "value", "out")}
+    b = {n: np.asarray(getattr(a, n).bias[...]) for n in ("query", "key", "value", "out")}
+    xs = _sign(x)
+    q, k, v = (np.einsum("btd,dhk->bthk", xs, _sign(w[n])) + b[n]
+               for n in ("query", "key", "value"))
+    s = np.einsum("bqhd,bkhd->bhqk", q / np.sqrt(4), k)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p = p / p.sum(-1, keepdims=True)
+    ctx = np.einsum("bhqk,bkhd->bqhd", p, v)
+    want = np.einsum("bqhd,hdo->bqo", _sign(ctx), _sign(w["out"])) + b["out"]
+    got = nnx.jit(lambda m, x: m.attn(x))(m, jnp.asarray(x))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # The kernel quantizer sees (fan-in, fan-out) matrices: per-output-unit scales are per unit.
+    quantize(m, [(r"attn/out", "magnitude_aware_sign")])
+    scale = np.abs(w["out"]).reshape(8, 9).mean(0)
+    np.testing.assert_allclose(m.attn.out.quantized_kernel(),
+                               _sign(w["out"]).reshape(8, 9) * scale, rtol=1e-6)
+
+
+def test_linear_general_with_batch_axis_is_reported_unsupported():
+    class M(nnx.Module):
+        def __init__(self, rngs):
+            self.lg = nnx.LinearGeneral(3, 4, batch_axis={0: 2}, rngs=rngs)
+
+    m = M(nnx.Rngs(0))
+    with pytest.warns(UserWarning, match="matched no layer"):
+        report = quantize(m, [("lg", "ste_sign")])
+    assert report.unsupported == [("lg", "nnx.LinearGeneral with batch_axis")]
+    assert type(m.lg) is nnx.LinearGeneral
