@@ -123,7 +123,7 @@ def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _pad_words(planes: dict, enc: str, pads, pad_value: float, valid):
+def _pad_words(planes: dict, pads, pad_value: float, valid):
     """Pad packed NHWC planes spatially with words that encode ``pad_value`` (see PAD_VALUES)."""
     out = {}
     for name, x in planes.items():
@@ -197,7 +197,7 @@ def _packed_conv2d_jit(x: Packed, w: Packed, scale, bias, strides, padding, pad_
     zero_fix = pad_value == 0.0 and x.encoding == "binary" and padding == "SAME"
     stored = 1.0 if zero_fix else pad_value
     valid = _pack_plane(jnp.ones((x.length,), bool), 0)  # real-channel bits of each word
-    planes = _pad_words({"sign": x.sign, "mask": x.mask}, x.encoding, pads, stored, valid)
+    planes = _pad_words({"sign": x.sign, "mask": x.mask}, pads, stored, valid)
 
     def patches(p):
         if p is None:
