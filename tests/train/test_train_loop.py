@@ -142,3 +142,19 @@ def test_init_from_starts_a_second_stage_from_the_first_stage_parameters(straigh
     with pytest.raises(AssertionError):  # without init_from the params are the random init
         assert_trees_equal(saved_state(tmp_path / "fresh", 1)["params"],
                            saved_state(straight_run, 6)["params"])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_partial_latest_checkpoint_is_skipped(straight_run, tmp_path, capsys):
+    import shutil
+
+    wd = tmp_path / "run"
+    shutil.copytree(straight_run, wd)
+    shutil.rmtree(wd / "checkpoints" / "6" / "state")  # a step directory without its arrays
+    # ... and what a save interrupted before its rename leaves behind.
+    shutil.copytree(wd / "checkpoints" / "4", wd / "checkpoints" / "8.orbax-checkpoint-tmp-99")
+    capsys.readouterr()
+    run(tiny_config(), str(wd))
+    out = capsys.readouterr().out
+    assert "checkpoint 6 cannot be read" in out and "Resuming from checkpoint at step 4" in out
+    assert_trees_equal(saved_state(wd, 6), saved_state(straight_run, 6))
