@@ -7,7 +7,8 @@ from bnn_jax.nn.attention import (BiAttention, BiPFTAttention, MultiHeadAttentio
                                   QKReparamAttention, SABAttention)
 from bnn_jax.nn.intercept import QuantizeReport, Replacement, Rule, as_rule, quantize
 from bnn_jax.nn.layers import (QUANT_LAYERS, QuantConv, QuantEinsum, QuantLinear,
-                               QuantLinearGeneral, apply_constraints, as_quantizer, quant_params)
+                               QuantLinearGeneral, apply_constraints, as_quantizer, initialize,
+                               pending_learned, quant_params)
 from bnn_jax.nn.linen import quantized_conv_general_dilated, quantized_dot_general
 from bnn_jax.nn.policy import apply_policy, policy_rules, precision_policy
 
@@ -16,6 +17,7 @@ __all__ = [
     "QKReparamAttention", "QUANT_LAYERS", "QuantConv", "QuantEinsum", "QuantLinear",
     "QuantLinearGeneral", "Quantize", "QuantizeReport", "RPReLU", "RSign", "Replacement", "Rule",
     "SABAttention", "SqueezeExcite", "WSConv", "apply_constraints", "apply_policy",
-    "as_quantizer", "as_rule", "hard_sigmoid", "hard_tanh", "policy_rules", "precision_policy",
+    "as_quantizer", "as_rule", "hard_sigmoid", "hard_tanh", "initialize", "pending_learned",
+    "policy_rules", "precision_policy",
     "quant_params", "quantize", "quantized_conv_general_dilated", "quantized_dot_general",
 ]

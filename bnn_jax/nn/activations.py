@@ -34,6 +34,11 @@ class Quantize(nnx.Module):
     def __init__(self, quantizer: Any):
         self.quantizer = as_quantizer(quantizer)
 
+    def learned_pending(self) -> bool:
+        """True until the first call has created the learned arrays."""
+        q = self.quantizer
+        return bool(q is not None and q.learned and not hasattr(self, q.learned[0]))
+
     def __call__(self, x: jax.Array, **overrides) -> jax.Array:
         """``q(x, **learned, **overrides)``; overrides (and :func:`quant_params` ``input``
         values) feed schedules such as ReSTE's ``o``."""

@@ -202,6 +202,10 @@ class BiPFTAttention(MultiHeadAttention):
                 setattr(self, f"{name}_kernel", nnx.Param(p["kernel"]))
                 setattr(self, f"{name}_bias", nnx.Param(p["bias"]))
 
+    def learned_pending(self) -> bool:
+        """True until the first call has set the elastic binarizers' alphas."""
+        return not hasattr(self, "attn_alpha")
+
     def estimators(self) -> dict | None:
         """The estimator parameters in :func:`bnn_jax.quant.bipft_attention`'s format."""
         if not self.use_estimators:

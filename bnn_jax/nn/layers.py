@@ -105,6 +105,11 @@ class _QuantizedOperands(nnx.Module):
             value = jax.lax.stop_gradient(jnp.asarray(init[name]))
             setattr(self, f"{role}_{name}", nnx.Param(value))
 
+    def learned_pending(self) -> bool:
+        """True until the first call has created the input quantizer's learned arrays."""
+        q = self.input_quantizer
+        return bool(q is not None and q.learned and not hasattr(self, f"input_{q.learned[0]}"))
+
     def _learned(self, role: str, q: Quantizer) -> dict[str, jax.Array]:
         return {n: getattr(self, f"{role}_{n}")[...] for n in q.learned}
 
@@ -465,3 +470,32 @@ def apply_constraints(model: nnx.Module) -> int:
             n += 1
     return n
 
+
+
+def pending_learned(model: nnx.Module) -> list[str]:
+    """Paths of modules whose learned quantizer arrays wait for a first call on data."""
+    return ["/".join(map(str, path)) for path, node in nnx.iter_graph(model)
+            if isinstance(node, nnx.Module) and hasattr(node, "learned_pending")
+            and node.learned_pending()]
+
+
+def initialize(model: nnx.Module, *args, **kwargs) -> list[str]:
+    """Run ``model(*args, **kwargs)`` once so that every learned quantizer array is created
+    from data by its first-call rule; returns the paths that were initialized.
+
+    Do this before splitting the model for a training step or building its optimizer: arrays
+    created inside a pure function on a merged copy would be lost. The call runs in the
+    model's current mode (train mode reproduces a first training step); BatchNorm statistics and
+    RNG counters are restored, so the call has no effect besides the initialization.
+    """
+    pending = pending_learned(model)
+    if not pending:
+        return []
+    # Everything but the parameters (BatchNorm statistics, RNG counters) is put back after.
+    rest = nnx.clone(nnx.state(model, nnx.Not(nnx.Param)))
+    # The arguments are closed over, so Python flags among them stay static.
+    nnx.jit(lambda m: m(*args, **kwargs))(model)
+    nnx.update(model, rest)
+    left = pending_learned(model)
+    check(not left, f"modules {left} were not called by model(...) and stay uninitialized")
+    return pending

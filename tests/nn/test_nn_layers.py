@@ -386,3 +386,37 @@ def test_first_call_inside_grad_initialises_without_leaking_gradient():
                                    2 * np.abs(np.asarray(x)).mean() / np.sqrt(1), rtol=1e-6)
     # The init rule's dependence on x must not add a gradient path on the first call.
     np.testing.assert_allclose(dx_first["first"], dx_first["second"], rtol=1e-6)
+
+
+class _LearnedNet(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = QuantConv(3, 4, (3, 3), input_quantizer="rsign", kernel_quantizer="ste_sign",
+                              rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.fc = QuantLinear(4, 2, input_quantizer=dict(name="lsq", bits=2), rngs=rngs)
+
+    def __call__(self, x, *, pool=True):
+        y = self.bn(self.conv(x))
+        return self.fc(y.mean((1, 2)) if pool else y[:, 0, 0])
+
+
+def test_initialize_creates_learned_arrays_from_data_and_restores_statistics():
+    from bnn_jax.nn import initialize, pending_learned
+
+    m = _LearnedNet(nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 5, 5, 3)).astype(np.float32))
+    assert pending_learned(m) == ["conv", "fc"]
+    mean_before = np.asarray(m.bn.mean[...])
+    assert initialize(m, x, pool=True) == ["conv", "fc"]
+    assert pending_learned(m) == [] and initialize(m, x) == []
+    np.testing.assert_array_equal(m.bn.mean[...], mean_before)  # BN statistics put back
+    np.testing.assert_array_equal(m.conv.input_beta[...], np.zeros(3))  # RSign: beta = 0
+    # LSQ's step comes from the data that reached fc in train mode (batch statistics in BN).
+    h = nnx.jit(lambda m, x: m.bn(m.conv(x)).mean((1, 2)))(m, x)
+    np.testing.assert_allclose(m.fc.input_step[...], 2 * np.abs(np.asarray(h)).mean(),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="not called"):
+        m2 = _LearnedNet(nnx.Rngs(1))
+        m2.extra = QuantLinear(2, 2, input_quantizer=dict(name="lsq", bits=2),
+                               rngs=nnx.Rngs(0))
+        initialize(m2, x)
