@@ -6,7 +6,11 @@ config_flags). A workdir that holds a checkpoint is resumed.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# TensorFlow (tfds, TensorBoard) logs its CPU features at start-up; keep warnings and errors.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -24,11 +28,11 @@ def main(argv) -> None:
         # orbax logs every save at INFO; keep the console for progress lines.
         logging.set_verbosity(logging.WARNING)
     from bnn_jax.train import run
-    from bnn_jax.train.loop import NonFiniteLossError
+    from bnn_jax.train.loop import ConfigError, NonFiniteLossError
 
     try:
         run(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, NonFiniteLossError) as e:
+    except (ConfigError, NonFiniteLossError) as e:
         # Config mistakes and diverged runs: one clear message, no traceback, exit status 1.
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

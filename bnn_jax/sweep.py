@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides[m.group(1)] = _parse_value(m.group(2))
     try:
         run_sweep(args.config, args.workdir, overrides)
-    except ValueError as e:
+    except ValueError as e:  # config errors (ConfigError) and a bad sweep declaration
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

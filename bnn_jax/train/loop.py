@@ -35,6 +35,10 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss or gradient; the run stopped, checkpoints are intact."""
 
 
+class ConfigError(ValueError):
+    """The config asks for something that does not exist or cannot work (message lists choices)."""
+
+
 def _split(model: nnx.Module):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
@@ -61,7 +65,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train (or resume) the run described by ``config`` in ``workdir``; returns final metrics."""
     # ---------------------------------------------------------------- config and processes --
     config = ml_collections.ConfigDict(config.to_dict())
-    config_lib.validate(config)  # every config error before anything is built or compiled
+    try:
+        config_lib.validate(config)  # every config error before anything is built or compiled
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     _initialize_distributed(config)
     pid, nproc = jax.process_index(), jax.process_count()
     os.makedirs(workdir, exist_ok=True)
@@ -81,7 +88,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     replicated = NamedSharding(mesh, P())
 
     # ------------------------------------------------------------------------------ data --
-    ds = data_lib.build(config.data, seed=config.seed, process_index=pid, process_count=nproc)
+    try:  # e.g. a tfds dataset that is not prepared: say how to prepare it, no traceback
+        ds = data_lib.build(config.data, seed=config.seed, process_index=pid,
+                            process_count=nproc)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
     # ----------------------------------------------------------------------------- model --
     model = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
