@@ -1,4 +1,4 @@
-"""``quantize(model, rules)``: swap an NNX model's Linear/Conv/Einsum for quantized ones in place.
+"""``quantize(model, rules)``: swap an NNX model's Linear/Conv/Einsum layers for quantized ones.
 
 A rule is a regex on the module path (``"/"``-joined attribute names and indices, e.g.
 ``"encoder/layers/0/attn/query"``, matched with ``re.fullmatch``) plus a weight (kernel)
@@ -158,11 +158,10 @@ def _quantized(m, rule: Rule):
             extra["pad_values"] = m.pad_values
         cls = type(m) if isinstance(m, QuantConv) else QuantConv
         return cls(m.in_features, m.out_features, m.kernel_size, m.strides,
-                         padding=m.padding, input_dilation=m.input_dilation,
-                         kernel_dilation=m.kernel_dilation,
-                         feature_group_count=m.feature_group_count, use_bias=m.bias is not None,
-                         mask=m.mask, conv_general_dilated=m.conv_general_dilated,
-                         **_common(m), **extra, **q)
+                   padding=m.padding, input_dilation=m.input_dilation,
+                   kernel_dilation=m.kernel_dilation, feature_group_count=m.feature_group_count,
+                   use_bias=m.bias is not None, mask=m.mask,
+                   conv_general_dilated=m.conv_general_dilated, **_common(m), **extra, **q)
     return QuantEinsum(m.einsum_str, m.kernel_shape, getattr(m, "bias_shape", None),
                        einsum_op=m.einsum_op, **_common(m), **q)
 
@@ -208,7 +207,8 @@ def _references(root: Any) -> list[tuple[tuple, Any, Any, Any]]:
 
 
 def quantize(model: nnx.Module, rules: Iterable[Any], *, strict: bool = False) -> QuantizeReport:
-    """Replace matching Linear/Conv/Einsum layers of ``model`` in place; returns a report.
+    """Replace matching Linear/Conv/Einsum/LinearGeneral layers of ``model`` in place; returns
+    a report.
 
     ``rules``: :class:`Rule` objects, mappings ``dict(pattern=, weight=, input=, constraint=,
     params=)`` or tuples ``(pattern, weight[, input[, params]])``; the first match wins.

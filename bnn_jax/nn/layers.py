@@ -10,8 +10,8 @@ ordinary float product. Layouts and parameter names follow ``nnx.Linear``, ``nnx
 Learned quantizer arrays (an LSQ step, an RSign shift, a BiViT scale) live in the layer as
 ``nnx.Param`` named ``input_<name>`` / ``kernel_<name>`` and are initialised by the quantizer's
 first-call rule ``q.init(x)``: the kernel ones at construction (the kernel is known), the input
-ones on the first call (they need data, like Keras' ``build``). Call the model once on a sample
-batch before building the optimizer so the optimizer sees them.
+ones on the first call (they need data, like Keras' ``build``). :func:`initialize` runs that
+first call on a sample batch; do it before building the optimizer so the optimizer sees them.
 
 A kernel constraint (e.g. ``"weight_clip"``) is only *recorded* on the layer; the training step
 applies it after the optimizer update with :func:`apply_constraints`.
