@@ -79,10 +79,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     total = config.total_steps
 
     # ------------------------------------------------------------------------------ mesh --
-    mesh = sharding_lib.make_mesh(config.mesh)
+    try:
+        mesh = sharding_lib.make_mesh(config.mesh)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
     if config.data.batch_size % batch_devices or config.data.eval_batch_size % batch_devices:
-        raise ValueError(f"data.batch_size={config.data.batch_size} and data.eval_batch_size="
+        raise ConfigError(f"data.batch_size={config.data.batch_size} and data.eval_batch_size="
                          f"{config.data.eval_batch_size} must be divisible by the "
                          f"{batch_devices} devices of the mesh's data x fsdp axes")
     replicated = NamedSharding(mesh, P())
