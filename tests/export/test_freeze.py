@@ -76,7 +76,7 @@ def _np_binary_conv(x, w, strides, pads, pad_value):
 @pytest.fixture(scope="module")
 def cnn():
     """(fake-quant SmallCNN with trained-like weights, its frozen copy, the layer records)."""
-    model = _trained_like(SmallCNN(nnx.Rngs(0)), 1)
+    model = _trained_like(SmallCNN(nnx.Rngs(0), c=64), 1)  # conv2 has 24 (not 32k) inputs
     return (model, *export.freeze(model))
 
 
@@ -119,6 +119,16 @@ def test_mlp_paths_ternary_bool_and_float_activations():
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("act", [None, dict(name="dorefa", k_bit=2)])
+def test_conv_with_float_or_multilevel_activations(act):
+    # Packed weights, activations that are not ±1/{0,1}/ternary: the float conv path.
+    model = _trained_like(SmallCNN(nnx.Rngs(3), c=8, kernel="ste_sign", act=act), 12)
+    frozen, records = export.freeze(model)
+    assert [(r.frozen, r.activations) for r in records] == [(True, "float")] * 2
+    x = jnp.asarray(np.random.default_rng(13).normal(size=(2, 5, 6, 3)), jnp.float32)
+    np.testing.assert_allclose(np.asarray(frozen(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-4)
+
+
 def test_unsupported_layers_stay_float():
     class M(nnx.Module):
         def __init__(self, rngs):
@@ -140,10 +150,8 @@ def test_unsupported_layers_stay_float():
     assert type(frozen.k2) is QuantLinear and type(frozen.grouped) is QuantConv
 
 
-def test_storage_is_one_bit_per_weight_plus_scales():
-    model = _trained_like(SmallCNN(nnx.Rngs(0), c=64), 6)
-    _, records = export.freeze(model)
-    r = records[0]  # 3x3x64x24, no bias: 1 bit per weight + one float32 scale per channel
+def test_storage_is_one_bit_per_weight_plus_scales(cnn):
+    r = cnn[2][0]  # 3x3x64x24, no bias: 1 bit per weight + one float32 scale per channel
     assert r.bytes_after == 3 * 3 * 64 * 24 // 8 + 24 * 4
     assert r.bytes_before == 3 * 3 * 64 * 24 * 4
 
@@ -165,7 +173,7 @@ def test_save_load_round_trip_and_file_size(tmp_path, cnn):
     assert 0 < overhead <= sum(400 + 2 * len(k) for k in [*entries, "__meta__"])
     assert entries["conv1/w_sign"].dtype == np.uint32
     # A fresh model of the same architecture (different init) becomes the frozen one.
-    fresh = SmallCNN(nnx.Rngs(42))
+    fresh = SmallCNN(nnx.Rngs(42), c=64)
     loaded = export.load(path, fresh)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(frozen(x)))
     assert export.read_meta(path)["layers"]["conv2"]["activations"] == "binary"
@@ -211,7 +219,7 @@ def test_bad_input(tmp_path, cnn):
         export.load(path, SmallCNN(nnx.Rngs(0), c=48))
     np.savez(tmp_path / "plain.npz", a=np.ones(3))
     with pytest.raises(ValueError, match="not a frozen bnn_jax model"):
-        export.load(str(tmp_path / "plain.npz"), SmallCNN(nnx.Rngs(0)))
+        export.load(str(tmp_path / "plain.npz"), SmallCNN(nnx.Rngs(0), c=64))
 
 
 def test_jit_of_frozen_model():
