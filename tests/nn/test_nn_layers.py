@@ -420,3 +420,52 @@ def test_initialize_creates_learned_arrays_from_data_and_restores_statistics():
         m2.extra = QuantLinear(2, 2, input_quantizer=dict(name="lsq", bits=2),
                                rngs=nnx.Rngs(0))
         initialize(m2, x)
+
+
+def _registry_names(learned_only):
+    from bnn_jax import quant
+
+    names = quant.names("quantizer")
+    return [n for n in names if quant.entry(n).signature()[1]] if learned_only else names
+
+
+def _check_quantizer_in_layer(name, role):
+    """A QuantConv with ``name`` as its input or kernel quantizer initializes, runs under nnx.jit
+    and has finite gradients for every parameter, learned quantizer arrays included."""
+    from bnn_jax import quant
+    from bnn_jax.nn import initialize
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 5, 4)).astype(np.float32))
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.conv = QuantConv(4, 8, (3, 3), rngs=nnx.Rngs(0), **{f"{role}_quantizer": name})
+
+        def __call__(self, x):
+            return self.conv(x)
+
+    net = Net()
+    initialize(net, x)
+    learned = quant.entry(name).signature()[1]
+    for n in learned:
+        assert isinstance(getattr(net.conv, f"{role}_{n}"), nnx.Param)
+    g = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) ** 2)))(net)
+    for leaf in jax.tree.leaves(nnx.state(g)):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+    assert np.any(np.asarray(g.conv.kernel[...]) != 0) or role == "input"
+
+
+# Learned-state quantizers not exercised by the other nn tests (LSQ, RSign, BiViT, BiPFT are);
+# the slow test below runs the whole registry.
+@pytest.mark.parametrize("role", ["input", "kernel"])
+@pytest.mark.parametrize("name", ["lsq_plus", "binarydm_lmb", "pbllm_weight", "dbllm_fdb"])
+def test_registered_quantizers_with_learned_state_work_in_layers(name, role):
+    assert name in _registry_names(learned_only=True)
+    _check_quantizer_in_layer(name, role)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["input", "kernel"])
+@pytest.mark.parametrize("name", _registry_names(learned_only=False))
+def test_every_registered_quantizer_works_in_layers(name, role):
+    _check_quantizer_in_layer(name, role)
