@@ -4,6 +4,7 @@ distributional loss, checked against a numpy computation on the same batch and m
 import json
 
 import numpy as np
+import pytest
 from flax import nnx
 
 from bnn_jax import data, models
@@ -21,6 +22,7 @@ def base_config(model, steps):
     return c
 
 
+@pytest.mark.slow  # two trainings (teacher, student): ~10 s on 2 shared cores
 def test_distributional_kd_loss_matches_numpy(tmp_path):
     teacher_model = dict(name="mlp", hidden=(32,))
     run(base_config(teacher_model, 5), str(tmp_path / "teacher"))
