@@ -158,7 +158,7 @@ class WSConv(QuantConv):
         """Constructor arguments beyond QuantConv's (used when re-quantizing this layer)."""
         return dict(ws_eps=self.ws_eps, ws_variant=self.ws_variant)
 
-    def latent_kernel(self) -> jax.Array:
+    def latent_kernel(self, kernel: jax.Array | None = None) -> jax.Array:
         """The kernel after Weight Standardization (what the kernel quantizer sees)."""
-        return weight_standardization(self.kernel[...], eps=self.ws_eps,
-                                      variant=self.ws_variant)
+        k = self.kernel[...] if kernel is None else kernel
+        return weight_standardization(k, eps=self.ws_eps, variant=self.ws_variant)

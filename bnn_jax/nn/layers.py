@@ -92,17 +92,27 @@ class _QuantizedOperands(nnx.Module):
         self.input_quantizer = as_quantizer(input_quantizer, role="input_quantizer")
         self.kernel_quantizer = as_quantizer(kernel_quantizer, role="kernel_quantizer")
         self.kernel_constraint = _as_constraint(kernel_constraint)
-        if self.kernel_quantizer is not None:
+        q = self.kernel_quantizer
+        if q is not None and q.learned:
             # The kernel exists already, so its learned arrays get their first-call values now.
-            self._create_learned("kernel", self.kernel_quantizer, self.latent_kernel())
+            k = self.kernel.get_value()
+            if isinstance(k, jax.ShapeDtypeStruct):
+                # An abstract model (nnx.eval_shape): abstract learned arrays, same structure.
+                init = jax.eval_shape(lambda k: q.init(self.latent_kernel(k)), k)
+                self._create_learned("kernel", q, init=init)
+            else:
+                self._create_learned("kernel", q, self.latent_kernel())
 
-    def _create_learned(self, role: str, q: Quantizer, x: jax.Array) -> None:
-        init = q.init(x)
+    def _create_learned(self, role: str, q: Quantizer, x: jax.Array | None = None, *,
+                        init: Mapping[str, Any] | None = None) -> None:
+        init = q.init(x) if init is None else init
         missing = sorted(set(q.learned) - set(init))
         check(not missing, f"{q.name}.init returned {sorted(init)}, missing learned {missing}")
         for name in q.learned:
-            # A starting value, not a function of x: no gradient flows back through it.
-            value = jax.lax.stop_gradient(jnp.asarray(init[name]))
+            value = init[name]
+            if not isinstance(value, jax.ShapeDtypeStruct):
+                # A starting value, not a function of x: no gradient flows back through it.
+                value = jax.lax.stop_gradient(jnp.asarray(value))
             setattr(self, f"{role}_{name}", nnx.Param(value))
 
     def learned_pending(self) -> bool:
@@ -122,9 +132,10 @@ class _QuantizedOperands(nnx.Module):
             self._create_learned("input", q, x)
         return q(x, **self._learned("input", q), **_scheduled("input", q, overrides))
 
-    def latent_kernel(self) -> jax.Array:
-        """The kernel the kernel quantizer sees (subclasses may reparameterize it)."""
-        return self.kernel[...]
+    def latent_kernel(self, kernel: jax.Array | None = None) -> jax.Array:
+        """The kernel (or ``kernel``) as the kernel quantizer sees it; subclasses may
+        reparameterize it."""
+        return self.kernel[...] if kernel is None else kernel
 
     def quantized_kernel(self, **overrides) -> jax.Array:
         """The kernel as the forward pass uses it (quantized, masked where a mask is set)."""
@@ -229,9 +240,9 @@ class QuantLinearGeneral(_QuantizedOperands):
         self.preferred_element_type = preferred_element_type
         self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
 
-    def latent_kernel(self) -> jax.Array:
+    def latent_kernel(self, kernel: jax.Array | None = None) -> jax.Array:
         """The kernel as the ``(fan-in, fan-out)`` matrix the kernel quantizer sees."""
-        k = self.kernel[...]
+        k = self.kernel[...] if kernel is None else kernel
         return jnp.reshape(k, (math.prod(self.in_features), math.prod(self.out_features)))
 
     def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,

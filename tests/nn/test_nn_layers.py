@@ -283,7 +283,7 @@ def test_quant_conv_groups_dilation_against_loops():
 
     dy = jnp.asarray(rng.standard_normal(want.shape).astype(np.float32))
     dx, dl = _grads(layer, jnp.asarray(x), dy)
-    rx, rw = jax.grad(lambda x, w: jnp.sum(ref(x, w) * dy), argnums=(0, 1))(
+    rx, rw = jax.jit(jax.grad(lambda x, w: jnp.sum(ref(x, w) * dy), argnums=(0, 1)))(
         jnp.asarray(x), layer.kernel[...])
     np.testing.assert_allclose(dx, rx, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dl.kernel[...], rw, rtol=1e-5, atol=1e-5)

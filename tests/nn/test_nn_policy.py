@@ -34,7 +34,8 @@ def _bits(m):
 
 
 def test_pokebnn_mix_in_a_few_lines():
-    model = PokeLike(nnx.Rngs(0))
+    # An abstract model (no arrays allocated) is enough to plan precision: quantize() works on it.
+    model = nnx.eval_shape(lambda: PokeLike(nnx.Rngs(0)))
     policy = precision_policy(default=1, overrides=[("stem/.*", 8), (r".*/se/.*", 4),
                                                     ("head", 8)])
     report = apply_policy(model, policy, strict=True)
@@ -60,7 +61,7 @@ def test_config_file_form_with_cli_style_override_and_explicit_entries():
                         input=dict(name="lsq", bits=4, signed=False)),
                    dict(pattern="head", weight=dict(name="dorefa", k_bit=8, mode="weights"))])
     cfg.quant.default.bits = 2  # what --config.quant.default.bits=2 does
-    model = PokeLike(nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: PokeLike(nnx.Rngs(0)))
     report = apply_policy(model, cfg.quant)
     assert report.kept == ["stem/layers/0", "stem/layers/1"]
     assert type(model.stem.layers[0]) is nnx.Conv
@@ -87,7 +88,14 @@ def test_bad_policies_raise():
         policy_rules(precision_policy(default=dict(bits=1, wieght="ste_sign")))
     with pytest.raises(ValueError, match="unknown quantizer"):
         policy_rules(precision_policy(overrides=[dict(pattern="x", weight="nope")]))
-    model = PokeLike(nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: PokeLike(nnx.Rngs(0)))
     with pytest.raises(ValueError, match="matched no layer"):
         apply_policy(model, precision_policy(overrides=[("stme/.*", 8)]), strict=True)
     assert np.all([type(b.conv) is nnx.Conv for b in model.blocks])
+
+
+def test_abstract_model_gets_abstract_learned_arrays():
+    model = nnx.eval_shape(lambda: PokeLike(nnx.Rngs(0)))
+    apply_policy(model, precision_policy(default=dict(weight="bivit_weight", input=None)))
+    alpha = model.blocks[0].conv.kernel_alpha.get_value()
+    assert alpha.shape == (4,) and alpha.dtype == np.float32
