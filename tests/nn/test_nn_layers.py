@@ -9,6 +9,13 @@ from flax import nnx
 from bnn_jax.nn import QuantConv, QuantEinsum, QuantLinear, apply_constraints
 from conftest import ORACLE
 
+
+@pytest.fixture(autouse=True)
+def _full_float32_matmuls():
+    # Reference values are float32 sums; TF32 matmuls (GPU default) would miss the tolerances.
+    with jax.default_matmul_precision("highest"):
+        yield
+
 BIN = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign", kernel_constraint="weight_clip")
 
 

@@ -6,7 +6,15 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
+
+
+@pytest.fixture(autouse=True)
+def _full_float32_matmuls():
+    # Reference values are float32 sums; TF32 matmuls (GPU default) would miss the tolerances.
+    with jax.default_matmul_precision("highest"):
+        yield
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
