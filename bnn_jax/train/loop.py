@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bnn_jax import data as data_lib
 from bnn_jax import models
-from bnn_jax.nn import apply_constraints, quant_params
+from bnn_jax.nn import apply_constraints, initialize, pending_learned, quant_params
 from bnn_jax.train import checkpoint as ckpt_lib
 from bnn_jax.train import config as config_lib
 from bnn_jax.train import metrics as metrics_lib
@@ -100,6 +100,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ----------------------------------------------------------------------------- model --
     model = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
                          rngs=nnx.Rngs(config.seed))
+    # Learned quantizer arrays with a data-dependent first-call rule (LSQ steps, elastic scales)
+    # are created from the first training batch *before* the split: created inside the jitted
+    # step they would be re-initialized every step and never trained.
+    if pending_learned(model):
+        sample = next(iter(ds.train_batches(0)))["image"]
+        created = initialize(model, jnp.asarray(sample))
+        if nproc > 1:  # each process saw its own shard: start all of them from process 0's
+            from jax.experimental import multihost_utils
+
+            nnx.update(model, multihost_utils.broadcast_one_to_all(nnx.state(model, nnx.Param)))
+        say(f"Initialized learned quantizer arrays from the first batch: {', '.join(created)}")
     graph_train, params, rest = _split(model)
     model.eval()
     graph_eval = nnx.split(model, nnx.Param, ...)[0]

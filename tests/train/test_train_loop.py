@@ -160,3 +160,22 @@ def test_a_partial_latest_checkpoint_is_skipped(straight_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "checkpoint 6 cannot be read" in out and "Resuming from checkpoint at step 4" in out
     assert_trees_equal(saved_state(wd, 6), saved_state(straight_run, 6))
+
+
+def test_learned_input_quantizer_arrays_are_created_once_and_trained(tmp_path):
+    c = tiny_config(steps=4, every=2)
+    model = c.model.to_dict()
+    model["input_quantizer"] = dict(name="lsq", bits=2, signed=True)
+    c.model = model
+    run(c, str(tmp_path))
+    early, late = saved_state(tmp_path, 2), saved_state(tmp_path, 4)
+    steps_early = {k: v for k, v in _flat(early["params"]).items() if k.endswith("input_step")}
+    steps_late = {k: v for k, v in _flat(late["params"]).items() if k.endswith("input_step")}
+    assert steps_early and steps_early.keys() == steps_late.keys()
+    # The optimizer owns them: they move between checkpoints instead of being re-initialized.
+    assert any(not np.array_equal(steps_early[k], steps_late[k]) for k in steps_early)
+
+
+def _flat(tree):
+    return {"/".join(str(getattr(p, "key", p)) for p in path): np.asarray(v)
+            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
