@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from flax.nnx import graphlib
 
 from bnn_jax.export.frozen import (FrozenConv, FrozenLinear, PackedBits, Scale, _Frozen,
                                    conv_supported, layer_input_encoding, split_levels)
 from bnn_jax.kernels import pack
+from bnn_jax.nn.intercept import module_references, set_child
 from bnn_jax.kernels.backend import BACKENDS
 
 
@@ -38,32 +37,6 @@ class LayerRecord:
 
 def _nbytes(x) -> int:
     return int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
-
-
-def _references(root) -> list[tuple[tuple, Any, Any, Any]]:
-    """(path, parent, key, child) for every reference to a module below ``root``."""
-    out, seen, stack = [], set(), [((), None, None, root)]
-    while stack:
-        path, parent, key, node = stack.pop()
-        if parent is not None:
-            out.append((path, parent, key, node))
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        impl = graphlib.get_node_impl(node)
-        if impl is None:
-            continue
-        children = [(k, c) for k, c in impl.node_dict(node).items()
-                    if not isinstance(c, nnx.Variable) and graphlib.is_node(c)]
-        stack.extend(((*path, k), node, k, c) for k, c in reversed(children))
-    return out
-
-
-def _set_child(parent, key, value) -> None:
-    if isinstance(parent, nnx.Module) and not hasattr(parent, "__setitem__"):
-        setattr(parent, key, value)
-    else:
-        parent[key] = value
 
 
 def _frozen_layer(layer, backend: str):
@@ -114,7 +87,7 @@ def freeze(model: nnx.Module, *, backend: str = "auto") -> tuple[nnx.Module, lis
         raise ValueError("freeze() swaps layers inside a model; wrap a bare layer in a Module")
     frozen = nnx.clone(model)
     groups: dict[int, list] = {}
-    for path, parent, key, child in _references(frozen):
+    for path, parent, key, child in module_references(frozen):
         if isinstance(child, QUANT_LAYERS):
             groups.setdefault(id(child), []).append(("/".join(map(str, path)), parent, key, child))
     records = []
@@ -124,7 +97,7 @@ def freeze(model: nnx.Module, *, backend: str = "auto") -> tuple[nnx.Module, lis
         records.append(LayerRecord(path=group[0][0], **{"frozen": False, **fields}))
         if new is not None:
             for _, parent, key, _ in group:
-                _set_child(parent, key, new)
+                set_child(parent, key, new)
     frozen.eval()
     return frozen, records
 

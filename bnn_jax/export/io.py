@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bnn_jax.export.freeze import LayerRecord, _references, _set_child
+from bnn_jax.export.freeze import LayerRecord
+from bnn_jax.nn.intercept import module_references, set_child
 from bnn_jax.export.frozen import FrozenConv, FrozenLinear
 from bnn_jax.kernels import Packed
 
@@ -86,7 +87,7 @@ def load(path: str, model: nnx.Module, *, backend: str = "auto") -> nnx.Module:
     frozen = nnx.clone(model)
     layers = meta["layers"]
     found = set()
-    for ref_path, parent, key, child in _references(frozen):
+    for ref_path, parent, key, child in module_references(frozen):
         name = "/".join(map(str, ref_path))
         if not isinstance(child, QUANT_LAYERS) or name not in layers:
             continue
@@ -100,7 +101,7 @@ def load(path: str, model: nnx.Module, *, backend: str = "auto") -> nnx.Module:
             # Learned input arrays appear on a layer's first call; take them from the file.
             if not hasattr(child, f"input_{n}") and f"{name}/input_{n}" in arrays:
                 setattr(child, f"input_{n}", nnx.Param(jnp.asarray(arrays[f"{name}/input_{n}"])))
-        _set_child(parent, key, cls(child, packed, arrays[f"{name}/scale"], info["activations"],
+        set_child(parent, key, cls(child, packed, arrays[f"{name}/scale"], info["activations"],
                                     backend=backend))
         found.add(name)
     missing_layers = sorted(set(layers) - found)

@@ -176,14 +176,15 @@ def _name(spec: Any) -> str:
     return getattr(spec, "name", repr(spec))
 
 
-def _set_child(parent: Any, key: Any, value: Any) -> None:
+def set_child(parent: Any, key: Any, value: Any) -> None:
+    """Replace ``parent[key]`` / ``parent.key`` (a module attribute, list or dict entry)."""
     if isinstance(parent, nnx.Module) and not hasattr(parent, "__setitem__"):
         setattr(parent, key, value)
     else:
         parent[key] = value
 
 
-def _references(root: Any) -> list[tuple[tuple, Any, Any, Any]]:
+def module_references(root: Any) -> list[tuple[tuple, Any, Any, Any]]:
     """(path, parent, key, child) for every reference to a graph node below ``root``.
 
     Unlike ``nnx.iter_graph`` (one path per node), a module shared by several parents appears
@@ -222,7 +223,7 @@ def quantize(model: nnx.Module, rules: Iterable[Any], *, strict: bool = False) -
     report = QuantizeReport()
     used = [False] * len(rules)
     refs: dict[int, list] = {}
-    for path, parent, key, child in _references(model):
+    for path, parent, key, child in module_references(model):
         if isinstance(child, _TARGETS):
             if (why := _unsupported(child)) is not None:
                 report.unsupported.append(("/".join(map(str, path)), why))
@@ -251,7 +252,7 @@ def quantize(model: nnx.Module, rules: Iterable[Any], *, strict: bool = False) -
         old = group[0][3]
         new = _quantized(old, rules[i])
         for _, parent, key, _ in group:
-            _set_child(parent, key, new)
+            set_child(parent, key, new)
         report.replaced.append(Replacement(name, type(old).__name__, type(new).__name__, i,
                                            _name(rules[i].weight), _name(rules[i].input)))
     return report
