@@ -16,7 +16,8 @@ DATA = pathlib.Path(__file__).parent / "data"
 def _load_oracle():
     npz, js = DATA / "larq_oracle.npz", DATA / "larq_oracle.json"
     if not npz.exists() or not js.exists():
-        raise FileNotFoundError(f"larq oracle missing: expected {npz} and {js} (see tests/data/README.md)")
+        raise FileNotFoundError(
+            f"larq oracle missing: expected {npz} and {js} (see tests/data/README.md)")
     with np.load(npz) as f:
         arrays = {k: f[k] for k in f.files}
     return arrays, json.loads(js.read_text())["keys"]

@@ -4,8 +4,8 @@
 Importing this package registers every method module below.
 """
 
-from bnn_jax.quant.core import (clip, clipped_ste, estimator, heaviside, round_half_up, sign,
-                                sign0, straight_through)
+from bnn_jax.quant.core import (clip, clipped_ste, estimator, exact_div, heaviside, mean,
+                                round_half_up, sign, sign0, straight_through)
 from bnn_jax.quant.registry import Quantizer, entry, get, markdown_table, names, register
 from bnn_jax.quant.larq import (approx_sign, dorefa, hard_tanh, leaky_tanh, magnitude_aware_sign,
                                 magnitude_aware_sign_unclipped, noop, ste_heaviside, ste_sign,
@@ -32,9 +32,20 @@ from bnn_jax.quant.pbllm import asym_fake_quant, gptq_pb, pbllm_prepare, pbllm_w
 from bnn_jax.quant.dbllm import dbllm_fdb, fdb_init
 
 __all__ = [
-    "Quantizer", "approx_sign", "clip", "clipped_ste", "dorefa", "entry", "estimator", "get",
-    "hard_tanh", "heaviside", "leaky_tanh", "magnitude_aware_sign",
-    "magnitude_aware_sign_unclipped", "markdown_table", "names", "noop", "register",
-    "round_half_up", "sign", "sign0", "ste_heaviside", "ste_sign", "ste_tern", "straight_through",
-    "swish_sign", "weight_clip", "xnor_weight_scale",
+    "approx_sign", "asym_fake_quant", "batch_channel_norm", "bi_attention", "bibert_act",
+    "bibert_sign", "bibert_weight", "binary_connect", "binary_connect_stochastic",
+    "binarydm_lmb", "binarydm_lmb1", "biper_act", "biper_regularizer", "biper_stage2_params",
+    "biper_two_stage", "biper_weight", "biper_weight_stage1", "bipft_act", "bipft_attention",
+    "bipft_attn_probs", "bipft_weight", "bireal_weight", "bitnet_act", "bitnet_weight",
+    "bivit_weight", "bnn_ste", "cga_apply", "cga_mask", "cga_restore", "clip", "clipped_ste",
+    "dbllm_fdb", "dorefa", "elastic_quantize", "entry", "estimator", "exact_div", "fda",
+    "fdb_init", "get", "gptq_pb", "hard_tanh", "heaviside", "irnet_ede", "irnet_weight",
+    "leaky_tanh", "low_rank_residuals", "lsq_plus", "magnitude_aware_sign",
+    "magnitude_aware_sign_unclipped", "markdown_table", "mean", "names", "noop",
+    "pbllm_prepare", "pbllm_weight", "progressive_binarization", "qk_reparam",
+    "qk_reparam_logits", "qk_reparam_weight", "Quantizer", "register", "reste_weight",
+    "round_half_up", "rprelu", "rsign", "sab_binarize", "sab_threshold_mask", "schedules",
+    "sign", "sign0", "statsq", "ste_heaviside", "ste_sign", "ste_tern", "straight_through",
+    "swish_sign", "tbt_act", "tbt_act8", "tbt_weight", "twn", "weight_clip",
+    "weight_standardization", "xnor_act", "xnor_scaling_map", "xnor_weight", "xnor_weight_scale",
 ]
