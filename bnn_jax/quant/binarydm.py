@@ -10,36 +10,55 @@ Follows Xingyu-Zheng/BinaryDM ``ours_util.py`` (``BNNConv2d``/``BNNLinear``) and
   ``init_scale`` flag, so σ_I is overwritten with ``mean|W|`` on EVERY forward: in effect a
   stop-gradient per-channel mean|W| (XNOR scaling). ``dynamic_scale=True`` (default) reproduces
   that; ``dynamic_scale=False`` is the paper's learned σ_I.
-* sign: ``torch.sign`` (0 at 0) with gradient ``1[|x| <= 1]`` (zeroed only for |x| > 1).
+* sign: ``torch.sign`` (0 at 0) with gradient ``1[|x| <= 1]`` (zeroed only for |x| > 1);
+  ``sign_zero=1`` selects sign(0) = +1 (truly binary, packable).
+* activations (``_ActQ``, on every BNN layer input and on q, k, the softmax weights and v in
+  attention): signed LSQ, ``α·round(clip(x/α, −2^(b−1), 2^(b−1) − 1))``, 8 bits by default,
+  no step floor, LSQ gradient scale ``1/sqrt(numel·Q_P)``. ⚠ The reference sets
+  ``init_state`` instead of ``init_scale``, so α is overwritten with ``2·mean|x|/sqrt(Q_P)``
+  on EVERY forward: a stop-gradient dynamic scale (``dynamic_scale=True``, default);
+  ``dynamic_scale=False`` is the learned α the paper describes. The A4 setting of the paper's
+  table is a config value that is not released (use ``bits=4``). The reference switches
+  activation quantization on at its 6th iteration (:func:`progressive_binarization`); the
+  paper's own switch-on step is not public.
 
 The Low-rank Representation Mimicking loss is in ``bnn_jax.train.losses``.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-from bnn_jax.quant.core import estimator, mean, sign0
+from bnn_jax.quant.core import (SIGN_ZERO, clipped_ste, exact_div, grad_scale, mean,
+                                per_channel_axes, sign_of)
+from bnn_jax.quant.lsq import levels, round_clip
 from bnn_jax.quant.registry import check, check_choice, check_int_range, register
-from bnn_jax.quant.tbt import per_channel_axes
 
-_sign = estimator(sign0, lambda x: (jnp.abs(x) <= 1).astype(x.dtype))
+# BinaryQuantize: sign with the gradient zeroed only where |x| > 1.
+_SIGN = {z: clipped_ste(sign_of(z)) for z in SIGN_ZERO}
 
 
-def lmb_init(x, order: int = 2, channel_axis: int = -1) -> dict:
+def _sign(x, sign_zero):
+    return _SIGN[sign_zero](x, 1.0)
+
+
+def lmb_init(x, order: int = 2, channel_axis: int = -1, sign_zero: int = 0) -> dict:
     """First-call σ's: σ_I = mean|W| per channel, σ_II = mean|W − σ_I·sign(W)| per channel."""
     axes = per_channel_axes(x.ndim, channel_axis)
     w = jax.lax.stop_gradient(x)
     sigma1 = mean(jnp.abs(w), axis=axes, keepdims=True)
     if order == 1:
         return {"sigma1": sigma1}
-    sigma2 = mean(jnp.abs(w - sign0(w) * sigma1), axis=axes, keepdims=True)
+    sigma2 = mean(jnp.abs(w - sign_of(sign_zero)(w) * sigma1), axis=axes, keepdims=True)
     return {"sigma1": sigma1, "sigma2": sigma2}
 
 
-def _check_axis(channel_axis=-1, **kw):
+def _check_axis(channel_axis=-1, sign_zero=0, **kw):
     check(isinstance(channel_axis, int), f"channel_axis must be an int, got {channel_axis!r}")
+    check_choice("sign_zero", sign_zero, SIGN_ZERO)
     if "dynamic_scale" in kw:
         check_choice("dynamic_scale", kw["dynamic_scale"], (True, False))
 
@@ -50,12 +69,13 @@ _RESULT = ("LSUN-Bedrooms 256 LDM-4 (DDIM 100): W1.1/A4 ; W1.1/A8 ; W1.1/A32 FID
 
 
 @register("binarydm_lmb1", validate=_check_axis,
-          init=lambda x, channel_axis=-1, dynamic_scale=True: lmb_init(x, 1, channel_axis),
+          init=lambda x, channel_axis=-1, dynamic_scale=True, sign_zero=0:
+          lmb_init(x, 1, channel_axis),
           paper=_PAPER,
-          formula="σ_I·sign(W); σ_I = sg(mean_ch|W|) recomputed each call (code) or learned "
-                  "(dynamic_scale=False); g·1[|W| ≤ 1]",
+          formula="σ_I·sign(W), sign(0)=0 (sign_zero=1: +1); σ_I = sg(mean_ch|W|) recomputed "
+                  "each call (code) or learned (dynamic_scale=False); g·1[|W| ≤ 1]",
           result=_RESULT)
-def binarydm_lmb1(x, *, sigma1, channel_axis=-1, dynamic_scale=True):
+def binarydm_lmb1(x, *, sigma1, channel_axis=-1, dynamic_scale=True, sign_zero=0):
     """Order-1 LMB (BinaryDM's inner U-Net groups): one basis ``σ_I·sign(W)``.
 
     With ``dynamic_scale=True`` (the reference's behaviour) ``sigma1`` is ignored and replaced
@@ -64,24 +84,55 @@ def binarydm_lmb1(x, *, sigma1, channel_axis=-1, dynamic_scale=True):
     if dynamic_scale:
         axes = per_channel_axes(x.ndim, channel_axis)
         sigma1 = jax.lax.stop_gradient(mean(jnp.abs(x), axis=axes, keepdims=True))
-    return _sign(x) * sigma1
+    return _sign(x, sign_zero) * sigma1
 
 
 @register("binarydm_lmb", aliases=("binarydm_lmb2",), validate=_check_axis, bits=2,
-          init=lambda x, channel_axis=-1: lmb_init(x, 2, channel_axis),
+          init=lambda x, channel_axis=-1, sign_zero=0: lmb_init(x, 2, channel_axis, sign_zero),
           paper=_PAPER,
-          formula="σ_I·sign(W) + σ_II·sign(W − σ_I·sign(W)), learned per-channel σ's "
-                  "(σ_I₀ = mean|W|, σ_II₀ = mean|W − σ_I₀ sign W|); g·1[|·| ≤ 1] per basis",
+          formula="σ_I·sign(W) + σ_II·sign(W − σ_I·sign(W)), sign(0)=0 (sign_zero=1: +1), "
+                  "learned per-channel σ's (σ_I₀ = mean|W|, σ_II₀ = mean|W − σ_I₀ sign W|); "
+                  "g·1[|·| ≤ 1] per basis",
           result=_RESULT)
-def binarydm_lmb(x, *, sigma1, sigma2, channel_axis=-1):
+def binarydm_lmb(x, *, sigma1, sigma2, channel_axis=-1, sign_zero=0):
     """Order-2 Learnable Multi-basis Binarizer (BinaryDM's outer, high-resolution groups).
 
     ``sigma1``/``sigma2`` have the per-channel keepdims shape given by ``init`` (for a Flax
     HWIO conv kernel, channels are the last axis).
     """
     del channel_axis  # only used by init; the sigma shapes carry the broadcasting
-    first = _sign(x) * sigma1
-    return first + _sign(x - first) * sigma2
+    first = _sign(x, sign_zero) * sigma1
+    return first + _sign(x - first, sign_zero) * sigma2
+
+
+def _act_scale(x, bits):
+    _, qp = levels(bits, True)
+    return exact_div(2.0 * mean(jnp.abs(jax.lax.stop_gradient(x))), math.sqrt(qp))
+
+
+def _check_act(bits=8, dynamic_scale=True):
+    check_int_range("bits", bits, 2, 16)
+    check_choice("dynamic_scale", dynamic_scale, (True, False))
+
+
+@register("binarydm_act", validate=_check_act, bits=lambda bits=8, dynamic_scale=True: bits,
+          init=lambda x, bits=8, dynamic_scale=True: {"alpha": _act_scale(x, bits)},
+          paper=_PAPER,
+          formula="α·round(clip(x/α, −2^(b−1), 2^(b−1)−1)), b = 8; α = sg(2·mean|x|/sqrt(Q_P)) "
+                  "every call (code) or learned from that init (dynamic_scale=False); "
+                  "g·1[−Q_N ≤ x/α ≤ Q_P], dα LSQ with scale 1/sqrt(N·Q_P)",
+          result=_RESULT)
+def binarydm_act(x, *, alpha, bits=8, dynamic_scale=True):
+    """BinaryDM's activation quantizer (``_ActQ``): signed per-tensor LSQ without a step floor.
+
+    With ``dynamic_scale=True`` (the reference's behaviour) ``alpha`` is ignored and replaced
+    by the stop-gradient ``2·mean|x|/sqrt(Q_P)``; it then receives zero gradient.
+    """
+    qn, qp = levels(bits, True)
+    if dynamic_scale:
+        alpha = _act_scale(x, bits)
+    a = grad_scale(alpha, 1.0 / math.sqrt(x.size * qp))
+    return round_clip(x / a, qn, qp) * a
 
 
 def progressive_binarization(step, *, num_groups: int = 5, steps_per_group: int = 1,

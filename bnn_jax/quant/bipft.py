@@ -15,7 +15,7 @@ Follows Xingrun-Xing/BiPFT ``binary_pretraining/bipft.py`` and ``utils_quant.py`
 
 ⚠ The released fine-tuning config turns the residual estimators off (``improve_kqv=False``)
 while pretraining always uses them: pass ``estimators=None`` for the former.
-``sign(0) = 0`` (``torch.sign``).
+``sign(0) = 0`` (``torch.sign``); ``sign_zero=1`` selects +1 (truly binary, packable).
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bnn_jax.quant.core import estimator, exact_div, mean, sign0
+from bnn_jax.quant.bibert import additive_mask
+from bnn_jax.quant.core import SIGN_ZERO, exact_div, identity_ste, mean, sign_of
 from bnn_jax.quant.registry import check, check_choice, register
 from bnn_jax.quant.tbt import elastic_init, elastic_quantize
 
 ESTIMATORS = ("q_p", "k_p", "q_m", "k_m", "v_p")
 
 
-def _bwn_forward(w, layerwise):
+def _bwn_forward(w, layerwise, sign_zero):
     e = mean(w)
     if layerwise:
         m = exact_div(jnp.sum(jnp.abs(w)), float(w.size))
@@ -38,40 +39,49 @@ def _bwn_forward(w, layerwise):
         # Row-wise m (one per leading-axis row, e.g. a vocabulary entry), global mean e.
         m = exact_div(jnp.sum(jnp.abs(w), axis=tuple(range(1, w.ndim)), keepdims=True),
                       float(w[0].size))
-    return sign0(w - e) * m
+    return sign_of(sign_zero)(w - e) * m
 
 
-_bwn_layerwise = estimator(lambda w: _bwn_forward(w, True), lambda w: jnp.ones_like(w))
-_bwn_rowwise = estimator(lambda w: _bwn_forward(w, False), lambda w: jnp.ones_like(w))
+_BWN = {(layerwise, z): identity_ste(lambda w, lw=layerwise, sz=z: _bwn_forward(w, lw, sz))
+        for layerwise in (True, False) for z in SIGN_ZERO}
 
 
-@register("bipft_weight",
-          validate=lambda layerwise=True: check_choice("layerwise", layerwise, (True, False)),
+def _check_weight(layerwise=True, sign_zero=0):
+    check_choice("layerwise", layerwise, (True, False))
+    check_choice("sign_zero", sign_zero, SIGN_ZERO)
+
+
+def _check_sign_zero(sign_zero=0):
+    check_choice("sign_zero", sign_zero, SIGN_ZERO)
+
+
+@register("bipft_weight", validate=_check_weight,
           paper="BiPFT: Binary Pre-trained Foundation Transformer (Xing et al., AAAI 2024)",
-          formula="m·sign(W − mean W), m = ||W||₁/numel per tensor (embedding: per row); "
-                  "identity STE",
+          formula="m·sign(W − mean W), sign(0)=0 (sign_zero=1: +1), m = ||W||₁/numel per "
+                  "tensor (embedding: per row); identity STE",
           result="GLUE: +15.4 points average over the task-specific binary baseline "
                  "(BERT-base W1A1) [ABS/README]")
-def bipft_weight(x, *, layerwise=True):
+def bipft_weight(x, *, layerwise=True, sign_zero=0):
     """BWN weight binarizer of BiPFT/BiT; ``layerwise=False`` is the embedding-table rule
     (one m per row of axis 0, e.g. ``[vocab, hidden]``)."""
-    return (_bwn_layerwise if layerwise else _bwn_rowwise)(x)
+    return _BWN[(layerwise, sign_zero)](x)
 
 
-def _act_init(x):
+def _act_init(x, sign_zero=0):
     shift = jnp.zeros((x.shape[-1],), x.dtype)
     return {"alpha": elastic_init(x + shift, bits=1, signed=True), "shift": shift}
 
 
-@register("bipft_act", init=_act_init,
+@register("bipft_act", init=_act_init, validate=_check_sign_zero,
           paper="BiPFT: Binary Pre-trained Foundation Transformer (Xing et al., AAAI 2024)",
-          formula="α·sign(x + b), learned scalar α (α₀ = 2·mean|x|) and per-feature b (b₀ = 0); "
-                  "g·1[|x+b| ≤ α], dα = Σ g·sign(x+b)/√N",
+          formula="α·sign(x + b), sign(0)=0 (sign_zero=1: +1), learned scalar α "
+                  "(α₀ = 2·mean|x|) and per-feature b (b₀ = 0); g·1[|x+b| ≤ α], "
+                  "dα = Σ g·sign(x+b)/√N",
           result="GLUE: +15.4 points average over the task-specific binary baseline "
                  "(BERT-base W1A1) [ABS/README]")
-def bipft_act(x, *, alpha, shift):
+def bipft_act(x, *, alpha, shift, sign_zero=0):
     """BiPFT linear-input binarizer: learnable shift (``LearnableBias``) then elastic sign."""
-    return elastic_quantize(x + shift, alpha, bits=1, signed=True)
+    return elastic_quantize(x + shift, alpha, bits=1, signed=True, sign_zero=sign_zero)
 
 
 @register("bipft_attn_probs", init=lambda p: {"alpha": elastic_init(p, bits=1, signed=False)},
@@ -114,17 +124,17 @@ def low_rank_residuals(x, estimators):
 
 
 def bipft_attention(q, k, v, x=None, *, q_alpha, k_alpha, v_alpha, attn_alpha,
-                    estimators=None, mask=None):
+                    estimators=None, mask=None, sign_zero=0):
     """BiPFT binary self-attention from real Q, K, V ``[B, H, N, d]`` and layer input ``x``.
 
     ``S = (Q_b K_bᵀ + R(x))/√d + mask``, ``A_b = binarize(softmax(S))``,
     ``context = A_b V_b + A_b v_p(x)``; ``R`` and ``v_p`` only when ``estimators`` is given.
     ``mask`` is additive (0 / −10000) or boolean (True = keep). Returns ``(context, A_b)``;
-    attention dropout and head masks are the caller's.
+    attention dropout and head masks are the caller's. ``sign_zero``: sign of Q, K, V at 0.
     """
-    qb = elastic_quantize(q, q_alpha, bits=1, signed=True)
-    kb = elastic_quantize(k, k_alpha, bits=1, signed=True)
-    vb = elastic_quantize(v, v_alpha, bits=1, signed=True)
+    qb = elastic_quantize(q, q_alpha, bits=1, signed=True, sign_zero=sign_zero)
+    kb = elastic_quantize(k, k_alpha, bits=1, signed=True, sign_zero=sign_zero)
+    vb = elastic_quantize(v, v_alpha, bits=1, signed=True, sign_zero=sign_zero)
     scores = jnp.einsum("bhqd,bhkd->bhqk", qb, kb)
     value_residual = None
     if estimators is not None:
@@ -133,10 +143,7 @@ def bipft_attention(q, k, v, x=None, *, q_alpha, k_alpha, v_alpha, attn_alpha,
         scores = scores + score_residual
     scores = exact_div(scores, float(q.shape[-1]) ** 0.5)
     if mask is not None:
-        mask = jnp.asarray(mask)
-        if mask.dtype == jnp.bool_:
-            mask = jnp.where(mask, 0.0, -10000.0).astype(scores.dtype)
-        scores = scores + mask
+        scores = scores + additive_mask(mask, scores.dtype)
     probs = jax.nn.softmax(scores, axis=-1)
     attention = elastic_quantize(probs, attn_alpha, bits=1, signed=False)
     context = jnp.einsum("bhqk,bhkd->bhqd", attention, vb)
@@ -145,22 +152,20 @@ def bipft_attention(q, k, v, x=None, *, q_alpha, k_alpha, v_alpha, attn_alpha,
     return context, attention
 
 
-def bipft_attention_init(q, k, v, x=None, *, estimators=None, mask=None) -> dict:
+def bipft_attention_init(q, k, v, x=None, *, estimators=None, mask=None,
+                         sign_zero=0) -> dict:
     """First-call alphas of :func:`bipft_attention`, in the reference's order (Q, K, V from
     their inputs; the attention alpha from the probabilities those binarized Q, K give)."""
     alphas = {"q_alpha": elastic_init(q, bits=1, signed=True),
               "k_alpha": elastic_init(k, bits=1, signed=True),
               "v_alpha": elastic_init(v, bits=1, signed=True)}
-    qb = elastic_quantize(q, alphas["q_alpha"], bits=1, signed=True)
-    kb = elastic_quantize(k, alphas["k_alpha"], bits=1, signed=True)
+    qb = elastic_quantize(q, alphas["q_alpha"], bits=1, signed=True, sign_zero=sign_zero)
+    kb = elastic_quantize(k, alphas["k_alpha"], bits=1, signed=True, sign_zero=sign_zero)
     scores = jnp.einsum("bhqd,bhkd->bhqk", qb, kb)
     if estimators is not None:
         scores = scores + low_rank_residuals(x, estimators)[0]
     scores = exact_div(scores, float(q.shape[-1]) ** 0.5)
     if mask is not None:
-        mask = jnp.asarray(mask)
-        if mask.dtype == jnp.bool_:
-            mask = jnp.where(mask, 0.0, -10000.0).astype(scores.dtype)
-        scores = scores + mask
+        scores = scores + additive_mask(mask, scores.dtype)
     alphas["attn_alpha"] = elastic_init(jax.nn.softmax(scores, axis=-1), bits=1, signed=False)
     return alphas

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from bnn_jax.quant.classic import bnn_ste
-from bnn_jax.quant.core import mean, straight_through
+from bnn_jax.quant.core import mean, per_channel_axes, straight_through
 from bnn_jax.quant.registry import check, check_choice, register
 
 
@@ -56,7 +56,7 @@ def _sab_estimator(ratio):
 
 
 def _init_bivit(x, **_):
-    return {"alpha": jax.lax.stop_gradient(mean(jnp.abs(x), axis=tuple(range(x.ndim - 1))))}
+    return {"alpha": jax.lax.stop_gradient(mean(jnp.abs(x), axis=per_channel_axes(x.ndim, -1)))}
 
 
 @register("bivit_weight", init=_init_bivit,
@@ -69,5 +69,5 @@ def _init_bivit(x, **_):
 def bivit_weight(x, *, alpha, boundary="exclusive"):
     """BiViT weights (``BinaryLinear_adapscaling``): learned per-output-channel alpha times the
     sign of the per-channel-centred kernel (last axis = output channel)."""
-    centred = x - mean(x, axis=tuple(range(x.ndim - 1)), keepdims=True)
+    centred = x - mean(x, axis=per_channel_axes(x.ndim, -1), keepdims=True)
     return alpha * bnn_ste(centred, boundary=boundary)

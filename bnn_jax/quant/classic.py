@@ -15,7 +15,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from bnn_jax.quant.core import clipped_ste_derivative, estimator, exact_div, mean, sign
+from bnn_jax.quant.core import (clipped_ste, clipped_ste_derivative, estimator, exact_div,
+                                identity_ste, mean, per_channel_axes, sign)
 from bnn_jax.quant.larq import approx_sign
 from bnn_jax.quant.registry import (check, check_choice, check_int_range, check_positive,
                                     register)
@@ -25,18 +26,14 @@ CONVENTIONS = ("code", "paper")
 
 def _out_axes(x):
     """Axes holding one output channel's weights: all but the last."""
-    return tuple(range(x.ndim - 1))
-
-
-def _identity_ste(x):
-    return jnp.ones_like(x)
+    return per_channel_axes(x.ndim, -1)
 
 
 # ---------------------------------------------------------------------------------------------
 # BinaryConnect / BNN
 # ---------------------------------------------------------------------------------------------
 
-_sign_identity = estimator(sign, _identity_ste)
+_sign_identity = identity_ste(sign)
 # a·sign(w) with the gradient of clip(w, -1, 1): the detach trick of BiBench / Bi-Real /
 # ReActNet, ``sg(a·sign(w) - clip(w)) + clip(w)`` (torch.clamp passes |w| == 1).
 _scaled_sign_clip = estimator(lambda w, a: a * sign(w),
@@ -63,16 +60,18 @@ def binary_connect_stochastic(x, key):
     """
     p = jnp.clip((x + 1.0) * 0.5, 0.0, 1.0)
     u = jax.random.uniform(key, x.shape, dtype=jnp.result_type(x))
-    forward = jnp.where(u < p, 1, -1).astype(jnp.result_type(x))
-    return x + jax.lax.stop_gradient(forward - x)
+    return _stochastic_sign(x, u < p)
 
 
-def _bnn_exclusive_derivative(x):
-    return (jnp.abs(x) < 1).astype(jnp.result_type(x))
+_stochastic_sign = identity_ste(lambda x, up: jnp.where(up, 1, -1).astype(jnp.result_type(x)))
 
 
-_bnn_inclusive = estimator(sign, lambda x: clipped_ste_derivative(x, 1.0))
-_bnn_exclusive = estimator(sign, _bnn_exclusive_derivative)
+_bnn_clipped = clipped_ste(sign)
+_bnn_exclusive = estimator(sign, lambda x: clipped_ste_derivative(x, 1.0, inclusive=False))
+
+
+def _bnn_inclusive(x):
+    return _bnn_clipped(x, 1.0)
 
 
 @register("bnn_ste",
@@ -212,7 +211,7 @@ def _twn_forward(w, delta, alpha):
     return alpha * t
 
 
-_twn = estimator(_twn_forward, lambda w, delta, alpha: jnp.ones_like(w))
+_twn = identity_ste(_twn_forward)
 
 
 def _check_twn(threshold_factor=0.7, per_channel=False):
@@ -336,6 +335,93 @@ def fda(x, *, n=9, omega=0.1, n_max=18):
 def _fda_estimator(omega, n_max):
     # One custom_vjp per (omega, n_max), so repeated calls do not retrace.
     return estimator(lambda v, n: sign(v), lambda v, n: _fda_derivative(v, n, omega, n_max))
+
+
+# FDA's noise-adaption module (BiBench ``fda.py``: ``NoiseAdaption`` / ``NoiseAdaption_a``):
+# e(v) = fc2(relu(fc1(v))) + 0.1·sin(v) on rows v of width d, with bias-free fc1: d -> d//k and
+# fc2: d//k -> d. The layer adds alpha(e)·e to the binarized value; alpha follows
+# `schedules.fda_noise_weight` (0.1 before the first update, the reference buffer's value).
+
+def fda_noise_init(key, d: int, reduction: int = 64, dtype=jnp.float32) -> dict:
+    """``fc1 [d, d//k]`` and ``fc2 [d//k, d]`` with torch ``nn.Linear``'s default init,
+    ``U(−1/sqrt(fan_in), 1/sqrt(fan_in))``. ``d < k`` gives a zero-width MLP (only the sine)."""
+    hidden = d // reduction
+    k1, k2 = jax.random.split(key)
+    b1 = 1.0 / math.sqrt(d)
+    b2 = 1.0 / math.sqrt(hidden) if hidden else 0.0
+    return {"fc1": jax.random.uniform(k1, (d, hidden), dtype, -b1, b1),
+            "fc2": jax.random.uniform(k2, (hidden, d), dtype, -b2, b2)}
+
+
+def noise_adaption(rows, fc1, fc2):
+    """FDA's noise term ``relu(rows @ fc1) @ fc2 + 0.1·sin(rows)`` on rows ``[..., d]``."""
+    return jax.nn.relu(rows @ fc1) @ fc2 + 0.1 * jnp.sin(rows)
+
+
+def _weight_rows(x):
+    # One row per output channel (the last axis of a Flax kernel), like torch's w.view(out, -1).
+    return x.reshape(-1, x.shape[-1]).T
+
+
+def _check_fda_noise(n=9, omega=0.1, n_max=18, alpha=0.1, reduction=64, seed=0, **kw):
+    _check_fda(n, omega, n_max)
+    check_int_range("reduction", reduction, 1, 1 << 20)
+    check_int_range("seed", seed, 0, 2**31 - 1)
+    if isinstance(alpha, (int, float)):
+        check(alpha >= 0, f"alpha must be a number >= 0, got {alpha!r}")
+    if "scale" in kw:
+        check_choice("scale", kw["scale"], (True, False))
+
+
+def _fda_weight_init(x, *, reduction=64, seed=0, **_):
+    # A fixed seed keeps `init` a function of x alone; use `fda_noise_init` with a per-layer
+    # key for independent draws.
+    return fda_noise_init(jax.random.PRNGKey(seed), math.prod(x.shape[:-1]), reduction,
+                          jnp.result_type(x))
+
+
+def _fda_act_init(x, *, reduction=64, seed=0, **_):
+    return fda_noise_init(jax.random.PRNGKey(seed), x.shape[-1], reduction, jnp.result_type(x))
+
+
+@register("fda_weight", validate=_check_fda_noise, init=_fda_weight_init, bits=None,
+          paper="FDA: Frequency Domain Approximation (Xu et al., NeurIPS 2021), BiBench code",
+          formula="(sign(W) + α(e)·[fc2(relu(fc1(W_c))) + 0.1·sin(W_c)])·sg(mean|W_c|) per output "
+                  "channel c, sign(0)=+1; FDA gradient to sign, exact gradient through the "
+                  "noise MLP (fc1, fc2 learned); α(e) = `schedules.fda_noise_weight`",
+          result="–")
+def fda_weight(x, *, fc1, fc2, n=9, omega=0.1, n_max=18, alpha=0.1, reduction=64, seed=0,
+               scale=True):
+    """BiBench's FDA layer weight: FDA sign plus ``alpha``·noise adaption, times mean|W|.
+
+    Each output channel's weights (all axes but the last, flattened in Flax order) form one
+    row of width d for the noise MLP (``fc1 [d, d//reduction]``, ``fc2 [d//reduction, d]``).
+    ``alpha`` (traced per epoch by :func:`bnn_jax.quant.schedules.fda_noise_weight`; 0.1 is the
+    reference's value before its first update) and ``n`` are schedule values. ``scale=False``
+    drops the stop-gradient per-channel mean|W| (BiBench applies it). Not 1-bit: the noise
+    term makes the value real. ``reduction``/``seed`` only affect ``init``.
+    """
+    del reduction, seed
+    noise = noise_adaption(_weight_rows(x), fc1, fc2).T.reshape(x.shape)
+    out = fda(x, n=n, omega=omega, n_max=n_max) + alpha * noise
+    if scale:
+        out = out * jax.lax.stop_gradient(mean(jnp.abs(x), axis=_out_axes(x), keepdims=True))
+    return out
+
+
+@register("fda_act", validate=_check_fda_noise, init=_fda_act_init, bits=None,
+          paper="FDA: Frequency Domain Approximation (Xu et al., NeurIPS 2021), BiBench code",
+          formula="sign(x) + α(e)·[fc2(relu(fc1(x))) + 0.1·sin(x)] over the channel (last) "
+                  "axis, sign(0)=+1; FDA gradient to sign, exact gradient through the noise MLP",
+          result="–")
+def fda_act(x, *, fc1, fc2, n=9, omega=0.1, n_max=18, alpha=0.1, reduction=64, seed=0):
+    """BiBench's FDA layer input: FDA sign plus ``alpha``·noise adaption over channels.
+
+    The MLP acts on the last (channel) axis at every position, as ``NoiseAdaption_a`` on NCHW
+    (and ``NoiseAdaption`` on a linear layer's ``[tokens, in]`` input).
+    """
+    del reduction, seed
+    return fda(x, n=n, omega=omega, n_max=n_max) + alpha * noise_adaption(x, fc1, fc2)
 
 
 # ---------------------------------------------------------------------------------------------

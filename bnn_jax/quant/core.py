@@ -3,7 +3,11 @@
 Conventions (tested in tests/quant; methods that differ say so in their docstring):
 
 * ``sign(x)`` is larq's: +1 for x >= 0 (also for -0.0), -1 otherwise. ``jnp.sign`` (0 at 0) is
-  used only where a reference relies on it, and then it is named ``sign0``.
+  used only where a reference relies on it, and then it is named ``sign0``. Methods whose
+  reference code relies on ``torch.sign`` (the transformer methods) default to ``sign0`` and take
+  ``sign_zero=0|1`` (:func:`sign_of`) so the output can be made truly binary (packable); the CNN
+  methods use ``sign`` (+1) so their outputs stay packable. Every docstring and registry formula
+  says which convention its default uses.
 * Clip boundaries are inclusive: the straight-through gradient passes at ``|x| == clip_value``
   (larq's ``tf.where(|x| <= clip, dy, 0)``; TF's ``clip_by_value`` also passes it).
   ``jnp.clip`` would give 1/2 there (JAX splits ties of max/min), so use :func:`clip` instead.
@@ -35,6 +39,27 @@ def sign(x: jax.Array) -> jax.Array:
 def sign0(x: jax.Array) -> jax.Array:
     """Sign with sign(0) = 0, as ``torch.sign``/``jnp.sign`` (some reference code relies on it)."""
     return jnp.sign(x)
+
+
+SIGN_ZERO = (0, 1)
+
+
+def sign_of(sign_zero: int) -> Callable:
+    """The sign whose value at 0 is ``sign_zero``: :func:`sign0` for 0, :func:`sign` for 1."""
+    if sign_zero not in SIGN_ZERO or isinstance(sign_zero, bool):
+        raise ValueError(f"sign_zero must be one of {list(SIGN_ZERO)}, got {sign_zero!r}")
+    return sign if sign_zero == 1 else sign0
+
+
+def per_channel_axes(ndim: int, channel_axis: int | None) -> tuple[int, ...]:
+    """Axes to reduce for one statistic per ``channel_axis`` entry (all axes when None)."""
+    if channel_axis is None:
+        return tuple(range(ndim))
+    if not -ndim <= channel_axis < ndim:
+        raise ValueError(f"channel_axis {channel_axis} is out of range for a {ndim}-D array "
+                         f"(valid: {-ndim}..{ndim - 1} or None)")
+    keep = channel_axis % ndim
+    return tuple(a for a in range(ndim) if a != keep)
 
 
 def heaviside(x: jax.Array) -> jax.Array:
@@ -78,6 +103,14 @@ def estimator(forward: Callable, derivative: Callable) -> Callable:
         return (dx, *(_zero_cotangent(a) for a in args[1:]))
 
     return functools.wraps(forward)(lambda *args: _custom(forward, backward, *args))
+
+
+def identity_ste(forward: Callable) -> Callable:
+    """``q(x, *aux)``: value ``forward(x, *aux)``, gradient ``g`` to x (the plain identity STE).
+
+    The exact-forward form of ``x + sg(q(x) - x)`` (which can differ from q(x) by one rounding).
+    """
+    return estimator(forward, lambda x, *aux: jnp.ones_like(x))
 
 
 def straight_through(forward: Callable, surrogate: Callable) -> Callable:
@@ -149,9 +182,16 @@ def round_half_up(x: jax.Array) -> jax.Array:
     return jnp.floor(x + 0.5)
 
 
-def clipped_ste_derivative(x: jax.Array, clip_value: Any) -> jax.Array:
-    """1 where |x| <= clip_value (inclusive boundary), 0 elsewhere."""
-    return (jnp.abs(x) <= clip_value).astype(jnp.result_type(x))
+def clipped_ste_derivative(x: jax.Array, clip_value: Any, *, inclusive: bool = True
+                           ) -> jax.Array:
+    """1 where |x| <= clip_value (|x| < clip_value if not ``inclusive``), 0 elsewhere."""
+    inside = jnp.abs(x) <= clip_value if inclusive else jnp.abs(x) < clip_value
+    return inside.astype(jnp.result_type(x))
+
+
+def grad_scale(x: jax.Array, g: Any) -> jax.Array:
+    """Value ``x`` exactly, gradient multiplied by ``g`` (LSQ's ``sg(x − x·g) + x·g``)."""
+    return _grad_scale(x, g)
 
 
 def clipped_ste(forward: Callable) -> Callable:
@@ -162,7 +202,7 @@ def clipped_ste(forward: Callable) -> Callable:
     """
     with_clip = estimator(lambda x, c, *aux: forward(x, *aux),
                           lambda x, c, *aux: clipped_ste_derivative(x, c))
-    without_clip = estimator(forward, lambda x, *aux: jnp.ones_like(x))
+    without_clip = identity_ste(forward)
 
     def q(x, clip_value, *aux):
         if clip_value is None:
@@ -170,3 +210,6 @@ def clipped_ste(forward: Callable) -> Callable:
         return with_clip(x, clip_value, *aux)
 
     return q
+
+
+_grad_scale = estimator(lambda x, g: x, lambda x, g: jnp.broadcast_to(g, jnp.shape(x)))

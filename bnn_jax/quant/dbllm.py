@@ -27,9 +27,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from bnn_jax.quant.core import estimator, exact_div, straight_through
+from bnn_jax.quant.core import estimator, exact_div, per_channel_axes, straight_through
 from bnn_jax.quant.registry import check, check_choice, register
-from bnn_jax.quant.tbt import per_channel_axes
 
 
 def fdb_init(x, channel_axis: int = -1) -> dict:

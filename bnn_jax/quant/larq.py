@@ -93,7 +93,7 @@ def _check_tern(threshold_value=0.05, ternary_weight_networks=False, clip_value=
 def ste_tern(x, *, threshold_value=0.05, ternary_weight_networks=False, clip_value=1.0):
     """Ternarize to {-1, 0, 1} with a fixed or TWN (0.7·mean|x|, whole tensor) threshold."""
     if ternary_weight_networks:
-        threshold = jax.lax.stop_gradient(0.7 * jnp.sum(jnp.abs(x)) / x.size)
+        threshold = jax.lax.stop_gradient(exact_div(0.7 * jnp.sum(jnp.abs(x)), float(x.size)))
     else:
         threshold = threshold_value
     return _ste_tern(x, clip_value, threshold)

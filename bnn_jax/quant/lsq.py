@@ -17,10 +17,13 @@ import math
 import jax
 import jax.numpy as jnp
 
-from bnn_jax.quant.core import clip, estimator, mean
+from bnn_jax.quant.core import (clip, estimator, exact_div, grad_scale, identity_ste, mean,
+                                per_channel_axes)
 from bnn_jax.quant.registry import check_choice, check_int_range, register
 
 STEP_FLOOR = 1e-5
+#: Alternations of the LSQ+ MSE init (each one never increases the squared error).
+MSE_ITERATIONS = 20
 
 
 def levels(bits, signed):
@@ -34,16 +37,13 @@ def _clip_open_derivative(x, lo, hi):
 
 _clip_open = estimator(lambda x, lo, hi: jnp.minimum(jnp.maximum(x, lo), hi),
                        _clip_open_derivative)
-_round_ste = estimator(jnp.round, lambda x: jnp.ones_like(x))
-_floor_ste = estimator(lambda s, lo: jnp.maximum(s, lo), lambda s, lo: jnp.ones_like(s))
+_round_ste = identity_ste(jnp.round)
+_floor_ste = identity_ste(lambda s, lo: jnp.maximum(s, lo))
 
 
-def grad_scale(x, g):
-    """Value ``x``, gradient multiplied by ``g`` (LSQ's ``sg(x - x·g) + x·g``)."""
-    return jax.lax.stop_gradient(x - x * g) + x * g
-
-
-def _quantize(v, qn, qp, boundary):
+def round_clip(v, qn, qp, boundary="inclusive"):
+    """``round(clip(v, −Q_N, Q_P))`` with LSQ's straight-through gradient (1 inside the range,
+    its edges included unless ``boundary="exclusive"``)."""
     c = clip(v, -qn, qp) if boundary == "inclusive" else _clip_open(v, -qn, qp)
     return _round_ste(c)
 
@@ -64,11 +64,11 @@ def _check_lsq(bits=2, signed=True, boundary="inclusive", per_channel=False,
 
 def _lsq_init(x, *, bits=2, signed=True, per_channel=False, init_rule="code", **_):
     _, qp = levels(bits, signed)
-    axes = tuple(range(x.ndim - 1)) if per_channel else None
+    axes = per_channel_axes(x.ndim, -1) if per_channel else None
     m = mean(jnp.abs(x), axis=axes)
     # OFQ/TBT double the unsigned init (4·mean|x|/sqrt(Q_P)); the paper uses 2· for both.
     factor = 4.0 if (init_rule == "code" and not signed) else 2.0
-    return {"step": factor * m / math.sqrt(qp)}
+    return {"step": exact_div(factor * m, math.sqrt(qp))}
 
 
 @register("lsq", init=_lsq_init, validate=_check_lsq,
@@ -87,20 +87,67 @@ def lsq(x, *, step, bits=2, signed=True, boundary="inclusive", per_channel=False
     """
     qn, qp = levels(bits, signed)
     s = grad_scale(_floor_ste(step, STEP_FLOOR), _grad_scale_factor(x, step, qp))
-    return _quantize(x / s, qn, qp, boundary) * s
+    return round_clip(x / s, qn, qp, boundary) * s
 
 
-def _check_lsq_plus(bits=2, signed=False, boundary="inclusive", init_method="minmax", **_):
+def _check_lsq_plus(bits=2, signed=False, boundary="inclusive", init_rule="minmax", **_):
     _check_lsq(bits, signed, boundary)
-    check_choice("init_method", init_method, ("minmax", "3sigma"))
+    check_choice("init_rule", init_rule, ("minmax", "mse", "3sigma"))
 
 
-def _lsq_plus_init(x, *, bits=2, signed=False, init_method="minmax", **_):
+def _minmax_init(x, qn, qp):
+    lo, hi = jnp.min(x), jnp.max(x)
+    step = exact_div(hi - lo, float(qn + qp))
+    return step, lo + qn * step
+
+
+def mse_init(x, *, bits=2, signed=False, iterations=MSE_ITERATIONS):
+    """LSQ+'s MSE-optimal ``(step, offset)`` for ``x`` (the first batch), a deterministic search.
+
+    Alternating least squares from the min/max start: (1) codes ``k = clip(round((x − β)/s),
+    −Q_N, Q_P)`` (the nearest level for the current step and offset), (2) ``(s, β)`` = the
+    least-squares line ``x ≈ s·k + β`` for those codes. Neither step can increase
+    ``||x − x̂||²``, so the error never exceeds the min/max init's. It stops at a fixed point
+    of the two steps (a local optimum), after at most ``iterations`` rounds. A fit with all
+    codes equal (or a non-positive slope) keeps the previous ``(s, β)``.
+    """
     qn, qp = levels(bits, signed)
-    if init_method == "minmax":
-        lo, hi = jnp.min(x), jnp.max(x)
-        step = (hi - lo) / (qn + qp)
-        return {"step": step, "offset": lo + qn * step}
+    v = jax.lax.stop_gradient(x).reshape(-1)
+    step, offset = _minmax_init(v, qn, qp)
+    # A constant input has no range: any positive step represents it exactly with β = x.
+    step = jnp.where(step > 0, step, jnp.ones_like(step))
+
+    def codes(s, b):
+        return jnp.clip(jnp.round((v - b) / s), -qn, qp)
+
+    def sq_error(s, b):
+        return jnp.sum(jnp.square(v - (codes(s, b) * s + b)))
+
+    def refit(carry, _):
+        s, b = carry
+        k = codes(s, b)
+        km, vm = mean(k), mean(v)
+        cov = jnp.sum((k - km) * (v - vm))
+        var = jnp.sum(jnp.square(k - km))
+        new_s = cov / jnp.where(var > 0, var, 1.0)
+        new_b = vm - new_s * km
+        ok = (var > 0) & (new_s > 0)
+        # Keep the fit only if it really lowers the error (guards float32 ties).
+        ok = ok & (sq_error(jnp.where(ok, new_s, s), jnp.where(ok, new_b, b)) <= sq_error(s, b))
+        return (jnp.where(ok, new_s, s), jnp.where(ok, new_b, b)), None
+
+    (step, offset), _ = jax.lax.scan(refit, (step, offset), None, length=iterations)
+    return step, offset
+
+
+def _lsq_plus_init(x, *, bits=2, signed=False, init_rule="minmax", **_):
+    qn, qp = levels(bits, signed)
+    if init_rule == "minmax":
+        step, offset = _minmax_init(x, qn, qp)
+        return {"step": step, "offset": offset}
+    if init_rule == "mse":
+        step, offset = mse_init(x, bits=bits, signed=signed)
+        return {"step": step, "offset": offset}
     mu = mean(x)
     sigma = jnp.sqrt(mean(jnp.square(x - mu)))
     step = jnp.maximum(jnp.abs(mu - 3 * sigma), jnp.abs(mu + 3 * sigma)) / 2 ** (bits - 1)
@@ -111,19 +158,20 @@ def _lsq_plus_init(x, *, bits=2, signed=False, init_method="minmax", **_):
           bits=lambda bits=2, **_: bits,
           paper="LSQ+ (Bhalgat et al., CVPR-W 2020)",
           formula="s·round(clip((x−β)/s, −Q_N, Q_P)) + β; ds as LSQ, dβ = 1[outside]; both scaled "
-                  "by g = 1/sqrt(N·Q_P); init min/max (s = (max−min)/(2^b−1), β = min) or "
+                  "by g = 1/sqrt(N·Q_P); init min/max (s = (max−min)/(2^b−1), β = min), "
+                  "MSE (argmin ||x − x̂||² by alternating least squares from min/max) or "
                   "3σ (s = max(|μ−3σ|, |μ+3σ|)/2^(b−1), β = 0)",
           result="– (EfficientNet-B0 W4A4 numbers not verified)")
 def lsq_plus(x, *, step, offset, bits=2, signed=False, boundary="inclusive",
-             init_method="minmax"):
+             init_rule="minmax"):
     """LSQ+ fake quantization with a learned step and offset (asymmetric activations).
 
-    The LSQ gradient scale is applied to the offset too. ``init_method`` ("minmax" or the
-    weights' "3sigma") only affects :meth:`Quantizer.init`; the paper's MSE-optimal init is not
-    implemented.
+    The LSQ gradient scale is applied to the offset too. ``init_rule`` only affects
+    :meth:`Quantizer.init`: "minmax" (default), the paper's preferred "mse" (:func:`mse_init`)
+    or the weights' "3sigma".
     """
     qn, qp = levels(bits, signed)
     g = _grad_scale_factor(x, step, qp)
     s = grad_scale(_floor_ste(step, STEP_FLOOR), g)
     b = grad_scale(offset, g)
-    return _quantize((x - b) / s, qn, qp, boundary) * s + b
+    return round_clip((x - b) / s, qn, qp, boundary) * s + b

@@ -10,11 +10,13 @@ channel (the last axis, Flax layout).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnn_jax.quant.core import mean
+from bnn_jax.quant.core import identity_ste, mean
 from bnn_jax.quant.registry import check_choice, check_int_range, check_positive, register
 
 #: The clip's upper edge ``clip_val/2 - 1e-6`` in float32 (keeps 1.0 in the top level).
@@ -30,12 +32,22 @@ def _row_axes(w, layout):
     return (w.ndim - 1,) if layout == "torch" else tuple(range(w.ndim - 1))
 
 
-def _statsq(w, bits, axes):
+def _statsq_forward(w, bits, axes):
     s, c = _normalized(w, axes)
     n = float(2 ** (bits - 1))
-    q = s * ((jnp.round(c * n - 0.5) + 0.5) / n)
-    # Identity STE without a clipping mask: sg(W_q - W) + W.
-    return w + jax.lax.stop_gradient(q - w)
+    # Dividing by the power of two n is exact, so the XLA reciprocal rewrite cannot change it.
+    return s * ((jnp.round(c * n - 0.5) + 0.5) / n)
+
+
+@functools.lru_cache(maxsize=None)
+def _statsq_ste(bits, axes):
+    # Identity STE without a clipping mask: the reference's sg(W_q - W) + W with an exact
+    # forward. One custom_vjp per (bits, axes), so repeated calls do not retrace.
+    return identity_ste(lambda w: _statsq_forward(w, bits, axes))
+
+
+def _statsq(w, bits, axes):
+    return _statsq_ste(bits, tuple(axes))(w)
 
 
 @register("statsq", validate=lambda bits=2: check_int_range("bits", bits, 1, 16),

@@ -23,19 +23,18 @@ Choices and deviations (each selectable):
   ``binarizer_stats="code"``); ``"masked"`` uses only the binarized entries.
 
 Orientation: every ``kernel`` is a Flax kernel ``[in, out]`` (``y = x @ kernel``); rows of
-the paper (output channels) are its last axis. ``sign(0) = 0`` (``torch.sign``).
+the paper (output channels) are its last axis. ``sign(0) = 0`` (``torch.sign``); ``sign_zero=1``
+selects +1 (truly binary, packable).
 """
 
 from __future__ import annotations
-
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnn_jax.quant.core import estimator, exact_div, sign0
+from bnn_jax.quant.core import SIGN_ZERO, exact_div, identity_ste, per_channel_axes, sign_of
 from bnn_jax.quant.registry import check, check_choice, register
-from bnn_jax.quant.tbt import per_channel_axes
 
 # --------------------------------------------------------------------------------------------
 # 8-bit per-row asymmetric fake quantization
@@ -123,19 +122,19 @@ def pbllm_prepare(kernel, salient_fraction: float, *, count_rule: str = "exact")
     return asym_fake_quant(jnp.asarray(kernel), channel_axis=-1), mask
 
 
-_sign_identity = estimator(sign0, lambda x: jnp.ones_like(x))
-_fake_quant_identity = estimator(lambda w: asym_fake_quant(w, channel_axis=-1),
-                                 lambda w: jnp.ones_like(w))
+_SIGN_IDENTITY = {z: identity_ste(sign_of(z)) for z in SIGN_ZERO}
+_fake_quant_identity = identity_ste(lambda w: asym_fake_quant(w, channel_axis=-1))
 
 
 def _check_qat(salient_fraction=0.1, scale_granularity="matrix", train_salient=False,
-               salient_quant="prequantized", count_rule="exact"):
+               salient_quant="prequantized", count_rule="exact", sign_zero=0):
     check(isinstance(salient_fraction, (int, float)) and 0 <= salient_fraction <= 1,
           f"salient_fraction must be in [0, 1], got {salient_fraction!r}")
     check_choice("scale_granularity", scale_granularity, ("matrix", "row"))
     check_choice("train_salient", train_salient, (False, True))
     check_choice("salient_quant", salient_quant, ("prequantized", "fake_quant"))
     check_choice("count_rule", count_rule, ("exact", "code"))
+    check_choice("sign_zero", sign_zero, SIGN_ZERO)
 
 
 def _qat_init(x, salient_fraction=0.1, count_rule="exact", **_):
@@ -147,12 +146,14 @@ def _qat_init(x, salient_fraction=0.1, count_rule="exact", **_):
 @register("pbllm_weight", validate=_check_qat, init=_qat_init,
           bits=lambda salient_fraction=0.1, **_: 1 + 7 * salient_fraction,
           paper="PB-LLM: Partially Binarized Large Language Models (Shang et al., ICLR 2024)",
-          formula="where(mask, W₈ (frozen unless train_salient), s·sign(W)), s = sg(mean|W| over "
+          formula="where(mask, W₈ (frozen unless train_salient), s·sign(W)), sign(0)=0 "
+                  "(sign_zero=1: +1), s = sg(mean|W| over "
                   "non-salient) per matrix (or row); mask = both tails of W, fraction f; "
                   "identity STE",
           result="– (paper Tables 1–3 not transcribed) [GAP]")
 def pbllm_weight(x, *, salient_mask, salient_fraction=0.1, scale_granularity="matrix",
-                 train_salient=False, salient_quant="prequantized", count_rule="exact"):
+                 train_salient=False, salient_quant="prequantized", count_rule="exact",
+                 sign_zero=0):
     """PB-LLM QAT partially binarized kernel ``[in, out]``.
 
     ``salient_mask`` (nonzero = salient) is fixed after ``init``: ``init`` returns it as a 0/1
@@ -173,7 +174,7 @@ def pbllm_weight(x, *, salient_mask, salient_fraction=0.1, scale_granularity="ma
         axes = per_channel_axes(x.ndim, -1)
         scale = jnp.sum(a, axis=axes, keepdims=True) / jnp.maximum(
             jnp.sum(keep, axis=axes, keepdims=True), 1)
-    binary = _sign_identity(x) * scale
+    binary = _SIGN_IDENTITY[sign_zero](x) * scale
     salient = _fake_quant_identity(x) if salient_quant == "fake_quant" else x
     if not train_salient:
         salient = jax.lax.stop_gradient(salient)
@@ -206,7 +207,7 @@ def _binarizer(w_masked_rows, mask_rows, stats):
 def gptq_pb(kernel, x, *, salient_fraction: float, saliency: str = "magnitude",
             blocksize: int = 128, percdamp: float = 0.01, groupsize: int | None = None,
             high_bits: int = 8, binarizer_stats: str = "code", count_rule: str = "exact",
-            use_gptq: bool = True):
+            use_gptq: bool = True, sign_zero: int = 0):
     """GPTQ-PB: partial binarization of ``kernel [in, out]`` with GPTQ error compensation.
 
     ``x [..., in]``: calibration inputs of the layer. Salient weights (``salient_fraction`` of
@@ -218,7 +219,9 @@ def gptq_pb(kernel, x, *, salient_fraction: float, saliency: str = "magnitude",
     ``damp = percdamp·mean(diag H)``. ``use_gptq=False`` is plain rounding (no compensation).
     Runs in float64 numpy on CPU. Returns ``(kernel_hat, salient_mask, loss)`` with the
     kernel and mask in ``[in, out]`` layout and GPTQ's summed ``(w − q)²/U_ii²/2``.
+    ``sign_zero``: value of the binarizer's sign at 0 (reference ``torch.sign``: 0; 1 for +1).
     """
+    check_choice("sign_zero", sign_zero, SIGN_ZERO)
     check_choice("saliency", saliency, ("magnitude", "hessian"))
     check_choice("binarizer_stats", binarizer_stats, ("code", "masked"))
     check_choice("count_rule", count_rule, ("exact", "code"))
@@ -269,7 +272,9 @@ def gptq_pb(kernel, x, *, salient_fraction: float, saliency: str = "magnitude",
 
     def quant_low(w, col):
         mu, alpha = stats[col // groupsize]
-        return alpha * np.sign(w - mu) + mu
+        d = w - mu
+        sgn = np.sign(d) if sign_zero == 0 else np.where(d >= 0, 1.0, -1.0)
+        return alpha * sgn + mu
 
     losses = np.zeros(rows)
     for st in range(0, cols, blocksize):

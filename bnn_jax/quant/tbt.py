@@ -11,7 +11,8 @@ Follows facebookresearch/Ternary_Binary_Transformer ``quant/utils_quant.py`` (co
   (unsigned); unsigned 2-bit subtracts the dynamic ``min(x)`` (not learned, no gradient).
 * 8-bit activations: min-max symmetric/asymmetric quantization after clipping to ±2.5.
 
-Conventions of the reference kept here: ``sign(0) = 0`` (``torch.sign``), round half to even,
+Conventions of the reference kept here: ``sign(0) = 0`` (``torch.sign``; ``sign_zero=1`` selects
++1 for truly binary, packable outputs), round half to even,
 alpha floored at 1e-5 (the floor blocks alpha's gradient), LSQ gradient scale
 ``1/sqrt(numel·Q_P)``. The forward is the exact quantized value (the reference's detach trick
 ``sg(q − W) + W`` can differ from q by one rounding of the subtraction).
@@ -25,43 +26,36 @@ import math
 import jax
 import jax.numpy as jnp
 
-from bnn_jax.quant.core import estimator, exact_div, mean, sign0, straight_through
+from bnn_jax.quant.core import (SIGN_ZERO, estimator, exact_div, identity_ste, mean,
+                                per_channel_axes, sign_of, straight_through)
 from bnn_jax.quant.registry import check, check_choice, check_int_range, check_positive, register
 
 ELASTIC_EPS = 1e-5
-
-
-def per_channel_axes(ndim: int, channel_axis: int | None) -> tuple[int, ...]:
-    """Axes to reduce for one statistic per ``channel_axis`` entry (all axes when None)."""
-    if channel_axis is None:
-        return tuple(range(ndim))
-    check(-ndim <= channel_axis < ndim,
-          f"channel_axis {channel_axis} is out of range for a {ndim}-D array")
-    keep = channel_axis % ndim
-    return tuple(a for a in range(ndim) if a != keep)
 
 
 # --------------------------------------------------------------------------------------------
 # Weights
 # --------------------------------------------------------------------------------------------
 
-_identity = estimator(lambda w, q: q, lambda w, q: jnp.ones_like(w))
+_identity = identity_ste(lambda w, q: q)
 
 
-def _check_weight(bits=1, channel_axis=-1):
+def _check_weight(bits=1, channel_axis=-1, sign_zero=0):
     check_choice("bits", bits, (1, 2))
+    check_choice("sign_zero", sign_zero, SIGN_ZERO)
     check(channel_axis is None or isinstance(channel_axis, int),
           f"channel_axis must be an int or None, got {channel_axis!r}")
 
 
-@register("tbt_weight", validate=_check_weight, bits=lambda bits=1, channel_axis=-1:
+@register("tbt_weight", validate=_check_weight, bits=lambda bits=1, **_:
           1 if bits == 1 else 1.58,
           paper="TBT: Binary and Ternary Natural Language Generation (Liu et al., ACL 2023)",
-          formula="bits=1: a·sign(W), a = sg(mean_row|W|); bits=2: a·round(clip(W/a,−1,1)), "
-                  "a = sg(4/3·mean_row|W|); identity STE; also the embedding table",
+          formula="bits=1: a·sign(W), sign(0)=0 (sign_zero=1: +1), a = sg(mean_row|W|); "
+                  "bits=2: a·round(clip(W/a,−1,1)), a = sg(4/3·mean_row|W|); identity STE; "
+                  "also the embedding table",
           result="XSUM BART-base W1-E1-A1 R1/R2/RL 31.68/11.19/25.29; W2-E2-A2 "
                  "36.21/14.38/29.07 [README]")
-def tbt_weight(x, *, bits=1, channel_axis=-1):
+def tbt_weight(x, *, bits=1, channel_axis=-1, sign_zero=0):
     """TBT statistics-based binary (bits=1) or ternary (bits=2) weight, one scale per row.
 
     ``channel_axis`` holds the rows of the paper (output channels): -1 for a Flax ``Dense``
@@ -76,7 +70,7 @@ def tbt_weight(x, *, bits=1, channel_axis=-1):
     # An all-zero row has alpha = 0; the reference divides by it (NaN), here it stays 0.
     safe = jnp.where(alpha > 0, alpha, jnp.ones_like(alpha))
     if bits == 1:
-        q = alpha * sign0(w / safe)
+        q = alpha * sign_of(sign_zero)(w / safe)
     else:
         q = alpha * jnp.round(jnp.clip(w / safe, -1.0, 1.0))
     return _identity(x, q)
@@ -107,9 +101,10 @@ def elastic_init(x, *, bits: int, signed: bool):
 
 
 @functools.lru_cache(maxsize=None)
-def _elastic(bits: int, signed: bool, qp2: int):
+def _elastic(bits: int, signed: bool, qp2: int, sign_zero: int):
     qn, qp = elastic_levels(bits, signed, qp2)
     dynamic_min = (not signed) and bits >= 2
+    sgn = sign_of(sign_zero)
 
     def floor(alpha):
         return jnp.where(alpha > ELASTIC_EPS, alpha, ELASTIC_EPS).astype(jnp.result_type(alpha))
@@ -123,7 +118,7 @@ def _elastic(bits: int, signed: bool, qp2: int):
     def forward(x, alpha):
         a = floor(alpha)
         if signed and bits == 1:
-            return sign0(x) * a
+            return sgn(x) * a
         xin, m = shifted(x)
         q = jnp.clip(jnp.round(xin / a), qn, qp) * a
         return q + m if dynamic_min else q
@@ -136,7 +131,7 @@ def _elastic(bits: int, signed: bool, qp2: int):
         xin, _ = shifted(x)
         v = jax.lax.stop_gradient(xin / a)
         if signed and bits == 1:
-            coef = sign0(jax.lax.stop_gradient(x))
+            coef = sgn(jax.lax.stop_gradient(x))
         else:
             coef = jnp.where(v < qn, qn, jnp.where(v > qp, qp, jnp.round(v) - v))
         grad_scale = 1.0 / math.sqrt(x.size * qp)
@@ -148,34 +143,37 @@ def _elastic(bits: int, signed: bool, qp2: int):
 
 
 def elastic_quantize(x, alpha, *, bits: int = 1, signed: bool = True,
-                     unsigned_two_bit_levels: int = 2):
+                     unsigned_two_bit_levels: int = 2, sign_zero: int = 0):
     """The elastic (LSQ-style) quantizer of TBT/BiT/BiPFT with learned scalar ``alpha``.
 
     ``unsigned_two_bit_levels``: Q_P of unsigned 2-bit; TBT uses 2 (levels {0, 1, 2}), BiT and
-    BiPFT use 3.
+    BiPFT use 3. ``sign_zero``: the signed 1-bit value at 0 (reference 0, or 1 for +1).
     """
-    return _elastic(bits, signed, unsigned_two_bit_levels)(x, alpha)
+    sign_of(sign_zero)  # reject a bad value with the valid choices
+    return _elastic(bits, signed, unsigned_two_bit_levels, sign_zero)(x, alpha)
 
 
-def _check_act(bits=1, signed=True):
+def _check_act(bits=1, signed=True, sign_zero=0):
     check_choice("bits", bits, (1, 2))
     check_choice("signed", signed, (True, False))
+    check_choice("sign_zero", sign_zero, SIGN_ZERO)
 
 
-def _act_init(x, bits=1, signed=True):
+def _act_init(x, bits=1, signed=True, sign_zero=0):
     return {"alpha": elastic_init(x, bits=bits, signed=signed)}
 
 
 @register("tbt_act", validate=_check_act, init=_act_init,
-          bits=lambda bits=1, signed=True: 1 if bits == 1 else 1.58,
+          bits=lambda bits=1, **_: 1 if bits == 1 else 1.58,
           paper="TBT: Binary and Ternary Natural Language Generation (Liu et al., ACL 2023)",
-          formula="elastic: signed A1 α·sign(x), A2 α·clip(round(x/α),−1,1); unsigned A1 "
-                  "α·clip(round(x/α),0,1), A2 α·clip(round((x−min x)/α),0,2)+min x; "
+          formula="elastic: signed A1 α·sign(x), sign(0)=0 (sign_zero=1: +1), A2 "
+                  "α·clip(round(x/α),−1,1); unsigned A1 α·clip(round(x/α),0,1), A2 "
+                  "α·clip(round((x−min x)/α),0,2)+min x; "
                   "g·1[Q_N ≤ x/α ≤ Q_P], dα LSQ with scale 1/sqrt(N·Q_P); "
                   "α₀ = 2·mean|x| (signed) or 4·mean|x|/sqrt(2^b−1) (unsigned)",
           result="XSUM BART-base W1-E1-A1 R1/R2/RL 31.68/11.19/25.29; W2-E2-A2 "
                  "36.21/14.38/29.07 [README]")
-def tbt_act(x, *, alpha, bits=1, signed=True):
+def tbt_act(x, *, alpha, bits=1, signed=True, sign_zero=0):
     """TBT elastic activation quantizer (1 or 2 bits, signed or unsigned), learned ``alpha``.
 
     Signed for the inputs of q/k/v/out/fc1 and for Q, K, V; unsigned for the fc2 input and
@@ -183,7 +181,8 @@ def tbt_act(x, *, alpha, bits=1, signed=True):
     is sometimes read as having a learnable shift: the reference has none (only the dynamic
     min of unsigned 2-bit), and neither has this function.
     """
-    return elastic_quantize(x, alpha, bits=bits, signed=signed, unsigned_two_bit_levels=2)
+    return elastic_quantize(x, alpha, bits=bits, signed=signed, unsigned_two_bit_levels=2,
+                            sign_zero=sign_zero)
 
 
 # --------------------------------------------------------------------------------------------

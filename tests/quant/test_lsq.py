@@ -99,7 +99,7 @@ def test_lsq_plus_inits():
     # min/max init maps min and max exactly onto the end levels
     y = np.asarray(q.get("lsq_plus", bits=2, signed=False)(jnp.asarray(x), **mm))
     np.testing.assert_allclose([y.min(), y.max()], [x.min(), x.max()], rtol=1e-5)
-    s3 = q.get("lsq_plus", bits=3, init_method="3sigma").init(x)
+    s3 = q.get("lsq_plus", bits=3, init_rule="3sigma").init(x)
     mu, sd = x.astype(np.float64).mean(), x.astype(np.float64).std()
     np.testing.assert_allclose(s3["step"], max(abs(mu - 3 * sd), abs(mu + 3 * sd)) / 4, rtol=1e-5)
     assert float(s3["offset"]) == 0.0
