@@ -5,10 +5,10 @@
 """
 
 from bnn_jax.export.freeze import LayerRecord, freeze, is_frozen_layer, report, state_bytes
-from bnn_jax.export.frozen import (FrozenConv, FrozenLinear, PackedBits, Scale, input_encoding,
-                                   split_levels)
-from bnn_jax.export.io import load, read_meta, save
+from bnn_jax.export.frozen import (FrozenConv, FrozenEinsum, FrozenLinear, PackedBits, Scale,
+                                   einsum_unsupported, input_encoding, split_levels)
+from bnn_jax.export.io import build_model, load, read_meta, save
 
-__all__ = ["FrozenConv", "FrozenLinear", "LayerRecord", "PackedBits", "Scale", "freeze",
-           "input_encoding", "is_frozen_layer", "load", "read_meta", "report", "save",
-           "split_levels", "state_bytes"]
+__all__ = ["FrozenConv", "FrozenEinsum", "FrozenLinear", "LayerRecord", "PackedBits", "Scale",
+           "build_model", "einsum_unsupported", "freeze", "input_encoding", "is_frozen_layer",
+           "load", "read_meta", "report", "save", "split_levels", "state_bytes"]

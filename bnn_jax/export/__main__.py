@@ -2,8 +2,12 @@
 
 Rebuilds the model from ``DIR/config.json``, restores the newest good checkpoint under
 ``DIR/checkpoints`` (params and BatchNorm statistics), freezes it, prints the size before and
-after and one line per quantized layer, checks the frozen logits against the fake-quant logits
-on a batch of evaluation data, and writes ``DIR/frozen.npz`` (or ``--out``).
+after and one line per quantized layer (with the reason for every layer kept float), checks the
+frozen logits against the fake-quant logits on a batch of evaluation data, writes
+``DIR/frozen.npz`` (or ``--out``) with the architecture recorded in it, loads that file back on
+its own and prints the test-split accuracy of the loaded frozen model next to the fake-quant
+model's. Method schedules (``config.schedules``) are frozen at their values at the checkpoint's
+step, the values the training loop's evaluation used.
 """
 
 from __future__ import annotations
@@ -20,19 +24,50 @@ from flax import nnx
 
 from bnn_jax import export
 from bnn_jax.kernels.backend import BACKENDS
+from bnn_jax.nn import quant_params
 
 
-def restore_model(workdir: str):
-    """(model in eval mode with the newest checkpoint's weights, dataset) of a training run."""
-    from bnn_jax import data as data_lib
-    from bnn_jax import models
-    from bnn_jax.train import checkpoint as ckpt_lib
-
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's ``config.json``."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise ValueError(f"{path} not found: --workdir must be a training run's directory")
     with open(path, encoding="utf-8") as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def schedule_values(config, step: int) -> dict:
+    """The method schedules' values at ``step`` (as the training loop computes them)."""
+    from bnn_jax.train import config as config_lib
+
+    progress = step / max(int(config.total_steps), 1)
+    specs = config.get("schedules", {})
+    specs = specs.to_dict() if hasattr(specs, "to_dict") else dict(specs)
+    return {role: {k: float(config_lib.schedule_value(v, progress)) for k, v in dict(s).items()}
+            for role, s in specs.items()}
+
+
+def accuracy(model, ds, values=None) -> tuple[float, int]:
+    """(top-1 accuracy, number of examples) of ``model`` on the dataset's test split."""
+    from bnn_jax.nn import quant_params
+
+    correct = total = 0
+    for batch in ds.eval_batches():
+        with quant_params(**(values or {})):
+            logits = np.asarray(model(jnp.asarray(batch["image"])))
+        mask = np.asarray(batch.get("mask", np.ones(len(logits))), bool)
+        correct += int(np.sum((logits.argmax(-1) == np.asarray(batch["label"])) & mask))
+        total += int(mask.sum())
+    return correct / max(total, 1), total
+
+
+def restore_model(workdir: str):
+    """(model in eval mode with the newest checkpoint's weights, dataset, step) of a run."""
+    from bnn_jax import data as data_lib
+    from bnn_jax import models
+    from bnn_jax.train import checkpoint as ckpt_lib
+
+    config = read_config(workdir)
     ds = data_lib.build(config.data, seed=config.seed)
     model = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
                          rngs=nnx.Rngs(config.seed))
@@ -80,20 +115,32 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    frozen, records = export.freeze(model, backend=args.backend)
+    config = read_config(args.workdir)
+    values = schedule_values(config, step)
+    frozen, records = export.freeze(model, backend=args.backend, quant_params=values)
     before, after = export.state_bytes(model), export.state_bytes(frozen)
     print(f"checkpoint step {step} of {args.workdir}")
     print(export.report(records, before, after))
     batch = next(iter(ds.eval_batches()))
     images = jnp.asarray(batch["image"])
-    ref, out = np.asarray(model(images)), np.asarray(frozen(images))
+    with quant_params(**values):
+        ref = np.asarray(model(images))
+    out = np.asarray(frozen(images))
     diff = float(np.max(np.abs(ref - out)))
     agree = float(np.mean(ref.argmax(-1) == out.argmax(-1)))
     print(f"frozen vs fake-quant logits on {len(images)} eval images: max |diff| {diff:.3g}, "
           f"same argmax {agree:.1%}")
     path = args.out or os.path.join(args.workdir, "frozen.npz")
-    size = export.save(frozen, path, records)
+    spec = dict(model=config.model.to_dict(), num_classes=int(ds.num_classes),
+                input_shape=[int(d) for d in ds.image_shape])
+    size = export.save(frozen, path, records, model_spec=spec)
     print(f"wrote {path}: {size} bytes")
+    # The file alone (architecture from its model_spec) against the fake-quant model.
+    loaded = export.load(path, backend=args.backend)
+    fake_acc, n = accuracy(model, ds, values)
+    frozen_acc, _ = accuracy(loaded, ds)
+    print(f"test accuracy on {n} images: fake-quant {fake_acc:.4f}, frozen (loaded from "
+          f"{os.path.basename(path)}) {frozen_acc:.4f}")
     return 0
 
 

@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bnn_jax.export.frozen import (FrozenConv, FrozenLinear, PackedBits, Scale, _Frozen,
-                                   conv_supported, layer_input_encoding, split_levels)
+from bnn_jax.export.frozen import (FrozenConv, FrozenEinsum, FrozenLinear, PackedBits, Scale,
+                                   _Frozen, concrete_params, conv_pack_axis, conv_supported,
+                                   einsum_unsupported, kernel_matrix, layer_input_encoding,
+                                   split_levels)
 from bnn_jax.kernels import pack
 from bnn_jax.nn.intercept import module_references, set_child
 from bnn_jax.kernels.backend import BACKENDS
@@ -20,7 +22,7 @@ class LayerRecord:
     """What freezing did to one layer, with its storage before and after (bytes)."""
 
     path: str
-    kind: str            # QuantLinear / QuantConv
+    kind: str            # QuantLinear / QuantConv / QuantEinsum / QuantLinearGeneral
     frozen: bool
     weights: int         # number of kernel entries
     bytes_before: int    # float kernel (+ bias) as trained
@@ -39,9 +41,14 @@ def _nbytes(x) -> int:
     return int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
 
 
+def _reject(rec: dict, reason: str):
+    return None, dict(rec, reason=reason)
+
+
 def _frozen_layer(layer, backend: str):
     """(frozen module or None, LayerRecord fields) for one quantized layer."""
-    from bnn_jax.nn import QuantConv, QuantLinear
+    from bnn_jax.nn import QuantConv, QuantEinsum, QuantLinear, QuantLinearGeneral
+    from bnn_jax.nn.layers import active_quant_params
 
     kind = type(layer).__name__
     kernel = np.asarray(layer.kernel[...])
@@ -50,34 +57,59 @@ def _frozen_layer(layer, backend: str):
     if isinstance(layer, QuantConv):
         reason = conv_supported(layer)
         if reason:
-            return None, dict(rec, reason=reason)
-    elif not isinstance(layer, QuantLinear):
-        return None, dict(rec, reason=f"{kind} is not packed")
+            return _reject(rec, reason)
+    elif isinstance(layer, QuantEinsum):
+        reason = einsum_unsupported(layer.einsum_str, kernel.ndim)
+        if reason:
+            return _reject(rec, reason)
+    elif not isinstance(layer, (QuantLinear, QuantLinearGeneral)):
+        return _reject(rec, f"{kind} is not packed")
     if layer.kernel_quantizer is None:
-        return None, dict(rec, reason="full-precision kernel")
-    split = split_levels(np.asarray(layer.quantized_kernel()))
+        return _reject(rec, "full-precision kernel")
+    if getattr(layer, "dtype", None) not in (None, jnp.float32):
+        return _reject(rec, f"computes in {np.dtype(layer.dtype).name} (frozen layers are f32)")
+    # What the fake-quant forward multiplies with: learned kernel arrays and the schedule
+    # values active now (freeze enters quant_params) included.
+    wq = np.asarray(layer.quantized_kernel())
+    if isinstance(layer, QuantEinsum):
+        wq = np.asarray(kernel_matrix(wq, layer.einsum_str))
+    split = split_levels(wq)
     if split is None:
-        return None, dict(rec, reason=f"kernel quantizer {layer.kernel_quantizer.name!r} is not "
-                                      "binary/ternary times a per-channel scale")
+        return _reject(rec, f"kernel quantizer {layer.kernel_quantizer.name!r} is not "
+                            "binary/ternary times a per-output-channel scale")
     levels, scale, encoding = split
-    cls = FrozenConv if isinstance(layer, QuantConv) else FrozenLinear
-    packed = pack(jnp.asarray(levels), axis=levels.ndim - 2, encoding=encoding)
-    new = cls(layer, packed, scale, layer_input_encoding(layer), backend=backend)
+    q = layer.input_quantizer
+    input_params = ({} if q is None else
+                    concrete_params(active_quant_params("input", q), f"layer {kind}"))
+    act = layer_input_encoding(layer, input_params)
+    if isinstance(layer, QuantConv):
+        cls, axis = FrozenConv, conv_pack_axis(layer)
+    elif isinstance(layer, QuantLinear):
+        cls, axis = FrozenLinear, 0
+    else:
+        cls, axis = FrozenEinsum, 0
+    packed = pack(jnp.asarray(levels), axis=axis, encoding=encoding)
+    new = cls(layer, packed, scale, act, backend=backend, input_params=input_params)
     after = sum(_nbytes(v[...]) for v in (new.w_sign, new.w_mask, new.scale, new.bias)
                 if v is not None)
     return new, dict(rec, frozen=True, bytes_after=after, encoding=encoding,
                      activations=new.act_encoding or "float")
 
 
-def freeze(model: nnx.Module, *, backend: str = "auto") -> tuple[nnx.Module, list[LayerRecord]]:
+def freeze(model: nnx.Module, *, backend: str = "auto",
+           quant_params: dict | None = None) -> tuple[nnx.Module, list[LayerRecord]]:
     """(frozen copy of ``model``, one record per quantized layer); ``model`` is not changed.
 
-    Each QuantLinear/QuantConv whose quantized kernel is ±1 or ternary times a per-channel scale
-    becomes a FrozenLinear/FrozenConv; everything else (float layers, BatchNorm, unsupported
-    quantized layers) is copied unchanged. The copy is put in eval mode. ``backend`` selects the
-    kernels (see bnn_jax.kernels.backend).
+    Each QuantLinear/QuantConv/QuantEinsum/QuantLinearGeneral whose quantized kernel is ±1 or
+    ternary times a per-output-channel scale becomes a frozen layer on packed weights;
+    everything else (float layers, BatchNorm, unsupported quantized layers) is copied unchanged
+    and its record says why. ``quant_params`` (``dict(input=..., kernel=...)``, concrete
+    numbers) are the schedule values to freeze at, as :func:`bnn_jax.nn.quant_params` gives them
+    to the fake-quant model; by default the values active around the call. The copy is put in
+    eval mode. ``backend`` selects the kernels (see bnn_jax.kernels.backend).
     """
     from bnn_jax.nn import QUANT_LAYERS
+    from bnn_jax.nn import quant_params as quant_params_ctx
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid choices: {list(BACKENDS)}")
@@ -85,19 +117,23 @@ def freeze(model: nnx.Module, *, backend: str = "auto") -> tuple[nnx.Module, lis
         raise ValueError(f"freeze expects an NNX Module, got {type(model).__name__}")
     if isinstance(model, QUANT_LAYERS):
         raise ValueError("freeze() swaps layers inside a model; wrap a bare layer in a Module")
+    bad = sorted(set(quant_params or {}) - {"input", "kernel"})
+    if bad:
+        raise ValueError(f"quant_params has roles {bad}; valid roles: ['input', 'kernel']")
     frozen = nnx.clone(model)
     groups: dict[int, list] = {}
     for path, parent, key, child in module_references(frozen):
         if isinstance(child, QUANT_LAYERS):
             groups.setdefault(id(child), []).append(("/".join(map(str, path)), parent, key, child))
     records = []
-    for group in groups.values():
-        layer = group[0][3]
-        new, fields = _frozen_layer(layer, backend)
-        records.append(LayerRecord(path=group[0][0], **{"frozen": False, **fields}))
-        if new is not None:
-            for _, parent, key, _ in group:
-                set_child(parent, key, new)
+    with quant_params_ctx(**(quant_params or {})):
+        for group in groups.values():
+            layer = group[0][3]
+            new, fields = _frozen_layer(layer, backend)
+            records.append(LayerRecord(path=group[0][0], **{"frozen": False, **fields}))
+            if new is not None:
+                for _, parent, key, _ in group:
+                    set_child(parent, key, new)
     frozen.eval()
     return frozen, records
 

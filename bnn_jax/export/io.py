@@ -2,9 +2,12 @@
 
 The file holds every array of the frozen model's state under its "/"-joined path (packed
 uint32 planes, float32 scales, biases, the float layers and BatchNorm statistics) and a JSON
-``__meta__`` entry describing each frozen layer. Loading needs the model's architecture: pass a
-freshly built (unfrozen) model of the same configuration; its quantized layers are replaced by
-frozen ones rebuilt from the file, then every array is checked (names, shapes, dtypes) and set.
+``__meta__`` entry describing each frozen layer (kind, packing, activation encoding, baked
+schedule values) and, when ``save`` is given ``model_spec``, how to build the architecture
+(``bnn_jax.models.build`` arguments: the run's ``config.model``, classes, input shape), which
+makes the file self-describing: ``load(path)`` then needs nothing else. Otherwise pass a freshly
+built (unfrozen) model of the same configuration. Its quantized layers are replaced by frozen
+ones rebuilt from the file, then every array is checked (names, shapes, dtypes) and set.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from flax import nnx
 
 from bnn_jax.export.freeze import LayerRecord
 from bnn_jax.nn.intercept import module_references, set_child
-from bnn_jax.export.frozen import FrozenConv, FrozenLinear
+from bnn_jax.export.frozen import FrozenConv, FrozenEinsum, FrozenLinear
 from bnn_jax.kernels import Packed
 
 FORMAT = 1
@@ -35,20 +38,32 @@ def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
 def _frozen_layers(model: nnx.Module) -> dict[str, dict]:
     out = {}
     for path, node in nnx.iter_graph(model):
-        if isinstance(node, (FrozenLinear, FrozenConv)):
+        if isinstance(node, (FrozenLinear, FrozenConv, FrozenEinsum)):
             out["/".join(map(str, path))] = dict(
                 kind=type(node).__name__, length=node.length, axis=node.axis,
-                encoding=node.encoding, activations=node.act_encoding)
+                encoding=node.encoding, activations=node.act_encoding,
+                input_params=node.input_params)
     return out
 
 
-def save(model: nnx.Module, path: str, records: list[LayerRecord] | None = None) -> int:
-    """Write the frozen ``model`` to ``path`` (.npz) atomically; returns the file size in bytes."""
+def save(model: nnx.Module, path: str, records: list[LayerRecord] | None = None, *,
+         model_spec: dict | None = None) -> int:
+    """Write the frozen ``model`` to ``path`` (.npz) atomically; returns the file size in bytes.
+
+    ``model_spec = dict(model=<config.model>, num_classes=..., input_shape=...)`` (JSON-able)
+    records how ``bnn_jax.models.build`` makes the architecture, so :func:`load` needs no model.
+    """
     arrays = {k: np.asarray(v[...]) for k, v in _variables(model).items()}
     if META_KEY in arrays:
         raise ValueError(f"the model has a variable named {META_KEY!r}, which the format reserves")
+    if model_spec is not None:
+        missing = sorted({"model", "num_classes", "input_shape"} - set(model_spec))
+        if missing:
+            raise ValueError(f"model_spec is missing {missing}; it needs keys "
+                             "['input_shape', 'model', 'num_classes']")
+        model_spec = json.loads(json.dumps(dict(model_spec)))  # fail here if not JSON-able
     meta = dict(format=FORMAT, layers=_frozen_layers(model),
-                records=[r.__dict__ for r in records or []])
+                records=[r.__dict__ for r in records or []], model_spec=model_spec)
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -75,13 +90,31 @@ def read_meta(path: str) -> dict:
         return json.loads(f[META_KEY].tobytes().decode())
 
 
-def load(path: str, model: nnx.Module, *, backend: str = "auto") -> nnx.Module:
-    """The frozen model saved at ``path``, rebuilt on ``model`` (same architecture, not frozen)."""
+def build_model(meta: dict) -> nnx.Module:
+    """A fresh (unfrozen) model of the architecture recorded in a file's ``model_spec``."""
+    from bnn_jax import models
+
+    spec = meta.get("model_spec")
+    if not spec:
+        raise ValueError("the file records no model_spec (saved without one): pass a model "
+                         "built from the same configuration to load()")
+    return models.build(spec["model"], num_classes=int(spec["num_classes"]),
+                        input_shape=tuple(spec["input_shape"]), rngs=nnx.Rngs(0))
+
+
+def load(path: str, model: nnx.Module | None = None, *, backend: str = "auto") -> nnx.Module:
+    """The frozen model saved at ``path``, rebuilt on ``model`` (same architecture, not frozen)
+    or, when ``model`` is None, on the architecture the file's ``model_spec`` records."""
     from bnn_jax.nn import QUANT_LAYERS
 
     meta = read_meta(path)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
+    if model is None:
+        try:
+            model = build_model(meta)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files if k != META_KEY}
     frozen = nnx.clone(model)
@@ -92,7 +125,8 @@ def load(path: str, model: nnx.Module, *, backend: str = "auto") -> nnx.Module:
         if not isinstance(child, QUANT_LAYERS) or name not in layers:
             continue
         info = layers[name]
-        cls = {"FrozenLinear": FrozenLinear, "FrozenConv": FrozenConv}[info["kind"]]
+        cls = {"FrozenLinear": FrozenLinear, "FrozenConv": FrozenConv,
+               "FrozenEinsum": FrozenEinsum}[info["kind"]]
         planes = [jnp.asarray(arrays[f"{name}/{p}"]) if f"{name}/{p}" in arrays else None
                   for p in ("w_sign", "w_mask")]
         packed = Packed(*planes, length=info["length"], axis=info["axis"])
@@ -102,7 +136,7 @@ def load(path: str, model: nnx.Module, *, backend: str = "auto") -> nnx.Module:
             if not hasattr(child, f"input_{n}") and f"{name}/input_{n}" in arrays:
                 setattr(child, f"input_{n}", nnx.Param(jnp.asarray(arrays[f"{name}/input_{n}"])))
         set_child(parent, key, cls(child, packed, arrays[f"{name}/scale"], info["activations"],
-                                    backend=backend))
+                                    backend=backend, input_params=info.get("input_params")))
         found.add(name)
     missing_layers = sorted(set(layers) - found)
     if missing_layers:

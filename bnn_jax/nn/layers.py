@@ -67,6 +67,13 @@ def _scheduled(role: str, q: Quantizer, explicit: Mapping[str, Any]) -> dict[str
     return {**{k: v for k, v in ctx.items() if k in q.params}, **explicit}
 
 
+def active_quant_params(role: str, q: Quantizer) -> dict[str, Any]:
+    """The :func:`quant_params` values active now (``role`` 'input' or 'kernel') that ``q``
+    takes as static parameters; a frozen model reads them to bake or check schedule values."""
+    check(role in ("input", "kernel"), f"role must be one of ['input', 'kernel'], got {role!r}")
+    return _scheduled(role, q, {})
+
+
 def as_quantizer(spec: Any, *, role: str = "quantizer") -> Quantizer | None:
     """A :class:`Quantizer` from a name, a spec dict / ConfigDict, a Quantizer, or None."""
     if spec is None:

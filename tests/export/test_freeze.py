@@ -132,20 +132,20 @@ def test_unsupported_layers_stay_float():
         def __init__(self, rngs):
             self.k2 = QuantLinear(8, 4, kernel_quantizer=dict(name="dorefa", k_bit=2,
                                                               mode="weights"), rngs=rngs)
-            self.grouped = QuantConv(8, 8, (3, 3), feature_group_count=2,
+            self.dilated = QuantConv(8, 8, (3, 3), kernel_dilation=2,
                                      kernel_quantizer="ste_sign", rngs=rngs)
             self.fp = QuantLinear(8, 4, rngs=rngs)
 
         def __call__(self, x):
-            return self.k2(self.grouped(x))
+            return self.k2(self.dilated(x))
 
     model = M(nnx.Rngs(0))
     frozen, records = export.freeze(model)
     assert not any(r.frozen for r in records)
     reasons = {r.path: r.reason for r in records}
-    assert "not binary/ternary" in reasons["k2"] and "grouped" in reasons["grouped"]
+    assert "not binary/ternary" in reasons["k2"] and "dilated" in reasons["dilated"]
     assert reasons["fp"] == "full-precision kernel"
-    assert type(frozen.k2) is QuantLinear and type(frozen.grouped) is QuantConv
+    assert type(frozen.k2) is QuantLinear and type(frozen.dilated) is QuantConv
 
 
 def test_storage_is_one_bit_per_weight_plus_scales(cnn):
