@@ -12,21 +12,38 @@ from flax import nnx
 from bnn_jax import data as data_lib
 from bnn_jax import export, models
 from bnn_jax.export.__main__ import main
+from bnn_jax.nn import quant_params
 from bnn_jax.train import checkpoint as ckpt_lib
 from bnn_jax.train.config import defaults
 
 
-def _config():
+def _config(scheduled=False):
     c = defaults()
     c.data = dict(name="digits", batch_size=16, eval_batch_size=24)
     c.model = dict(name="digits_cnn", width=32, depth=1, pool_after=(), input_quantizer="ste_sign",
-                   kernel_quantizer="magnitude_aware_sign")
+                   kernel_quantizer="ste_tern" if scheduled else "magnitude_aware_sign")
+    if scheduled:
+        # ste_tern's threshold rises 0.05 -> 1.05 over 10 steps: 0.75 at the checkpoint (7).
+        c.total_steps = 10
+        c.schedules = dict(input={}, kernel=dict(threshold_value=dict(start=0.05, end=1.05)))
     return c
 
 
-def _write_run(workdir, step):
+def _accuracy(model, ds, values=None):
+    """Top-1 over the test split (padding masked), computed here from the fake-quant model."""
+    right = seen = 0
+    for batch in ds.eval_batches():
+        with quant_params(**(values or {})):
+            pred = np.asarray(model(jnp.asarray(batch["image"]))).argmax(-1)
+        m = np.asarray(batch["mask"], bool)
+        right += int(((pred == np.asarray(batch["label"])) & m).sum())
+        seen += int(m.sum())
+    return right / seen, seen
+
+
+def _write_run(workdir, step, scheduled=False):
     """A workdir as the training loop leaves it: config.json and an orbax checkpoint."""
-    config = _config()
+    config = _config(scheduled)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         f.write(config.to_json_best_effort(indent=2))
     ds = data_lib.build(config.data, seed=config.seed)
@@ -66,6 +83,34 @@ def test_cli_freezes_latest_checkpoint(tmp_path, capsys):
                                rtol=1e-5, atol=1e-5)
     assert json.loads(json.dumps(export.read_meta(path)))["layers"]["convs/0"]["kind"] == \
         "FrozenConv"
+    # The accuracy line: the fake-quant number computed here, the file on its own (no model).
+    acc, n = _accuracy(fake, ds)
+    alone = export.load(path)
+    np.testing.assert_array_equal(np.asarray(alone(images)), np.asarray(loaded(images)))
+    frozen_acc, _ = _accuracy(alone, ds)
+    assert n == 360 and f"test accuracy on {n} images: fake-quant {acc:.4f}, frozen (loaded " \
+        f"from frozen.npz) {frozen_acc:.4f}" in out
+
+
+def test_cli_freezes_at_the_checkpoint_schedule_values(tmp_path, capsys):
+    workdir = str(tmp_path)
+    config, ds, params, rest = _write_run(workdir, 7, scheduled=True)
+    assert main(["--workdir", workdir]) == 0
+    out = capsys.readouterr().out
+    assert "W:ternary A:binary" in out and "same argmax 100.0%" in out
+    fake = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
+                        rngs=nnx.Rngs(0))
+    fake = nnx.merge(nnx.split(fake, nnx.Param, ...)[0], params, rest)
+    fake.eval()
+    values = dict(kernel=dict(threshold_value=0.75))
+    acc, n = _accuracy(fake, ds, values)
+    assert f"fake-quant {acc:.4f}" in out
+    images = jnp.asarray(next(iter(ds.eval_batches()))["image"])
+    with quant_params(**values):
+        want = np.asarray(fake(images))
+    got = np.asarray(export.load(os.path.join(workdir, "frozen.npz"))(images))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(np.asarray(fake(images)), want, atol=1e-2)  # the schedule matters
 
 
 def test_cli_errors(tmp_path, capsys):
