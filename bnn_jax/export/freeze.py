@@ -81,6 +81,8 @@ def _frozen_layer(layer, backend: str):
     q = layer.input_quantizer
     input_params = ({} if q is None else
                     concrete_params(active_quant_params("input", q), f"layer {kind}"))
+    kernel_params = concrete_params(active_quant_params("kernel", layer.kernel_quantizer),
+                                    f"layer {kind}")
     act = layer_input_encoding(layer, input_params)
     if isinstance(layer, QuantConv):
         cls, axis = FrozenConv, conv_pack_axis(layer)
@@ -89,7 +91,8 @@ def _frozen_layer(layer, backend: str):
     else:
         cls, axis = FrozenEinsum, 0
     packed = pack(jnp.asarray(levels), axis=axis, encoding=encoding)
-    new = cls(layer, packed, scale, act, backend=backend, input_params=input_params)
+    new = cls(layer, packed, scale, act, backend=backend, input_params=input_params,
+              kernel_params=kernel_params)
     after = sum(_nbytes(v[...]) for v in (new.w_sign, new.w_mask, new.scale, new.bias)
                 if v is not None)
     return new, dict(rec, frozen=True, bytes_after=after, encoding=encoding,

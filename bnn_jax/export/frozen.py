@@ -117,7 +117,8 @@ class _Frozen(nnx.Module):
     """Shared state of frozen layers: packed planes, scale, bias, the kept input quantizer."""
 
     def _setup(self, layer, packed: Packed, scale, act_encoding: str | None, backend: str,
-               input_params: Mapping[str, Any] | None):
+               input_params: Mapping[str, Any] | None,
+               kernel_params: Mapping[str, Any] | None = None):
         self.w_sign = PackedBits(packed.sign) if packed.sign is not None else nnx.data(None)
         self.w_mask = PackedBits(packed.mask) if packed.mask is not None else nnx.data(None)
         self.length, self.axis, self.encoding = packed.length, packed.axis, packed.encoding
@@ -126,6 +127,9 @@ class _Frozen(nnx.Module):
                      else nnx.data(None))
         self.input_quantizer = layer.input_quantizer
         self.input_params = dict(input_params or {})
+        # Kept only to check call-time schedules against what the packed kernel was made with.
+        self.kernel_quantizer = layer.kernel_quantizer
+        self.kernel_params = dict(kernel_params or {})
         self.act_encoding, self.backend = act_encoding, backend
         for name in (layer.input_quantizer.learned if layer.input_quantizer else ()):
             setattr(self, f"input_{name}", nnx.Param(getattr(layer, f"input_{name}")[...]))
@@ -144,18 +148,19 @@ class _Frozen(nnx.Module):
         if input_params or kernel_params:
             raise ValueError("a frozen layer's quantizer parameters are fixed when it is frozen; "
                              "pass schedule values to freeze(model, quant_params=...)")
+        # A schedule value that differs from the baked one would ask for another kernel or
+        # another input encoding than the packed ones: refuse rather than compute something else.
+        for role, qq, baked in (("kernel", self.kernel_quantizer, self.kernel_params),
+                                ("input", self.input_quantizer, self.input_params)):
+            for k, v in (active_quant_params(role, qq) if qq is not None else {}).items():
+                want = baked.get(k, qq.params[k])
+                if isinstance(v, jax.core.Tracer) or np.any(np.asarray(v) != np.asarray(want)):
+                    raise ValueError(f"quant_params sets {role} {k!r} while this layer was "
+                                     f"frozen with {k}={want!r}; freeze with the schedule "
+                                     "values you want to run")
         q = self.input_quantizer
         if q is None:
             return x
-        # A schedule that differs from the baked value would change what the packed encoding
-        # was checked for: refuse rather than compute something else.
-        for k, v in active_quant_params("input", q).items():
-            if isinstance(v, jax.core.Tracer) or np.any(np.asarray(v) !=
-                                                        np.asarray(self.input_params.get(
-                                                            k, q.params[k]))):
-                raise ValueError(f"quant_params sets input {k!r} while this layer was frozen "
-                                 f"with {k}={self.input_params.get(k, q.params[k])!r}; freeze "
-                                 "with the schedule values you want to run")
         learned = {n: getattr(self, f"input_{n}")[...] for n in q.learned}
         return q(x, **learned, **self.input_params)
 
@@ -177,8 +182,9 @@ class FrozenLinear(_Frozen):
     """A frozen QuantLinear: ``(q_in(x) ⊙ packed levels) · scale + bias`` on the kernels."""
 
     def __init__(self, layer, packed: Packed, scale, act_encoding: str | None, *,
-                 backend: str = "auto", input_params: Mapping[str, Any] | None = None):
-        self._setup(layer, packed, scale, act_encoding, backend, input_params)
+                 backend: str = "auto", input_params: Mapping[str, Any] | None = None,
+                 kernel_params: Mapping[str, Any] | None = None):
+        self._setup(layer, packed, scale, act_encoding, backend, input_params, kernel_params)
 
     def __call__(self, x, *, input_params=None, kernel_params=None):
         """Apply the layer (quantizer parameters are fixed at freeze time)."""
@@ -220,6 +226,9 @@ def einsum_unsupported(spec: str | None, kernel_ndim: int) -> str | None:
             return f"einsum {spec!r}: input axis {c!r} is summed on its own"
     if not any(c in lhs_l for c in rhs):
         return f"einsum {spec!r}: nothing is contracted"
+    stray = [c for c in out_l if c not in lhs_l and c not in rhs]
+    if stray:
+        return f"einsum {spec!r}: output axes {stray} come from neither operand"
     return None
 
 
@@ -270,8 +279,9 @@ class FrozenEinsum(_Frozen):
     the result reshaped and transposed to the einsum's output."""
 
     def __init__(self, layer, packed: Packed, scale, act_encoding: str | None, *,
-                 backend: str = "auto", input_params: Mapping[str, Any] | None = None):
-        self._setup(layer, packed, scale, act_encoding, backend, input_params)
+                 backend: str = "auto", input_params: Mapping[str, Any] | None = None,
+                 kernel_params: Mapping[str, Any] | None = None):
+        self._setup(layer, packed, scale, act_encoding, backend, input_params, kernel_params)
         self.einsum_str = getattr(layer, "einsum_str", None)
         self.linear_axis = tuple(layer.axis) if hasattr(layer, "axis") else None
         self.kernel_shape = tuple(layer.kernel.shape)
@@ -339,12 +349,13 @@ class FrozenConv(_Frozen):
     """A frozen 2-D QuantConv (SAME/VALID, larq pad_values, groups) on packed_conv2d."""
 
     def __init__(self, layer, packed: Packed, scale, act_encoding: str | None, *,
-                 backend: str = "auto", input_params: Mapping[str, Any] | None = None):
+                 backend: str = "auto", input_params: Mapping[str, Any] | None = None,
+                 kernel_params: Mapping[str, Any] | None = None):
         if act_encoding == "bool" and layer.pad_values == -1.0:
             act_encoding = None  # {0,1} activations cannot hold the -1 border
         if packed.axis != 2:
             act_encoding = None  # packed along O: the float conv computes it
-        self._setup(layer, packed, scale, act_encoding, backend, input_params)
+        self._setup(layer, packed, scale, act_encoding, backend, input_params, kernel_params)
         self.strides, self.padding, self.pad_values = layer.strides, layer.padding, layer.pad_values
         self.groups = layer.feature_group_count
 

@@ -42,7 +42,7 @@ def _frozen_layers(model: nnx.Module) -> dict[str, dict]:
             out["/".join(map(str, path))] = dict(
                 kind=type(node).__name__, length=node.length, axis=node.axis,
                 encoding=node.encoding, activations=node.act_encoding,
-                input_params=node.input_params)
+                input_params=node.input_params, kernel_params=node.kernel_params)
     return out
 
 
@@ -136,7 +136,8 @@ def load(path: str, model: nnx.Module | None = None, *, backend: str = "auto") -
             if not hasattr(child, f"input_{n}") and f"{name}/input_{n}" in arrays:
                 setattr(child, f"input_{n}", nnx.Param(jnp.asarray(arrays[f"{name}/input_{n}"])))
         set_child(parent, key, cls(child, packed, arrays[f"{name}/scale"], info["activations"],
-                                    backend=backend, input_params=info.get("input_params")))
+                                    backend=backend, input_params=info.get("input_params"),
+                                    kernel_params=info.get("kernel_params")))
         found.add(name)
     missing_layers = sorted(set(layers) - found)
     if missing_layers:

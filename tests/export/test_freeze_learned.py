@@ -93,6 +93,12 @@ def test_schedule_values_are_baked_and_checked():
     with pytest.raises(ValueError, match="frozen with threshold_value=0.6"):
         with quant_params(input=dict(threshold_value=0.3)):
             frozen(x)
+    with pytest.raises(ValueError, match="sets kernel 'threshold_value'.*frozen with "
+                                         "threshold_value=0.4"):
+        with quant_params(kernel=dict(threshold_value=0.05)):
+            frozen(x)
+    with quant_params(**values):  # the values it was frozen with are fine
+        np.testing.assert_array_equal(np.asarray(frozen(x)), np.asarray(frozen2(x)))
     with pytest.raises(ValueError, match="fixed when it is frozen"):
         frozen.l(x, input_params=dict(threshold_value=0.6))
     with pytest.raises(ValueError, match="valid roles"):
