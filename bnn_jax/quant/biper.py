@@ -5,7 +5,8 @@ back-propagates the sine's exact derivative; stage 1 trains the real weights ``s
 with binary activations, and stage 2 starts from stage 1's parameters ("warm weight
 initialization"). Activations are divided by their per-sample std (training only) and binarized
 with the ApproxSign gradient. The output scale ``alpha`` (per output channel, init U[0, 1)) and
-the conv belong to the layer.
+the conv belong to the layer. ``sign(0) = +1`` (the reference's ``torch.sign`` gives 0 at 0; we
+keep outputs truly binary so they can be bit-packed).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _check_act(training=True, eps=1e-5):
 @register("biper_act", validate=_check_act,
           paper="BiPer (Vargas et al., CVPR 2024), activations (ReCU code base)",
           formula="training: a0 = a / sqrt(var_{C,H,W}(a) + 1e-5) (unbiased var, per sample, "
-                  "differentiated); eval: a0 = a; sign(a0) with g·max(0, 2 − 2|a0|)",
+                  "differentiated); eval: a0 = a; sign(a0), sign(0)=+1, with g·max(0, 2 − 2|a0|)",
           result="ImageNet ResNet-18 61.40 [README]")
 def biper_act(x, *, training=True, eps=1e-5):
     """BiPer activations: per-sample std normalization in training only, then ApproxSign.

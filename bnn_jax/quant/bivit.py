@@ -6,6 +6,7 @@ exact softmax Jacobian (``sg(A_b - P) + P``, bypassing the quantizer's own clipp
 weights are centred per output channel, binarized with the exclusive clipped STE
 (``1[|c| < 1]``, ``BinaryQuantizer``'s ``ge(1)``/``le(-1)``) and scaled by a learned alpha
 initialized to the *uncentred* ``mean|W|``. Activations: ``bnn_ste(boundary="exclusive")``.
+``sign(0) = +1`` (the reference's ``torch.sign`` gives 0 at 0; outputs stay bit-packable).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def _init_bivit(x, **_):
           validate=lambda boundary="exclusive": check_choice("boundary", boundary,
                                                              ("inclusive", "exclusive")),
           paper="BiViT (He et al., ICCV 2023), parameterized weight scales",
-          formula="α_c·sign(W − mean_c W); g·α·1[|W − mean| < 1] through the (differentiated) "
+          formula="α_c·sign(W − mean_c W), sign(0)=+1; g·α·1[|W − mean| < 1] through the "
+                  "(differentiated) "
                   "centring; dα = Σ sign(W − mean)·g; α init mean|W_c|",
           result="ImageNet Swin-S top-1 75.6 [ABS]")
 def bivit_weight(x, *, alpha, boundary="exclusive"):

@@ -45,7 +45,8 @@ _scaled_sign_clip_scaled = estimator(lambda w, a: a * sign(w),
 
 @register("binary_connect",
           paper="BinaryConnect (Courbariaux et al., NeurIPS 2015)",
-          formula="sign(w); identity STE g (latent weights clipped to [−1, 1] after each update "
+          formula="sign(w), sign(0)=+1; identity STE g (latent weights clipped to [−1, 1] after "
+                  "each update "
                   "with the `weight_clip` constraint)",
           result="CIFAR-10 test error 9.90 % (det.), 8.27 % (stoch.) [MEM]")
 def binary_connect(x):
@@ -78,7 +79,8 @@ def _bnn_inclusive(x):
           validate=lambda boundary="inclusive": check_choice("boundary", boundary,
                                                              ("inclusive", "exclusive")),
           paper="BNN / BinaryNet (Hubara, Courbariaux et al., NeurIPS 2016)",
-          formula="sign(x); g·1[|x| ≤ 1] (inclusive, BiBench) or g·1[|x| < 1] (exclusive, "
+          formula="sign(x), sign(0)=+1; g·1[|x| ≤ 1] (inclusive, BiBench) or g·1[|x| < 1] "
+                  "(exclusive, "
                   "BiBERT/BiViT `BinaryQuantizer`)",
           result="CIFAR-10 test error 11.40 % (Theano) / 10.15 % (Torch7) [MEM]")
 def bnn_ste(x, *, boundary="inclusive"):
@@ -110,7 +112,8 @@ def _check_xnor_weight(gradient="code", centred=False):
 
 @register("xnor_weight", validate=_check_xnor_weight,
           paper="XNOR-Net / BWN (Rastegari et al., ECCV 2016)",
-          formula="α_c·sign(W), α_c = sg(mean|W_c|) per output channel; code (BiBench): "
+          formula="α_c·sign(W), sign(0)=+1, α_c = sg(mean|W_c|) per output channel; code "
+                  "(BiBench): "
                   "g·1[|W| ≤ 1]; paper: g·(1/n + α·1[|W| ≤ 1]); `centred`: BiBench's "
                   "XNORLinear on W − mean_c W",
           result="ResNet-18 ImageNet top-1/top-5: BWN 60.8 / 83.0 [MEM], XNOR 51.2 / 73.2 "
@@ -139,7 +142,8 @@ def xnor_weight(x, *, gradient="code", centred=False):
           validate=lambda scaling="per_sample": check_choice("scaling", scaling,
                                                              ("per_sample", "none")),
           paper="XNOR-Net (Rastegari et al., ECCV 2016)",
-          formula="sign(x)·sg(mean|x| over all but the batch axis) (BiBench) or sign(x) with the "
+          formula="sign(x)·sg(mean|x| over all but the batch axis), sign(0)=+1, (BiBench) or "
+                  "sign(x) with the "
                   "paper's map K = box_k(mean_c|x|) applied to the conv output "
                   "(`xnor_scaling_map`); g·1[|x| ≤ 1]",
           result="ResNet-18 ImageNet top-1/top-5 51.2 / 73.2 [README]")
@@ -182,7 +186,8 @@ def xnor_scaling_map(x, *, kernel_size=3, strides=1, padding="SAME"):
 @register("bireal_weight",
           validate=lambda gradient="code": check_choice("gradient", gradient, CONVENTIONS),
           paper="Bi-Real Net (Liu et al., ECCV 2018), magnitude-aware weights",
-          formula="α_c·sign(W), α_c = sg(mean|W_c|); code: g·1[|W| ≤ 1] (through clip, not "
+          formula="α_c·sign(W), sign(0)=+1, α_c = sg(mean|W_c|); code: g·1[|W| ≤ 1] (through "
+                  "clip, not "
                   "scaled); paper: g·α_c·1[|W| ≤ 1]. Activations: `approx_sign`",
           result="Bi-Real-18 / Bi-Real-34 ImageNet top-1/top-5 56.4 / 79.5 ; 62.2 / 83.9 "
                  "[README]")
@@ -264,7 +269,7 @@ def _check_ede(t=0.1, k=10.0):
 
 @register("irnet_ede", validate=_check_ede,
           paper="IR-Net (Qin et al., CVPR 2020), Error Decay Estimator",
-          formula="sign(x); g·k·t·(1 − tanh²(t·x)); (t, k) from `schedules.irnet_t_k`",
+          formula="sign(x), sign(0)=+1; g·k·t·(1 − tanh²(t·x)); (t, k) from `schedules.irnet_t_k`",
           result="–")
 def irnet_ede(x, *, t=0.1, k=10.0):
     """Sign with IR-Net's EDE gradient ``k t (1 - tanh^2(t x))``; feed ``irnet_t_k`` per step.
@@ -277,7 +282,7 @@ def irnet_ede(x, *, t=0.1, k=10.0):
 @register("irnet_weight", validate=_check_ede,
           paper="IR-Net (Qin et al., CVPR 2020), Libra-PB balanced weights",
           formula="ŵ = (W − mean_c)/std_c (unbiased, differentiated); 2^round(log2 mean|ŵ_c|)"
-                  "·sign(ŵ) with sg scale; EDE gradient",
+                  "·sign(ŵ), sign(0)=+1, with sg scale; EDE gradient",
           result="–")
 def irnet_weight(x, *, t=0.1, k=10.0):
     """IR-Net weights: per-output-channel standardize, sign with EDE, power-of-two scale.
@@ -317,7 +322,8 @@ def _check_fda(n=9, omega=0.1, n_max=18):
 
 @register("fda", validate=_check_fda,
           paper="FDA: Frequency Domain Approximation (Xu et al., NeurIPS 2021), BiBench code",
-          formula="sign(x); g·(4ω/π)·Σ_{i=0..n} cos((2i+1)ωx), zero where |x| > 1; ω = 0.1, "
+          formula="sign(x), sign(0)=+1; g·(4ω/π)·Σ_{i=0..n} cos((2i+1)ωx), zero where |x| > 1; ω "
+                  "= 0.1, "
                   "n from `schedules.fda_terms` (9 → 18)",
           result="–")
 def fda(x, *, n=9, omega=0.1, n_max=18):
@@ -440,8 +446,8 @@ def _init_channel_zeros(x, **_):
 @register("rsign", init=_init_channel_zeros,
           validate=lambda convention="code": check_choice("convention", convention, CONVENTIONS),
           paper="ReActNet (Liu et al., ECCV 2020), RSign",
-          formula="sign(x + β_c) (code `LearnableBias`) or sign(x − β_c) (paper); β init 0; "
-                  "ApproxSign gradient g·max(0, 2 − 2|x ± β|) to x and ∓β",
+          formula="sign(x + β_c) (code `LearnableBias`) or sign(x − β_c) (paper), sign(0)=+1; "
+                  "β init 0; ApproxSign gradient g·max(0, 2 − 2|x ± β|) to x and ∓β",
           result="ReActNet-A ImageNet top-1 69.5 [README] (paper abstract 69.4)")
 def rsign(x, *, beta, convention="code"):
     """ReActNet's RSign: sign of a per-channel (last axis) shifted input, ApproxSign gradient.

@@ -44,7 +44,8 @@ _approx_sign = estimator(sign, _approx_sign_derivative)
 
 @register("approx_sign",
           paper="Bi-Real Net (Liu et al., ECCV 2018)",
-          formula="sign(x); g·max(0, 2 − 2|x|) (derivative of the piecewise quadratic ApproxSign)",
+          formula="sign(x), sign(0)=+1; g·max(0, 2 − 2|x|) (derivative of the piecewise quadratic "
+                  "ApproxSign)",
           result="Bi-Real-18 ImageNet top-1/top-5 56.4 / 79.5 [README]")
 def approx_sign(x):
     """Sign with Bi-Real's ApproxSign (piecewise quadratic) gradient."""
@@ -61,7 +62,7 @@ _swish_sign = estimator(lambda x, beta: sign(x), _swish_sign_derivative)
 
 @register("swish_sign", validate=lambda beta=5.0: check_positive("beta", beta),
           paper="BNN+ (Darabi et al., 2018)",
-          formula="sign(x); g·β(2 − βx·tanh(βx/2)) / (1 + cosh(βx))",
+          formula="sign(x), sign(0)=+1; g·β(2 − βx·tanh(βx/2)) / (1 + cosh(βx))",
           result="–")
 def swish_sign(x, *, beta=5.0):
     """Sign with the SwishSign gradient of BNN+."""
@@ -70,7 +71,7 @@ def swish_sign(x, *, beta=5.0):
 
 @register("magnitude_aware_sign", validate=_check_clip,
           paper="Bi-Real Net (Liu et al., ECCV 2018), magnitude-aware weights",
-          formula="sg(mean|x| over all axes but the last)·sign(x); scaled clipped STE",
+          formula="sg(mean|x| over all axes but the last)·sign(x), sign(0)=+1; scaled clipped STE",
           result="Bi-Real-18 ImageNet top-1 56.4 [README]")
 def magnitude_aware_sign(x, *, clip_value=1.0):
     """Sign times the stop-gradient mean |x| per output channel (the last axis)."""
@@ -87,7 +88,8 @@ def _check_tern(threshold_value=0.05, ternary_weight_networks=False, clip_value=
 
 @register("ste_tern", validate=_check_tern, bits=1.58,
           paper="Ternary Weight Networks (Li et al., 2016)",
-          formula="sign(sign(x+Δ) + sign(x−Δ)), Δ = threshold_value or 0.7·mean|x| (TWN); "
+          formula="sign(sign(x+Δ) + sign(x−Δ)), sign(0)=0 (0 for |x| < Δ), Δ = threshold_value or "
+                  "0.7·mean|x| (TWN); "
                   "clipped STE",
           result="–")
 def ste_tern(x, *, threshold_value=0.05, ternary_weight_networks=False, clip_value=1.0):
@@ -147,7 +149,7 @@ def noop(x, *, precision=32):
 @register("xnor_weight_scale",
           paper="XNOR-Net (Rastegari et al., ECCV 2016); larq-zoo",
           formula="c = clip(W,−1,1); mean|c| over (kh,kw,in) per filter · ste_sign(c), "
-                  "gradient through the scale",
+                  "sign(0)=+1, gradient through the scale",
           result="ResNet-18 ImageNet top-1/top-5 51.2 / 73.2 [README]")
 def xnor_weight_scale(x):
     """Per-output-filter mean|W| times sign(W) of an HWIO kernel (larq-zoo's XNOR-Net weights)."""
@@ -162,7 +164,7 @@ _scaled_sign_identity = estimator(lambda x, s: sign(x) * s, lambda x, s: jnp.one
 
 @register("magnitude_aware_sign_unclipped",
           paper="DoReFa-Net 1-bit weights (Zhou et al., 2016); larq-zoo",
-          formula="sg(mean|w| over the tensor)·sign(w); identity gradient",
+          formula="sg(mean|w| over the tensor)·sign(w), sign(0)=+1; identity gradient",
           result="AlexNet W1/A32 44.3 % top-1 error (tensorpack) [CODE]")
 def magnitude_aware_sign_unclipped(x):
     """sign(w) times the whole-tensor mean |w|, with a plain identity gradient."""

@@ -22,7 +22,8 @@ from bnn_jax.quant.core import (clip, estimator, exact_div, grad_scale, identity
 from bnn_jax.quant.registry import check_choice, check_int_range, register
 
 STEP_FLOOR = 1e-5
-#: Alternations of the LSQ+ MSE init (each one never increases the squared error).
+#: LSQ+ MSE init: trim fractions per range end, then least-squares refits (see `mse_init`).
+MSE_GRID = 10
 MSE_ITERATIONS = 20
 
 
@@ -101,42 +102,53 @@ def _minmax_init(x, qn, qp):
     return step, lo + qn * step
 
 
-def mse_init(x, *, bits=2, signed=False, iterations=MSE_ITERATIONS):
+def mse_init(x, *, bits=2, signed=False, grid=MSE_GRID, iterations=MSE_ITERATIONS):
     """LSQ+'s MSE-optimal ``(step, offset)`` for ``x`` (the first batch), a deterministic search.
 
-    Alternating least squares from the min/max start: (1) codes ``k = clip(round((x − β)/s),
-    −Q_N, Q_P)`` (the nearest level for the current step and offset), (2) ``(s, β)`` = the
-    least-squares line ``x ≈ s·k + β`` for those codes. Neither step can increase
-    ``||x − x̂||²``, so the error never exceeds the min/max init's. It stops at a fixed point
-    of the two steps (a local optimum), after at most ``iterations`` rounds. A fit with all
-    codes equal (or a non-positive slope) keeps the previous ``(s, β)``.
+    (1) Grid search: the range ``[lo + a·R, hi − b·R]`` (R = max − min; ``a, b`` in
+    ``0, 1/(2·grid), ..., (grid−1)/(2·grid)``, i.e. up to 45 % trimmed at each end) with the
+    smallest ``||x − x̂||²``, first one on ties. (2) Alternating least squares from there:
+    codes ``k = clip(round((x − β)/s), −Q_N, Q_P)`` (the nearest level), then ``(s, β)`` = the
+    least-squares line ``x ≈ s·k + β`` for those codes, kept only if the error does not grow
+    (a fit with all codes equal or a non-positive slope is skipped). Neither stage can end
+    above the min/max init's error (a = b = 0 is on the grid). The result is a local optimum,
+    not a certified global one.
     """
     qn, qp = levels(bits, signed)
     v = jax.lax.stop_gradient(x).reshape(-1)
-    step, offset = _minmax_init(v, qn, qp)
-    # A constant input has no range: any positive step represents it exactly with β = x.
-    step = jnp.where(step > 0, step, jnp.ones_like(step))
+    lo, hi = jnp.min(v), jnp.max(v)
+    span = hi - lo
+    frac = jnp.arange(grid, dtype=v.dtype) * (0.5 / grid)
+    a, b = (f.reshape(-1) for f in jnp.meshgrid(frac, frac, indexing="ij"))
+    cand_lo = lo + a * span
+    steps = exact_div((hi - b * span) - cand_lo, float(qn + qp))
+    # A constant input has no range: any positive step represents it exactly.
+    steps = jnp.where(steps > 0, steps, jnp.ones_like(steps))
+    offsets = cand_lo + qn * steps
 
-    def codes(s, b):
-        return jnp.clip(jnp.round((v - b) / s), -qn, qp)
+    def codes(s, o):
+        return jnp.clip(jnp.round((v - o) / s), -qn, qp)
 
-    def sq_error(s, b):
-        return jnp.sum(jnp.square(v - (codes(s, b) * s + b)))
+    def sq_error(s, o):
+        return jnp.sum(jnp.square(v - (codes(s, o) * s + o)))
+
+    errors = jax.lax.map(lambda so: sq_error(*so), (steps, offsets))
+    best = jnp.argmin(errors)
 
     def refit(carry, _):
-        s, b = carry
-        k = codes(s, b)
+        s, o = carry
+        k = codes(s, o)
         km, vm = mean(k), mean(v)
         cov = jnp.sum((k - km) * (v - vm))
         var = jnp.sum(jnp.square(k - km))
         new_s = cov / jnp.where(var > 0, var, 1.0)
-        new_b = vm - new_s * km
+        new_o = vm - new_s * km
         ok = (var > 0) & (new_s > 0)
-        # Keep the fit only if it really lowers the error (guards float32 ties).
-        ok = ok & (sq_error(jnp.where(ok, new_s, s), jnp.where(ok, new_b, b)) <= sq_error(s, b))
-        return (jnp.where(ok, new_s, s), jnp.where(ok, new_b, b)), None
+        ok = ok & (sq_error(jnp.where(ok, new_s, s), jnp.where(ok, new_o, o)) <= sq_error(s, o))
+        return (jnp.where(ok, new_s, s), jnp.where(ok, new_o, o)), None
 
-    (step, offset), _ = jax.lax.scan(refit, (step, offset), None, length=iterations)
+    (step, offset), _ = jax.lax.scan(refit, (steps[best], offsets[best]), None,
+                                     length=iterations)
     return step, offset
 
 
@@ -159,7 +171,7 @@ def _lsq_plus_init(x, *, bits=2, signed=False, init_rule="minmax", **_):
           paper="LSQ+ (Bhalgat et al., CVPR-W 2020)",
           formula="s·round(clip((x−β)/s, −Q_N, Q_P)) + β; ds as LSQ, dβ = 1[outside]; both scaled "
                   "by g = 1/sqrt(N·Q_P); init min/max (s = (max−min)/(2^b−1), β = min), "
-                  "MSE (argmin ||x − x̂||² by alternating least squares from min/max) or "
+                  "MSE (argmin ||x − x̂||²: trimmed-range grid, then alternating least squares) or "
                   "3σ (s = max(|μ−3σ|, |μ+3σ|)/2^(b−1), β = 0)",
           result="– (EfficientNet-B0 W4A4 numbers not verified)")
 def lsq_plus(x, *, step, offset, bits=2, signed=False, boundary="inclusive",

@@ -99,3 +99,56 @@ def test_progressive_schedule_stretched():
     assert bool(q.progressive_binarization(6, num_groups=3, steps_per_group=2)[1])
     with pytest.raises(ValueError, match="steps_per_group"):
         q.progressive_binarization(0, steps_per_group=0)
+
+
+def np_actq(x, alpha, bits, g):
+    """BinaryDM ``_ActQ`` (methods.md §9): signed LSQ without a floor; forward, dx, dalpha."""
+    qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
+    v = x / alpha
+    inside = ((v >= -qn) & (v <= qp)).astype(np.float64)
+    c = np.clip(v, -qn, qp)
+    y = np.round(c) * alpha
+    ds = np.where(v < -qn, -qn, np.where(v > qp, qp, np.round(v) - v))
+    return y, g * inside, np.sum(g * ds) / np.sqrt(x.size * qp)
+
+
+@pytest.mark.parametrize("bits,shape", [(4, (5, 6)), (8, (2, 3, 4)), (2, (9,))])
+def test_binarydm_act_dynamic_scale(bits, shape):
+    x = (RNG.normal(size=shape) * 3).astype(f32)
+    quant = q.get("binarydm_act", bits=bits)
+    alpha0 = 2 * np.mean(np.abs(x.astype(np.float64))) / np.sqrt(2 ** (bits - 1) - 1)
+    np.testing.assert_allclose(quant.init(jnp.asarray(x))["alpha"], alpha0, rtol=1e-6)
+    g = RNG.normal(size=shape).astype(f32)
+    # The stored alpha is ignored: the reference re-initializes it on every forward.
+    y, pull = jax.vjp(lambda a, s: quant(a, alpha=s), jnp.asarray(x), jnp.float32(123.0))
+    dx, dalpha = pull(jnp.asarray(g))
+    ey, edx, _ = np_actq(x.astype(np.float64), alpha0, bits, g)
+    np.testing.assert_allclose(y, ey, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, edx, rtol=1e-6)  # (g·α)/α rounds in float32
+    assert float(dalpha) == 0.0
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_binarydm_act_learned_scale_and_boundaries(bits):
+    qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
+    alpha = f32(0.5)
+    edge_pts = []
+    for p in (qp * 0.5, -qn * 0.5, 0.25, 0.0):
+        p = f32(p)
+        edge_pts += [p, np.nextafter(p, f32(9)), np.nextafter(p, f32(-9))]
+    x = np.concatenate([RNG.normal(size=20).astype(f32) * 3, np.array(edge_pts, f32)])
+    g = RNG.normal(size=x.shape).astype(f32)
+    quant = q.get("binarydm_act", bits=bits, dynamic_scale=False)
+    y, pull = jax.vjp(lambda a, s: quant(a, alpha=s), jnp.asarray(x), jnp.asarray(alpha))
+    dx, dalpha = pull(jnp.asarray(g))
+    ey, edx, eda = np_actq(x.astype(np.float64), 0.5, bits, g.astype(np.float64))
+    np.testing.assert_allclose(y, ey, rtol=1e-6)
+    np.testing.assert_array_equal(dx, edx)  # the range edges x/alpha = -Q_N, Q_P pass
+    np.testing.assert_allclose(dalpha, eda, rtol=1e-5)
+
+
+def test_binarydm_act_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="bits"):
+        q.get("binarydm_act", bits=1)
+    with pytest.raises(ValueError, match=r"\[True, False\]"):
+        q.get("binarydm_act", dynamic_scale="yes")

@@ -71,3 +71,41 @@ def test_mean_matches_numpy_on_exact_sums():
     x = jnp.asarray(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
     np.testing.assert_array_equal(mean(x, axis=(0, 1)), np.mean(np.asarray(x), axis=(0, 1)))
     np.testing.assert_array_equal(mean(x), np.float32(np.arange(24).sum()) / np.float32(24))
+
+
+def test_identity_ste_and_grad_scale_are_exact_forward():
+    from bnn_jax.quant.core import grad_scale, identity_ste
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(7).astype(np.float32))
+    f = identity_ste(lambda v, k: jnp.round(v * k))
+    y, pull = jax.vjp(lambda v: f(v, 3.0), x)
+    np.testing.assert_array_equal(y, np.round(np.asarray(x) * 3.0))
+    g = jnp.arange(1.0, 8.0)
+    np.testing.assert_array_equal(pull(g)[0], g)  # plain identity, no clip
+    # grad_scale: the value is x bit for bit (sg(x - x·g) + x·g would round), gradient g·c.
+    s = jnp.float32(0.1)
+    val, pull = jax.vjp(lambda v: grad_scale(v, 1.0 / 3.0), s)
+    assert float(val) == float(s)
+    np.testing.assert_allclose(pull(jnp.float32(2.0))[0], 2.0 / 3.0, rtol=1e-7)
+
+
+def test_sign_of_and_per_channel_axes():
+    from bnn_jax.quant.core import per_channel_axes, sign_of
+
+    x = jnp.array([-1.5, -0.0, 0.0, 2.0])
+    np.testing.assert_array_equal(sign_of(0)(x), [-1, 0, 0, 1])
+    np.testing.assert_array_equal(sign_of(1)(x), [-1, 1, 1, 1])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        sign_of(2)
+    assert per_channel_axes(3, -1) == (0, 1) and per_channel_axes(3, 0) == (1, 2)
+    assert per_channel_axes(2, None) == (0, 1)
+    with pytest.raises(ValueError, match="out of range"):
+        per_channel_axes(2, 2)
+
+
+def test_clipped_ste_derivative_boundary_choice():
+    from bnn_jax.quant.core import clipped_ste_derivative
+
+    x = jnp.array([-1.0, -0.5, 1.0, 1.5])
+    np.testing.assert_array_equal(clipped_ste_derivative(x, 1.0), [1, 1, 1, 0])
+    np.testing.assert_array_equal(clipped_ste_derivative(x, 1.0, inclusive=False), [0, 1, 0, 0])

@@ -110,3 +110,86 @@ def test_lsq_plus_inits():
 def test_lsq_rejects_bad_parameters(bad):
     with pytest.raises(ValueError):
         q.get("lsq", **bad)
+
+
+def np_levels_error(x, s, b, qn, qp):
+    k = np.clip(np.round((x - b) / s), -qn, qp)
+    return np.sum((x - (k * s + b)) ** 2)
+
+
+def np_mse_init(x, bits, signed, grid=10, iterations=20):
+    """methods.md §1.7 MSE init as documented: the best range [lo + a·R, hi − b·R] over a grid
+    of trims a, b in {0, .05, ..., .45}, then alternating least squares (codes, then the line
+    x ≈ s·k + β), keeping a refit only if it does not raise the squared error."""
+    qn, qp = qrange(bits, signed)
+    x = x.astype(np.float64).reshape(-1)
+    lo, hi = x.min(), x.max()
+    best = None
+    for a in np.arange(grid) / (2 * grid):
+        for bb in np.arange(grid) / (2 * grid):
+            s = ((hi - bb * (hi - lo)) - (lo + a * (hi - lo))) / (qn + qp)
+            o = lo + a * (hi - lo) + qn * s
+            e = np_levels_error(x, s, o, qn, qp)
+            if best is None or e < best[0]:
+                best = (e, s, o)
+    _, s, b = best
+    for _ in range(iterations):
+        k = np.clip(np.round((x - b) / s), -qn, qp)
+        var = np.sum((k - k.mean()) ** 2)
+        if var == 0:
+            continue
+        ns = np.sum((k - k.mean()) * (x - x.mean())) / var
+        nb = x.mean() - ns * k.mean()
+        if ns > 0 and np_levels_error(x, ns, nb, qn, qp) <= np_levels_error(x, s, b, qn, qp):
+            s, b = ns, nb
+    return s, b
+
+
+@pytest.mark.parametrize("bits,signed,shape,seed", [(2, False, (64, 3), 5), (3, True, (40,), 6),
+                                                    (4, False, (8, 4, 5), 7)])
+def test_lsq_plus_mse_init(bits, signed, shape, seed):
+    x = rand(shape, seed) + np.float32(0.3)  # asymmetric data, as after a swish
+    quant = q.get("lsq_plus", bits=bits, signed=signed, init_rule="mse")
+    got = quant.init(jnp.asarray(x))
+    s, b = np_mse_init(x, bits, signed)
+    np.testing.assert_allclose([float(got["step"]), float(got["offset"])], [s, b], rtol=2e-4,
+                               atol=1e-5)
+    qn, qp = qrange(bits, signed)
+    x64 = x.astype(np.float64).reshape(-1)
+    err = np_levels_error(x64, float(got["step"]), float(got["offset"]), qn, qp)
+    mm = q.get("lsq_plus", bits=bits, signed=signed).init(jnp.asarray(x))
+    err_mm = np_levels_error(x64, float(mm["step"]), float(mm["offset"]), qn, qp)
+    assert err <= err_mm * (1 + 1e-6)  # never worse than min/max (it is on the grid)
+    # The forward with the MSE init reproduces the numpy quantization error.
+    y = np.asarray(quant(jnp.asarray(x), **got), np.float64).reshape(-1)
+    np.testing.assert_allclose(np.sum((x64 - y) ** 2), err, rtol=1e-4)
+
+
+def test_lsq_plus_mse_init_beats_minmax_with_outliers():
+    x = rand((500,), 9)
+    x[:3] = [12.0, -9.0, 15.0]  # min/max spends the 2-bit levels on three outliers
+    quant = q.get("lsq_plus", bits=2, signed=False, init_rule="mse")
+    got, mm = quant.init(jnp.asarray(x)), q.get("lsq_plus", bits=2).init(jnp.asarray(x))
+    x64 = x.astype(np.float64)
+    err = np_levels_error(x64, float(got["step"]), float(got["offset"]), 0, 3)
+    err_mm = np_levels_error(x64, float(mm["step"]), float(mm["offset"]), 0, 3)
+    assert err < 0.5 * err_mm
+    s, b = np_mse_init(x, 2, False)
+    np.testing.assert_allclose([float(got["step"]), float(got["offset"])], [s, b], rtol=2e-4)
+
+
+def test_lsq_plus_mse_init_constant_and_grid_inputs():
+    c = np.full((4, 3), 0.7, np.float32)
+    init = q.get("lsq_plus", init_rule="mse").init(jnp.asarray(c))
+    y = q.get("lsq_plus", init_rule="mse")(jnp.asarray(c), **init)
+    np.testing.assert_array_equal(np.asarray(y), c)
+    # Data exactly on a 2-bit grid (every level used) is represented with zero error.
+    grid = np.array([-0.5, 0.0, 0.5, 1.0] * 5, np.float32)
+    init = q.get("lsq_plus", bits=2, init_rule="mse").init(jnp.asarray(grid))
+    np.testing.assert_allclose([float(init["step"]), float(init["offset"])], [0.5, -0.5],
+                               rtol=1e-6)
+
+
+def test_lsq_plus_rejects_unknown_init_rule():
+    with pytest.raises(ValueError, match="minmax"):
+        q.get("lsq_plus", init_rule="kmeans")
