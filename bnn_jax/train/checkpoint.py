@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -20,6 +21,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+
+# What orbax appends to a step directory while the step is being written.
+TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -35,11 +40,23 @@ class Checkpointer:
         self._open()
 
     def _open(self):
+        self._remove_unfinished()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self.keep, create=True, enable_async_checkpointing=self.async_save,
-            cleanup_tmp_directories=True)  # only unfinished temporaries: never a finished step
+            cleanup_tmp_directories=False)  # done synchronously by _remove_unfinished
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "record"))
+
+    def _remove_unfinished(self) -> None:
+        # Orbax can delete unfinished temporaries itself, but in a background thread; a manager
+        # re-opened after a quarantine would then race the first one's thread on the same
+        # directory. Deleting them here, before any manager exists, is deterministic. Only
+        # orbax's temporary names are touched: never a finalized step.
+        if jax.process_index() == 0 and os.path.isdir(self.directory):
+            for name in os.listdir(self.directory):
+                if TMP_MARKER in name:
+                    shutil.rmtree(os.path.join(self.directory, name))
+        _barrier("remove_unfinished_checkpoints")
 
     def all_steps(self) -> list[int]:
         """Finalized checkpoint steps, oldest first."""

@@ -159,6 +159,8 @@ def test_a_partial_latest_checkpoint_is_skipped(straight_run, tmp_path, capsys):
     run(tiny_config(), str(wd))
     out = capsys.readouterr().out
     assert "checkpoint 6 cannot be read" in out and "Resuming from checkpoint at step 4" in out
+    assert not (wd / "checkpoints" / "8.orbax-checkpoint-tmp-99").exists()
+    assert (wd / "checkpoints" / "6.corrupt").is_dir()  # moved aside, not deleted
     assert_trees_equal(saved_state(wd, 6), saved_state(straight_run, 6))
 
 
