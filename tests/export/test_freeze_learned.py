@@ -209,3 +209,31 @@ def test_save_load_einsum_and_grouped(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(frozen(x)))
     with pytest.raises(ValueError, match="model_spec"):
         export.load(path)
+
+
+class EinsumNet(nnx.Module):
+    def __init__(self, rngs):
+        self.e = QuantEinsum("btd,dk->btk", (6, 4), (4,), input_quantizer="rsign",
+                             kernel_quantizer="ste_sign", rngs=rngs)
+        self.g = QuantLinearGeneral(4, (2, 3), input_quantizer="rsign",
+                                    kernel_quantizer="magnitude_aware_sign", rngs=rngs)
+
+    def __call__(self, x):
+        return self.g(self.e(x))
+
+
+def test_save_load_einsum_with_learned_inputs(tmp_path):
+    model = EinsumNet(nnx.Rngs(6))
+    x = _rand((2, 3, 6), 16)
+    initialize(model, x)
+    model.e.input_beta[...] = _rand((6,), 17)
+    model.g.input_beta[...] = _rand((4,), 18)
+    frozen, records = export.freeze(model)
+    assert [r.activations for r in records] == ["binary", "binary"]
+    path = str(tmp_path / "e.npz")
+    export.save(frozen, path, records)
+    loaded = export.load(path, EinsumNet(nnx.Rngs(7)))  # fresh: no learned input arrays yet
+    assert isinstance(loaded.g, export.FrozenEinsum)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(frozen(x)))
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-5,
+                               atol=1e-5)
