@@ -251,14 +251,13 @@ def _expand(spec: str, x_ndim: int) -> tuple[str, str, str]:
 
 def kernel_matrix(w, spec: str):
     """The einsum kernel as the (K, N) matrix: contracted axes (rows), then output axes."""
-    _, rest = spec.split(",")
-    rhs, out = rest.split("->")
-    lhs = spec.split(",")[0]
-    order = [i for i, c in enumerate(rhs) if c in lhs] + \
-            [i for i, c in enumerate(rhs) if c not in lhs]
-    wt = jnp.transpose(jnp.asarray(w), order)
-    k = math.prod(wt.shape[:sum(c in lhs for c in rhs)])
-    return jnp.reshape(wt, (k, -1))
+    lhs, rest = spec.split(",")
+    rhs = rest.split("->")[0]
+    contracted = [i for i, c in enumerate(rhs) if c in lhs]
+    kept = [i for i, c in enumerate(rhs) if c not in lhs]
+    w = jnp.asarray(w)
+    return jnp.reshape(jnp.transpose(w, contracted + kept),
+                       (math.prod(w.shape[i] for i in contracted), -1))
 
 
 def linear_general_spec(axis, n_in: int, n_out: int, x_ndim: int) -> str:
@@ -269,7 +268,8 @@ def linear_general_spec(axis, n_in: int, n_out: int, x_ndim: int) -> str:
     outs = letters[x_ndim:x_ndim + n_out]
     rhs = "".join(lhs[a] for a in axis) + outs
     free = "".join(c for i, c in enumerate(lhs) if i not in axis)
-    assert len(axis) == n_in
+    if len(axis) != n_in:
+        raise ValueError(f"LinearGeneral axis {axis} does not match {n_in} input feature axes")
     return f"{lhs},{rhs}->{free}{outs}"
 
 
