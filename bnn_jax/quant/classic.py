@@ -19,7 +19,7 @@ from bnn_jax.quant.core import (clipped_ste, clipped_ste_derivative, estimator, 
                                 identity_ste, mean, per_channel_axes, sign)
 from bnn_jax.quant.larq import approx_sign
 from bnn_jax.quant.registry import (check, check_choice, check_int_range, check_positive,
-                                    register)
+                                    check_schedule_value, register)
 
 CONVENTIONS = ("code", "paper")
 
@@ -261,10 +261,8 @@ _ede = estimator(lambda x, t, k: sign(x), _ede_derivative)
 
 
 def _check_ede(t=0.1, k=10.0):
-    if isinstance(t, (int, float)):
-        check_positive("t", t)
-    if isinstance(k, (int, float)):
-        check_positive("k", k)
+    check_schedule_value("t", t, lo=0, strict=True)
+    check_schedule_value("k", k, lo=0, strict=True)
 
 
 @register("irnet_ede", validate=_check_ede,
@@ -317,14 +315,15 @@ def _check_fda(n=9, omega=0.1, n_max=18):
     check_int_range("n_max", n_max, 0, 1000)
     if isinstance(n, int):
         check_int_range("n", n, 0, n_max)
+    else:
+        check_schedule_value("n", n)
     check_positive("omega", omega)
 
 
 @register("fda", validate=_check_fda,
           paper="FDA: Frequency Domain Approximation (Xu et al., NeurIPS 2021), BiBench code",
-          formula="sign(x), sign(0)=+1; g·(4ω/π)·Σ_{i=0..n} cos((2i+1)ωx), zero where |x| > 1; ω "
-                  "= 0.1, "
-                  "n from `schedules.fda_terms` (9 → 18)",
+          formula="sign(x), sign(0)=+1; g·(4ω/π)·Σ_{i=0..n} cos((2i+1)ωx), zero where |x| > 1; "
+                  "ω = 0.1, n from `schedules.fda_terms` (9 → 18)",
           result="–")
 def fda(x, *, n=9, omega=0.1, n_max=18):
     """Sign with FDA's Fourier-series gradient (BiBench ``FDA_BinaryQuantize``).
@@ -373,8 +372,7 @@ def _check_fda_noise(n=9, omega=0.1, n_max=18, alpha=0.1, reduction=64, seed=0, 
     _check_fda(n, omega, n_max)
     check_int_range("reduction", reduction, 1, 1 << 20)
     check_int_range("seed", seed, 0, 2**31 - 1)
-    if isinstance(alpha, (int, float)):
-        check(alpha >= 0, f"alpha must be a number >= 0, got {alpha!r}")
+    check_schedule_value("alpha", alpha, lo=0)
     if "scale" in kw:
         check_choice("scale", kw["scale"], (True, False))
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bnn_jax.quant.core import (clip, clipped_ste, estimator, exact_div, heaviside, mean,
-                                 sign)
+from bnn_jax.quant.core import (clip, clipped_ste, estimator, exact_div, heaviside,
+                                identity_ste, mean, sign)
 from bnn_jax.quant.registry import (check, check_choice, check_int_range, check_positive,
                                     register)
 
@@ -89,8 +89,7 @@ def _check_tern(threshold_value=0.05, ternary_weight_networks=False, clip_value=
 @register("ste_tern", validate=_check_tern, bits=1.58,
           paper="Ternary Weight Networks (Li et al., 2016)",
           formula="sign(sign(x+Δ) + sign(x−Δ)), sign(0)=0 (0 for |x| < Δ), Δ = threshold_value or "
-                  "0.7·mean|x| (TWN); "
-                  "clipped STE",
+                  "0.7·mean|x| (TWN); clipped STE",
           result="–")
 def ste_tern(x, *, threshold_value=0.05, ternary_weight_networks=False, clip_value=1.0):
     """Ternarize to {-1, 0, 1} with a fixed or TWN (0.7·mean|x|, whole tensor) threshold."""
@@ -110,8 +109,7 @@ def ste_heaviside(x, *, clip_value=1.0):
     return _ste_heaviside(x, clip_value)
 
 
-_round_identity = estimator(lambda x, n: exact_div(jnp.round(x * n), n),
-                            lambda x, n: jnp.ones_like(x))
+_round_identity = identity_ste(lambda x, n: exact_div(jnp.round(x * n), n))
 
 
 def _check_dorefa(k_bit=2, mode="activations"):
@@ -159,7 +157,7 @@ def xnor_weight_scale(x):
     return alpha * _ste_sign(x, 1.0)
 
 
-_scaled_sign_identity = estimator(lambda x, s: sign(x) * s, lambda x, s: jnp.ones_like(x))
+_scaled_sign_identity = identity_ste(lambda x, s: sign(x) * s)
 
 
 @register("magnitude_aware_sign_unclipped",

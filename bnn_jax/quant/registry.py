@@ -168,6 +168,19 @@ def check_positive(name: str, value: Any, *, allow_none: bool = False) -> None:
           f"{name} must be a positive number{' or None' if allow_none else ''}, got {value!r}")
 
 
+def check_schedule_value(name: str, value: Any, *, lo: float | None = None,
+                         strict: bool = False) -> None:
+    """Accept a number (checked against ``lo``, ``> lo`` if ``strict``) or an array scalar (a
+    traced schedule value, checked when it is used); reject anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None:
+            ok = value > lo if strict else value >= lo
+            check(ok, f"{name} must be a number {'>' if strict else '>='} {lo}, got {value!r}")
+        return
+    check(hasattr(value, "dtype") and hasattr(value, "shape"),
+          f"{name} must be a number or a (traced) array scalar, got {value!r}")
+
+
 def check_choice(name: str, value: Any, choices: tuple) -> None:
     """Reject a parameter outside a fixed set, listing the set."""
     check(value in choices, f"{name} must be one of {list(choices)}, got {value!r}")

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from bnn_jax.quant.core import estimator, mean, sign
-from bnn_jax.quant.registry import check, check_positive, register
+from bnn_jax.quant.registry import (check, check_choice, check_positive, check_schedule_value,
+                                    register)
 
 
 def _reste_derivative(x, o, t, interval):
@@ -29,9 +30,10 @@ def _reste_derivative(x, o, t, interval):
 _reste = estimator(lambda x, o, t, interval: sign(x), _reste_derivative)
 
 
-def _check_reste(o=1.0, t=1.5, interval=0.1, **_):
-    if isinstance(o, (int, float)):
-        check(not isinstance(o, bool) and o >= 1, f"o must be a number >= 1, got {o!r}")
+def _check_reste(o=1.0, t=1.5, interval=0.1, **kw):
+    check_schedule_value("o", o, lo=1)
+    if "scale_gradient" in kw:
+        check_choice("scale_gradient", kw["scale_gradient"], (True, False))
     check_positive("t", t)
     check_positive("interval", interval)
     check(interval < t, f"interval must be smaller than t, got interval={interval}, t={t}")

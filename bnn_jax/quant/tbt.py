@@ -134,10 +134,10 @@ def _elastic(bits: int, signed: bool, qp2: int, sign_zero: int):
             coef = sgn(jax.lax.stop_gradient(x))
         else:
             coef = jnp.where(v < qn, qn, jnp.where(v > qp, qp, jnp.round(v) - v))
-        grad_scale = 1.0 / math.sqrt(x.size * qp)
-        # d/dx: 1[Q_N <= x/alpha <= Q_P]; d/dalpha: sum(g · coef) · grad_scale (LSQ rule).
+        lsq_scale = 1.0 / math.sqrt(x.size * qp)
+        # d/dx: 1[Q_N <= x/alpha <= Q_P]; d/dalpha: sum(g · coef) · lsq_scale (LSQ rule).
         return pass_x(x, jax.lax.stop_gradient(xin), jax.lax.stop_gradient(a)) + a * (
-            jax.lax.stop_gradient(coef * grad_scale).astype(x.dtype))
+            jax.lax.stop_gradient(coef * lsq_scale).astype(x.dtype))
 
     return straight_through(forward, surrogate)
 

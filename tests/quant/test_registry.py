@@ -84,3 +84,17 @@ def test_readme_table_is_in_sync_with_the_registry():
     assert block, "README.md lost its quantizer-table markers"
     assert block.group(1) == q.markdown_table(), (
         "README quantizer table is stale: run `python -m bnn_jax.quant --write-readme`")
+
+
+@pytest.mark.parametrize("name,param,good", [("reste", "o", 2.0), ("fda", "n", 3),
+                                             ("irnet_ede", "t", 0.5), ("fda_act", "alpha", 0.1)])
+def test_schedule_parameters_take_numbers_or_arrays_only(name, param, good):
+    q.get(name, **{param: good})
+    q.get(name, **{param: jnp.asarray(good)})  # a traced schedule value is checked when used
+    with pytest.raises(ValueError, match="number or a"):
+        q.get(name, **{param: "late"})
+
+
+def test_reste_weight_scale_gradient_is_validated():
+    with pytest.raises(ValueError, match=r"\[True, False\]"):
+        q.get("reste_weight", scale_gradient="no")
