@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from bnn_jax import export
+from bnn_jax import export, nn
 from bnn_jax.kernels.backend import BACKENDS
 from bnn_jax.nn import quant_params
 
@@ -71,6 +71,10 @@ def restore_model(workdir: str):
     ds = data_lib.build(config.data, seed=config.seed)
     model = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
                          rngs=nnx.Rngs(config.seed))
+    if nn.pending_learned(model):
+        # Learned input-quantizer arrays (RSign shifts, LSQ steps) appear on the first call, as
+        # in the training loop; create them so the checkpoint's trained values have a place.
+        nn.initialize(model, jnp.asarray(next(iter(ds.eval_batches()))["image"]))
     ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
     try:
         got = ckpt.restore_latest(None)  # the raw saved tree; matched to the model below
@@ -95,6 +99,11 @@ def _like(template, saved):
         missing = [k for k in template if k not in saved and str(k) not in saved]
         if missing:
             raise ValueError(f"checkpoint does not match the model: missing {missing}")
+        extra = sorted(set(map(str, saved)) - set(map(str, template)))
+        if extra:
+            # Never drop trained arrays silently (the model would run on their init values).
+            raise ValueError(f"checkpoint does not match the model: it has {extra}, which the "
+                             "model built from config.json lacks")
         return {k: _like(v, saved[k] if k in saved else saved[str(k)])
                 for k, v in template.items()}
     t = jnp.asarray(template)

@@ -12,15 +12,15 @@ from flax import nnx
 from bnn_jax import data as data_lib
 from bnn_jax import export, models
 from bnn_jax.export.__main__ import main
-from bnn_jax.nn import quant_params
+from bnn_jax.nn import initialize, quant_params
 from bnn_jax.train import checkpoint as ckpt_lib
 from bnn_jax.train.config import defaults
 
 
-def _config(scheduled=False):
+def _config(scheduled=False, act="ste_sign"):
     c = defaults()
     c.data = dict(name="digits", batch_size=16, eval_batch_size=24)
-    c.model = dict(name="digits_cnn", width=32, depth=1, pool_after=(), input_quantizer="ste_sign",
+    c.model = dict(name="digits_cnn", width=32, depth=1, pool_after=(), input_quantizer=act,
                    kernel_quantizer="ste_tern" if scheduled else "magnitude_aware_sign")
     if scheduled:
         # ste_tern's threshold rises 0.05 -> 1.05 over 10 steps: 0.75 at the checkpoint (7).
@@ -41,14 +41,15 @@ def _accuracy(model, ds, values=None):
     return right / seen, seen
 
 
-def _write_run(workdir, step, scheduled=False):
+def _write_run(workdir, step, scheduled=False, act="ste_sign"):
     """A workdir as the training loop leaves it: config.json and an orbax checkpoint."""
-    config = _config(scheduled)
+    config = _config(scheduled, act)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         f.write(config.to_json_best_effort(indent=2))
     ds = data_lib.build(config.data, seed=config.seed)
     model = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
                          rngs=nnx.Rngs(3))
+    initialize(model, jnp.asarray(next(iter(ds.train_batches(0)))["image"]))  # as the loop
     rng = np.random.default_rng(0)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype),
@@ -122,3 +123,23 @@ def test_cli_errors(tmp_path, capsys):
     assert "no checkpoint found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--workdir", str(tmp_path), "--backend", "cuda"])
+
+
+def test_cli_restores_learned_input_arrays(tmp_path, capsys):
+    """RSign shifts live in the checkpoint, not in a freshly built model: they must be used."""
+    workdir = str(tmp_path)
+    config, ds, params, rest = _write_run(workdir, 3, act="rsign")
+    assert np.abs(params["convs"][0]["input_beta"]).min() > 0  # trained-like, not the init 0
+    assert main(["--workdir", workdir]) == 0
+    out = capsys.readouterr().out
+    assert "W:binary A:binary" in out and "same argmax 100.0%" in out
+    fake = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
+                        rngs=nnx.Rngs(0))
+    images = jnp.asarray(next(iter(ds.eval_batches()))["image"])
+    initialize(fake, images)
+    fake = nnx.merge(nnx.split(fake, nnx.Param, ...)[0], params, rest)
+    fake.eval()
+    got = np.asarray(export.load(os.path.join(workdir, "frozen.npz"))(images))
+    np.testing.assert_allclose(got, np.asarray(fake(images)), rtol=1e-5, atol=1e-4)
+    acc, n = _accuracy(fake, ds)
+    assert f"test accuracy on {n} images: fake-quant {acc:.4f}" in out
