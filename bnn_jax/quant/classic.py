@@ -329,8 +329,8 @@ def fda(x, *, n=9, omega=0.1, n_max=18):
     """Sign with FDA's Fourier-series gradient (BiBench ``FDA_BinaryQuantize``).
 
     ``n`` may be a traced integer (the term schedule); terms beyond ``n_max`` are never summed,
-    so keep ``n <= n_max``. |x| == 1 still passes (the reference zeroes only |x| > 1). The
-    learned noise-adaption branch of BiBench's FDA layers is layer-level and not included.
+    so keep ``n <= n_max``. |x| == 1 still passes (the reference zeroes only |x| > 1). With
+    BiBench's learned noise-adaption term: :func:`fda_weight` and :func:`fda_act`.
     """
     static_max = n if isinstance(n, int) else n_max
     return _fda_estimator(float(omega), static_max)(x, jnp.asarray(n))
