@@ -62,7 +62,9 @@ def schedule(cfg: dict, total_steps: int) -> Callable[[Any], Any]:
 
 def _default_decay_mask(params):
     # No weight decay on vectors: biases, BatchNorm scales/offsets, learned quantizer scales.
-    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+    # Per-channel scales are stored in keepdims form ((1, 1, 1, C) for a conv), so a "vector"
+    # is an array with at most one dimension larger than 1, not an array with ndim <= 1.
+    return jax.tree.map(lambda p: sum(d > 1 for d in jnp.shape(p)) > 1, params)
 
 
 def _single(cfg: dict, total_steps: int) -> optax.GradientTransformation:

@@ -56,13 +56,22 @@ def test_groups_give_each_parameter_its_own_settings():
 
 def test_adamw_decays_matrices_but_not_vectors_and_clipping_bounds_the_norm():
     params = _params()
+    # A learned per-channel quantizer scale in keepdims form (BinaryDM's sigma on a conv).
+    params["conv"]["kernel_sigma1"] = jnp.array([0.5, 1.5]).reshape(1, 1, 1, 2)
     zero = {k: {n: jnp.zeros_like(v) for n, v in d.items()} for k, d in params.items()}
-    tx, _ = optimizers.build(dict(name="adamw", learning_rate=0.1, weight_decay=0.5), params, 10)
-    updates, _ = tx.update(zero, tx.init(params), params)
-    np.testing.assert_allclose(updates["conv"]["kernel"],
-                               -0.1 * 0.5 * np.asarray(params["conv"]["kernel"]), rtol=1e-6)
-    np.testing.assert_array_equal(updates["conv"]["bias"], [0.0, 0.0])
-    np.testing.assert_array_equal(updates["bn"]["scale"], [0.0, 0.0])
+    for name in ("adamw", "adam"):  # decoupled decay, and L2 decay added to the gradient
+        tx, _ = optimizers.build(dict(name=name, learning_rate=0.1, weight_decay=0.5), params, 10)
+        updates, _ = tx.update(zero, tx.init(params), params)
+        if name == "adamw":
+            np.testing.assert_allclose(updates["conv"]["kernel"],
+                                       -0.1 * 0.5 * np.asarray(params["conv"]["kernel"]),
+                                       rtol=1e-6)
+        else:  # Adam's first step on the decay gradient 0.5 w: -lr * sign(w)
+            np.testing.assert_allclose(updates["conv"]["kernel"],
+                                       -0.1 * np.sign(params["conv"]["kernel"]), rtol=1e-5)
+        np.testing.assert_array_equal(updates["conv"]["bias"], [0.0, 0.0])
+        np.testing.assert_array_equal(updates["bn"]["scale"], [0.0, 0.0])
+        np.testing.assert_array_equal(updates["conv"]["kernel_sigma1"], np.zeros((1, 1, 1, 2)))
 
     tx, _ = optimizers.build(dict(name="sgd", learning_rate=1.0, grad_clip_norm=0.1), params, 10)
     updates, _ = tx.update(GRADS, tx.init(params), params)
