@@ -120,9 +120,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for section in ("loss", "mesh", "distributed", "kd", "schedules"):
         if section in config:
             _check_fields(f"config.{section}", config[section], base[section])
-    if not isinstance(config.total_steps, int) or config.total_steps < 1:
-        raise ValueError("config.total_steps must be a positive integer, got "
-                         f"{config.total_steps!r}")
+    # Intervals are used as `step % every` in the loop: a zero would fail only after compiling.
+    for field, least in (("total_steps", 1), ("log_every", 1), ("checkpoint_every", 1),
+                         ("keep_checkpoints", 1), ("eval_every", 0)):
+        value = config[field]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            kind = "a positive" if least else "a non-negative"
+            raise ValueError(f"config.{field} must be {kind} integer, got {value!r}")
     data.validate(config.data)
     models.validate(config.model)
     for key, value in _fields(config.model).items():

@@ -118,6 +118,9 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     ("learning_rate", 0.1, r"unknown field\(s\) \['learning_rate'\] in the config; valid "
                            r"fields: .*total_steps"),
     ("model.widht", 3, r"unknown field\(s\) \['widht'\] in config.model .*valid fields: .*hidden"),
+    ("log_every", 0, r"config.log_every must be a positive integer, got 0"),
+    ("checkpoint_every", 0, r"config.checkpoint_every must be a positive integer, got 0"),
+    ("eval_every", -1, r"config.eval_every must be a non-negative integer, got -1"),
 ])
 def test_config_errors_are_reported_before_anything_is_built(tmp_path, field, value, message):
     c = tiny_config()
