@@ -61,6 +61,21 @@ def _initialize_distributed(config) -> None:
     jax.distributed.initialize(**kwargs)
 
 
+def load_teacher(kd, ds, sharding) -> tuple[Any, dict[str, Any]]:
+    """The distillation teacher in eval mode: its graph and trained ``{"params", "rest"}``."""
+    t_model = models.build(kd.teacher_model, num_classes=ds.num_classes,
+                           input_shape=ds.image_shape, rngs=nnx.Rngs(0))
+    # Learned arrays with a data-dependent first-call rule (LSQ steps) exist only after a call;
+    # without them the restore would skip the trained values and the teacher would
+    # re-initialize them from every student batch inside the step.
+    if pending_learned(t_model):
+        initialize(t_model, jnp.asarray(next(iter(ds.train_batches(0)))["image"]))
+    t_model.eval()
+    t_graph, t_params, t_rest = _split(t_model)
+    saved = ckpt_lib.restore_params(kd.teacher_workdir, {"params": t_params, "rest": t_rest})
+    return t_graph, jax.device_put(saved, sharding)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train (or resume) the run described by ``config`` in ``workdir``; returns final metrics."""
     # ---------------------------------------------------------------- config and processes --
@@ -137,13 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if config.kd.enabled:
         from bnn_jax.train import losses
 
-        t_model = models.build(config.kd.teacher_model, num_classes=ds.num_classes,
-                               input_shape=ds.image_shape, rngs=nnx.Rngs(0))
-        t_model.eval()
-        t_graph, t_params, t_rest = _split(t_model)
-        saved = ckpt_lib.restore_params(config.kd.teacher_workdir,
-                                        {"params": t_params, "rest": t_rest})
-        teacher = (t_graph, jax.device_put(saved, replicated))
+        teacher = load_teacher(config.kd, ds, replicated)
         # "distributional": ReActNet's loss as its code computes it (cross-entropy to the
         # teacher's softmax); "logit": Hinton's T^2-scaled KL at config.kd.temperature.
         kd_fn = {"logit": lambda s, t: losses.kd_loss(s, t, temperature=config.kd.temperature),

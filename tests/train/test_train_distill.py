@@ -59,3 +59,36 @@ def test_distributional_kd_loss_matches_numpy(tmp_path):
     # and it is not the plain cross-entropy to the labels
     ce = np.mean(-log_p_s[np.arange(32), batch["label"]])
     assert abs(ce - expected) > 1e-3
+
+
+def test_a_teacher_with_learned_input_arrays_gets_its_trained_values(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from bnn_jax.nn import initialize
+    from bnn_jax.train.loop import load_teacher
+
+    teacher_model = dict(name="mlp", hidden=(16, 8),
+                         input_quantizer=dict(name="lsq", bits=2, signed=True))
+    ds = data.build(dict(name="digits", batch_size=32, eval_batch_size=120))
+    # A "trained" teacher: LSQ steps set to values no first-call rule would give.
+    model = models.build(teacher_model, num_classes=10, input_shape=(8, 8, 1), rngs=nnx.Rngs(1))
+    initialize(model, jnp.asarray(ds.train_batch(0)["image"]))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    params["layers"][0]["input_step"] = jnp.float32(0.375)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "teacher"), async_save=False)
+    ckpt.save(1, {"params": params, "rest": rest, "step": jnp.int32(1)}, {"data_position": 1})
+    ckpt.close()
+
+    kd = config_lib.defaults().kd
+    kd.teacher_model, kd.teacher_workdir = teacher_model, str(tmp_path / "teacher")
+    graph, loaded = load_teacher(kd, ds, NamedSharding(jax.sharding.Mesh(jax.devices()[:1],
+                                                                         ("x",)), P()))
+    assert float(loaded["params"]["layers"][0]["input_step"]) == 0.375
+    np.testing.assert_array_equal(loaded["params"]["stem"]["kernel"], params["stem"]["kernel"])
+    # The merged teacher uses the loaded step: calling it creates nothing new.
+    t = nnx.merge(graph, loaded["params"], loaded["rest"])
+    t(ds.train_batch(0)["image"])
+    assert float(t.layers[0].input_step[...]) == 0.375
