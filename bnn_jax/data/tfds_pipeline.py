@@ -3,7 +3,7 @@
 Never downloads: a dataset that is not prepared under ``data_dir`` fails at once with the command
 that prepares it. Each process reads only its files/rows (``tfds.split_for_jax_process``). The
 training stream is deterministic given the seed: augmentation randomness is a stateless function
-of (seed, example index), so resuming at step ``s`` skips ``s`` batches of undecoded records and
+of (seed, global example index), so resuming at step ``s`` skips ``s`` batches of undecoded records and
 continues with exactly the batches an uninterrupted run would have seen.
 """
 
@@ -109,7 +109,10 @@ class TfdsDataset:
 
     def _augment(self, index, example):
         tf = self._tf
-        seed = tf.stack([tf.cast(self.seed, tf.int64), index])
+        # index counts this process's examples; interleaving by process gives every example of
+        # the global batch its own random stream (not the same crops on every process).
+        global_index = index * self.process_count + self.process_index
+        seed = tf.stack([tf.cast(self.seed, tf.int64), global_index])
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         image = example["image"]
         if self.name == "imagenet2012":

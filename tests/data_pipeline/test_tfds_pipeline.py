@@ -8,12 +8,6 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from bnn_jax import data  # noqa: E402
 
 
-def _build(name, tmp_path, **kw):
-    cfg = {"name": name, "batch_size": 8, "eval_batch_size": 8, "data_dir": str(tmp_path),
-           "shuffle_buffer": 16, **kw}
-    return data.build(cfg, seed=3, **{k: v for k, v in kw.items() if k.startswith("process")})
-
-
 def test_cifar10_batches_are_normalized_augmented_and_resumable(tmp_path):
     with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
         ds = data.build({"name": "cifar10", "batch_size": 8, "eval_batch_size": 8,
@@ -63,3 +57,15 @@ def test_a_dataset_that_is_not_prepared_fails_fast_with_instructions(tmp_path):
     with pytest.raises(ValueError, match=r"not prepared .*tfds build cifar100 --data_dir"):
         data.build({"name": "cifar100", "batch_size": 8, "eval_batch_size": 8,
                     "data_dir": str(tmp_path / "empty")})
+
+
+def test_processes_draw_different_augmentations(tmp_path):
+    # The mock gives every process the same records (it ignores the split slicing), so equal
+    # batches would mean every process crops and flips its i-th example the same way.
+    with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+        cfg = {"name": "cifar10", "batch_size": 16, "eval_batch_size": 8,
+               "data_dir": str(tmp_path), "shuffle_buffer": 16}
+        a, b = (next(data.build(cfg, seed=3, process_index=p, process_count=2).train_batches(0))
+                for p in range(2))
+        np.testing.assert_array_equal(a["label"], b["label"])  # the same examples ...
+        assert not np.array_equal(a["image"], b["image"])  # ... augmented differently
