@@ -3,8 +3,8 @@
 Never downloads: a dataset that is not prepared under ``data_dir`` fails at once with the command
 that prepares it. Each process reads only its files/rows (``tfds.split_for_jax_process``). The
 training stream is deterministic given the seed: augmentation randomness is a stateless function
-of (seed, global example index), so resuming at step ``s`` skips ``s`` batches of undecoded records and
-continues with exactly the batches an uninterrupted run would have seen.
+of (seed, global example index), so resuming at step ``s`` skips ``s`` batches of undecoded
+records and continues with exactly the batches an uninterrupted run would have seen.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from bnn_jax.quant.core import sign
+from bnn_jax.train.sharding import path_str
 
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
 
@@ -69,10 +70,6 @@ def path_regex_predicate(pattern: str) -> Callable[[str, Any], bool]:
     return lambda path, leaf: rx.search(path) is not None
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def case_optimizer(predicate: Callable[[str, Any], bool], binary: optax.GradientTransformation,
                    default: optax.GradientTransformation) -> optax.GradientTransformation:
     """Apply ``binary`` (usually Bop) where ``predicate(path, leaf)`` holds, ``default`` elsewhere.
@@ -82,6 +79,6 @@ def case_optimizer(predicate: Callable[[str, Any], bool], binary: optax.Gradient
 
     def labels(params):
         return jax.tree_util.tree_map_with_path(
-            lambda p, leaf: "binary" if predicate(_path_str(p), leaf) else "default", params)
+            lambda p, leaf: "binary" if predicate(path_str(p), leaf) else "default", params)
 
     return optax.multi_transform({"binary": binary, "default": default}, labels)
