@@ -6,7 +6,8 @@ position. Orbax writes into a temporary directory and renames it when complete, 
 mid-save leaves no half checkpoint under a step name; old checkpoints are removed only after a
 newer one is finalized. A finalized checkpoint that cannot be read back (truncated or damaged
 files) or whose record disagrees with its arrays is reported, moved aside to
-``<step>.corrupt`` (never deleted) and the previous one is used.
+``<step>.corrupt`` (never deleted) and the previous one is used. Reading another run's
+checkpoints (a teacher, a first stage) opens them read-only: that run's directory is not touched.
 """
 
 from __future__ import annotations
@@ -34,15 +35,18 @@ class CorruptCheckpoint(RuntimeError):
 class Checkpointer:
     """Save/restore the train state under ``<workdir>/checkpoints/<step>``."""
 
-    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        self.keep, self.async_save = keep, async_save
+        self.keep, self.async_save, self.read_only = keep, async_save, read_only
         self._open()
 
     def _open(self):
-        self._remove_unfinished()
+        if not self.read_only:  # another run's temporaries may be a save still in progress
+            self._remove_unfinished()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=self.keep, create=True, enable_async_checkpointing=self.async_save,
+            max_to_keep=None if self.read_only else self.keep, create=not self.read_only,
+            read_only=self.read_only, enable_async_checkpointing=self.async_save,
             cleanup_tmp_directories=False)  # done synchronously by _remove_unfinished
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "record"))
@@ -106,9 +110,10 @@ class Checkpointer:
             try:
                 state, record = self._restore(step, abstract_state)
             except CorruptCheckpoint as e:
-                log.error("%s; moving it aside and trying the previous checkpoint", e)
+                log.error("%s; trying the previous checkpoint", e)
                 print(f"WARNING: {e}; using the previous checkpoint", flush=True)
-                self._quarantine(step)
+                if not self.read_only:
+                    self._quarantine(step)
                 continue
             return state, record
         return None
@@ -139,7 +144,7 @@ def restore_params(workdir: str, like: dict[str, Any]) -> dict[str, Any]:
     """
     from bnn_jax.train.sharding import path_str
 
-    ckpt = Checkpointer(workdir, async_save=False)
+    ckpt = Checkpointer(workdir, async_save=False, read_only=True)
     try:
         got = ckpt.restore_latest(None)
     finally:
