@@ -24,14 +24,17 @@ def test_reste_cosine_schedule_reproduces_the_reference_values():
                                [0.2, 0.5], rtol=1e-6)
 
 
-def _reste_config(o):
+def _reste_config(o, o_end=None):
     c = config_lib.defaults()
     c.total_steps, c.log_every, c.checkpoint_every = 3, 1, 100
     c.tensorboard, c.async_checkpoint, c.mesh.num_devices = False, False, 1
     c.data = dict(name="digits", batch_size=32, eval_batch_size=120)
     c.model = dict(name="mlp", hidden=(16, 16), input_quantizer="reste", kernel_quantizer="reste")
-    c.schedules = dict(input={"o": {"kind": "constant", "start": o}},
-                       kernel={"o": {"kind": "cosine", "start": o, "end": o}})
+    # Steps large enough to flip signs: o acts only on gradients, and what it changes sits
+    # before a sign, so small updates would leave every forward pass the same.
+    c.optimizer = dict(name="sgd", learning_rate=0.5)
+    c.schedules = dict(input={"o": {"kind": "linear", "start": o, "end": o_end or o}},
+                       kernel={"o": {"kind": "cosine", "start": o, "end": o_end or o}})
     return c
 
 
@@ -42,10 +45,13 @@ def _losses(workdir):
 
 def test_the_loop_feeds_the_schedule_to_the_quantizers(tmp_path):
     run(_reste_config(1.0), str(tmp_path / "o1"))
-    run(_reste_config(3.0), str(tmp_path / "o3"))
-    a, b = _losses(tmp_path / "o1"), _losses(tmp_path / "o3")
+    # o rises 1 -> 4 over the 3 steps (linear for inputs, cosine for kernels): 1 at step 1.
+    run(_reste_config(1.0, o_end=4.0), str(tmp_path / "ramp"))
+    a, b = _losses(tmp_path / "o1"), _losses(tmp_path / "ramp")
     assert a[0] == b[0]  # o changes only the backward pass: the first forward is the same
-    assert a[2] != b[2]  # ... and therefore the parameters after an update
+    # The first update used o = 1 in both runs (the schedule starts at progress 0) ...
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+    assert abs(a[2] - b[2]) > 1e-5  # ... the second used o = 2 in the ramp: the runs part
     bad = _reste_config(1.0)
     bad.schedules = dict(input={"oo": {"kind": "linear", "start": 1.0}}, kernel={})
     with pytest.raises(ValueError, match=r"quantizer 'reste' has no static parameter 'oo'"):
