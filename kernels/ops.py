@@ -156,7 +156,11 @@ def packed_conv2d(x: Packed, w: Packed, *, strides=(1, 1), padding: str = "VALID
         strides = tuple(int(s) for s in np.broadcast_to(strides, (2,)))
     except (TypeError, ValueError):
         raise ValueError(f"packed_conv2d: strides must be an int or two ints, got {strides!r}")
-    if pad_value not in PAD_VALUES:
+    if not isinstance(padding, str) or padding not in ("SAME", "VALID"):
+        # Checked before jit: padding is a static (hashed) argument, explicit pairs are not.
+        raise ValueError(f"packed_conv2d: padding must be one of ['SAME', 'VALID'], "
+                         f"got {padding!r}")
+    if np.ndim(pad_value) != 0 or pad_value not in PAD_VALUES:
         raise ValueError(f"packed_conv2d: pad_value must be one of {list(PAD_VALUES)}, "
                          f"got {pad_value!r}")
     return _packed_conv2d_jit(x, w, scale, bias, strides, padding, float(pad_value), backend,
@@ -175,9 +179,6 @@ def _packed_conv2d_jit(x: Packed, w: Packed, scale, bias, strides, padding, pad_
     if x.length != w.length:
         raise ValueError(f"packed_conv2d: input channels differ: x has {x.length}, "
                          f"w has {w.length}")
-    if padding not in ("SAME", "VALID"):
-        raise ValueError(f"packed_conv2d: padding must be one of ['SAME', 'VALID'], "
-                         f"got {padding!r}")
     if x.encoding == "bool" and pad_value == -1.0:
         raise ValueError("packed_conv2d: {0,1} activations cannot be padded with -1")
     if min(strides) < 1:

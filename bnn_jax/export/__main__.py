@@ -49,8 +49,6 @@ def schedule_values(config, step: int) -> dict:
 
 def accuracy(model, ds, values=None) -> tuple[float, int]:
     """(top-1 accuracy, number of examples) of ``model`` on the dataset's test split."""
-    from bnn_jax.nn import quant_params
-
     correct = total = 0
     for batch in ds.eval_batches():
         with quant_params(**(values or {})):

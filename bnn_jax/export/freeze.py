@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +14,8 @@ from bnn_jax.export.frozen import (FrozenConv, FrozenEinsum, FrozenLinear, Packe
                                    einsum_unsupported, kernel_matrix, layer_input_encoding,
                                    split_levels)
 from bnn_jax.kernels import pack
+from bnn_jax.kernels.backend import resolve
 from bnn_jax.nn.intercept import module_references, set_child
-from bnn_jax.kernels.backend import BACKENDS
 
 
 @dataclasses.dataclass
@@ -114,8 +115,7 @@ def freeze(model: nnx.Module, *, backend: str = "auto",
     from bnn_jax.nn import QUANT_LAYERS
     from bnn_jax.nn import quant_params as quant_params_ctx
 
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid choices: {list(BACKENDS)}")
+    resolve(backend)  # an unknown backend name raises here, before anything is copied
     if not isinstance(model, nnx.Module):
         raise ValueError(f"freeze expects an NNX Module, got {type(model).__name__}")
     if isinstance(model, QUANT_LAYERS):
@@ -124,13 +124,9 @@ def freeze(model: nnx.Module, *, backend: str = "auto",
     if bad:
         raise ValueError(f"quant_params has roles {bad}; valid roles: ['input', 'kernel']")
     frozen = nnx.clone(model)
-    groups: dict[int, list] = {}
-    for path, parent, key, child in module_references(frozen):
-        if isinstance(child, QUANT_LAYERS):
-            groups.setdefault(id(child), []).append(("/".join(map(str, path)), parent, key, child))
     records = []
     with quant_params_ctx(**(quant_params or {})):
-        for group in groups.values():
+        for group in quant_layer_groups(frozen):
             layer = group[0][3]
             new, fields = _frozen_layer(layer, backend)
             records.append(LayerRecord(path=group[0][0], **{"frozen": False, **fields}))
@@ -139,6 +135,18 @@ def freeze(model: nnx.Module, *, backend: str = "auto",
                     set_child(parent, key, new)
     frozen.eval()
     return frozen, records
+
+
+def quant_layer_groups(model: nnx.Module) -> list[list[tuple[str, Any, Any, Any]]]:
+    """The quantized layers of ``model``, one group per layer object: (path, parent, key, layer)
+    for every reference to it, so a layer shared by several parents is handled once."""
+    from bnn_jax.nn import QUANT_LAYERS
+
+    groups: dict[int, list] = {}
+    for path, parent, key, child in module_references(model):
+        if isinstance(child, QUANT_LAYERS):
+            groups.setdefault(id(child), []).append(("/".join(map(str, path)), parent, key, child))
+    return list(groups.values())
 
 
 def is_frozen_layer(x) -> bool:
@@ -166,5 +174,5 @@ def state_bytes(model: nnx.Module) -> int:
     return sum(_nbytes(v[...]) for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable))
 
 
-__all__ = ["LayerRecord", "PackedBits", "Scale", "freeze", "is_frozen_layer", "report",
-           "state_bytes"]
+__all__ = ["LayerRecord", "PackedBits", "Scale", "freeze", "is_frozen_layer",
+           "quant_layer_groups", "report", "state_bytes"]

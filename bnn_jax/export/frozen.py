@@ -167,13 +167,14 @@ class _Frozen(nnx.Module):
     def _bias(self):
         return None if self.bias is None else self.bias[...]
 
-    def _matmul(self, x2):
-        """(M, K) activations times the packed (K, N) kernel, scaled, float32 (M, N)."""
+    def _matmul(self, x, bias=None):
+        """(..., K) activations times the packed (K, N) kernel, scaled (+ ``bias``), float32:
+        the integer kernel on packed activations, else packed weights times float ones."""
         w = self.packed_kernel()
         if self.act_encoding is not None:
-            return kernels.packed_matmul(kernels.pack(x2, -1, self.act_encoding), w,
-                                         scale=self.scale[...], backend=self.backend)
-        return kernels.packed_weight_matmul(x2, w, scale=self.scale[...],
+            return kernels.packed_matmul(kernels.pack(x, -1, self.act_encoding), w,
+                                         scale=self.scale[...], bias=bias, backend=self.backend)
+        return kernels.packed_weight_matmul(x, w, scale=self.scale[...], bias=bias,
                                             preferred_element_type=jnp.float32,
                                             backend=self.backend)
 
@@ -188,15 +189,7 @@ class FrozenLinear(_Frozen):
 
     def __call__(self, x, *, input_params=None, kernel_params=None):
         """Apply the layer (quantizer parameters are fixed at freeze time)."""
-        xq = self.quantize_input(x, input_params, kernel_params)
-        w = self.packed_kernel()
-        if self.act_encoding is not None:
-            return kernels.packed_matmul(kernels.pack(xq, -1, self.act_encoding), w,
-                                         scale=self.scale[...], bias=self._bias(),
-                                         backend=self.backend)
-        return kernels.packed_weight_matmul(xq, w, scale=self.scale[...], bias=self._bias(),
-                                            preferred_element_type=jnp.float32,
-                                            backend=self.backend)
+        return self._matmul(self.quantize_input(x, input_params, kernel_params), self._bias())
 
 
 # ------------------------------------------------------------------ einsum / LinearGeneral --

@@ -15,18 +15,22 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bnn_jax.export.freeze import LayerRecord
-from bnn_jax.nn.intercept import module_references, set_child
+from bnn_jax.export.freeze import LayerRecord, quant_layer_groups
 from bnn_jax.export.frozen import FrozenConv, FrozenEinsum, FrozenLinear
 from bnn_jax.kernels import Packed
+from bnn_jax.kernels.backend import resolve
+from bnn_jax.nn.intercept import set_child
 
 FORMAT = 1
 META_KEY = "__meta__"
+FROZEN_KINDS = {cls.__name__: cls for cls in (FrozenLinear, FrozenConv, FrozenEinsum)}
 
 
 def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
@@ -38,7 +42,7 @@ def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
 def _frozen_layers(model: nnx.Module) -> dict[str, dict]:
     out = {}
     for path, node in nnx.iter_graph(model):
-        if isinstance(node, (FrozenLinear, FrozenConv, FrozenEinsum)):
+        if isinstance(node, tuple(FROZEN_KINDS.values())):
             out["/".join(map(str, path))] = dict(
                 kind=type(node).__name__, length=node.length, axis=node.axis,
                 encoding=node.encoding, activations=node.act_encoding,
@@ -82,12 +86,36 @@ def save(model: nnx.Module, path: str, records: list[LayerRecord] | None = None,
     return os.path.getsize(path)
 
 
-def read_meta(path: str) -> dict:
-    """The JSON metadata of a saved frozen model."""
-    with np.load(path) as f:
+def _read(path: str, arrays: bool) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, arrays if ``arrays`` else {}) of a saved frozen model; ValueError if the file
+    is not one or is damaged (a missing file still raises FileNotFoundError)."""
+    try:
+        f = np.load(path)
+    except FileNotFoundError:
+        raise
+    # A foreign or truncated file surfaces as a pickle ValueError, EOFError or BadZipFile.
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable frozen model file (damaged, or not an .npz "
+                         f"written by bnn_jax.export.save): {e}") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is a single .npy array, not a frozen bnn_jax model")
+    with f:
         if META_KEY not in f.files:
             raise ValueError(f"{path} is not a frozen bnn_jax model (no {META_KEY} entry)")
-        return json.loads(f[META_KEY].tobytes().decode())
+        try:
+            meta = json.loads(f[META_KEY].tobytes().decode())
+            data = {k: f[k] for k in f.files if k != META_KEY} if arrays else {}
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+            # Damaged entries fail here: CRC or zlib errors, cut-off .npy data, broken JSON.
+            raise ValueError(f"{path} is damaged: {type(e).__name__}: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("layers"), dict):
+        raise ValueError(f"{path}: its {META_KEY} entry is not frozen-model metadata")
+    return meta, data
+
+
+def read_meta(path: str) -> dict:
+    """The JSON metadata of a saved frozen model."""
+    return _read(path, arrays=False)[0]
 
 
 def build_model(meta: dict) -> nnx.Module:
@@ -105,9 +133,8 @@ def build_model(meta: dict) -> nnx.Module:
 def load(path: str, model: nnx.Module | None = None, *, backend: str = "auto") -> nnx.Module:
     """The frozen model saved at ``path``, rebuilt on ``model`` (same architecture, not frozen)
     or, when ``model`` is None, on the architecture the file's ``model_spec`` records."""
-    from bnn_jax.nn import QUANT_LAYERS
-
-    meta = read_meta(path)
+    resolve(backend)
+    meta, arrays = _read(path, arrays=True)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
     if model is None:
@@ -115,18 +142,19 @@ def load(path: str, model: nnx.Module | None = None, *, backend: str = "auto") -
             model = build_model(meta)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files if k != META_KEY}
     frozen = nnx.clone(model)
     layers = meta["layers"]
     found = set()
-    for ref_path, parent, key, child in module_references(frozen):
-        name = "/".join(map(str, ref_path))
-        if not isinstance(child, QUANT_LAYERS) or name not in layers:
+    for group in quant_layer_groups(frozen):
+        # A layer shared by several parents is saved once, under one of its paths.
+        name = next((p for p, *_ in group if p in layers), None)
+        if name is None:
             continue
+        child = group[0][3]
         info = layers[name]
-        cls = {"FrozenLinear": FrozenLinear, "FrozenConv": FrozenConv,
-               "FrozenEinsum": FrozenEinsum}[info["kind"]]
+        if info.get("kind") not in FROZEN_KINDS or f"{name}/scale" not in arrays:
+            raise ValueError(f"{path}: the record of layer {name!r} is damaged (kind "
+                             f"{info.get('kind')!r}, valid kinds {sorted(FROZEN_KINDS)})")
         planes = [jnp.asarray(arrays[f"{name}/{p}"]) if f"{name}/{p}" in arrays else None
                   for p in ("w_sign", "w_mask")]
         packed = Packed(*planes, length=info["length"], axis=info["axis"])
@@ -135,9 +163,12 @@ def load(path: str, model: nnx.Module | None = None, *, backend: str = "auto") -
             # Learned input arrays appear on a layer's first call; take them from the file.
             if not hasattr(child, f"input_{n}") and f"{name}/input_{n}" in arrays:
                 setattr(child, f"input_{n}", nnx.Param(jnp.asarray(arrays[f"{name}/input_{n}"])))
-        set_child(parent, key, cls(child, packed, arrays[f"{name}/scale"], info["activations"],
-                                    backend=backend, input_params=info.get("input_params"),
-                                    kernel_params=info.get("kernel_params")))
+        new = FROZEN_KINDS[info["kind"]](child, packed, arrays[f"{name}/scale"],
+                                         info["activations"], backend=backend,
+                                         input_params=info.get("input_params"),
+                                         kernel_params=info.get("kernel_params"))
+        for _, parent, key, _ in group:
+            set_child(parent, key, new)
         found.add(name)
     missing_layers = sorted(set(layers) - found)
     if missing_layers:

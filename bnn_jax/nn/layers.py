@@ -92,6 +92,21 @@ def _as_constraint(spec: Any) -> Quantizer | None:
     return c
 
 
+def _param(layer: str, what: str, given: nnx.Param | None, shape: Sequence[int], init,
+           param_dtype: Any, rngs: nnx.Rngs | None, *,
+           init_shape: Sequence[int] | None = None) -> nnx.Param:
+    """``given`` (an existing parameter, e.g. of the layer being quantized) if it has ``shape``,
+    else a new one from ``init`` on ``init_shape`` (default ``shape``) reshaped to ``shape``."""
+    shape = tuple(shape)
+    if given is None:
+        check(rngs is not None, f"{layer} needs rngs (or an existing {what.split()[0]}=)")
+        value = init(rngs.params(), tuple(init_shape or shape), param_dtype)
+        given = nnx.Param(jnp.reshape(value, shape))
+    check(tuple(given.shape) == shape,
+          f"{layer}: {what} has shape {tuple(given.shape)}, expected {shape}")
+    return given
+
+
 class _QuantizedOperands(nnx.Module):
     """Shared machinery of the quantized layers: quantizers, their learned arrays, constraint."""
 
@@ -169,18 +184,10 @@ class QuantLinear(_QuantizedOperands):
                  preferred_element_type: Any = None,
                  kernel: nnx.Param | None = None, bias: nnx.Param | None = None,
                  rngs: nnx.Rngs | None = None):
-        if kernel is None:
-            check(rngs is not None, "QuantLinear needs rngs (or an existing kernel=)")
-            kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features),
-                                           param_dtype))
-        check(tuple(kernel.shape) == (in_features, out_features),
-              f"kernel shape {tuple(kernel.shape)} != (in_features, out_features) = "
-              f"{(in_features, out_features)}")
-        self.kernel = kernel
-        if use_bias and bias is None:
-            check(rngs is not None, "QuantLinear needs rngs (or an existing bias=)")
-            bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
-        self.bias = bias if use_bias else nnx.data(None)
+        self.kernel = _param("QuantLinear", "kernel", kernel, (in_features, out_features),
+                             kernel_init, param_dtype, rngs)
+        self.bias = (_param("QuantLinear", "bias", bias, (out_features,), bias_init, param_dtype,
+                            rngs) if use_bias else nnx.data(None))
         self.in_features, self.out_features, self.use_bias = in_features, out_features, use_bias
         self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
         self.promote_dtype, self.dot_general = promote_dtype, dot_general
@@ -229,18 +236,12 @@ class QuantLinearGeneral(_QuantizedOperands):
               f"axis {self.axis} and in_features {self.in_features} must have the same length")
         shape = (*self.in_features, *self.out_features)
         n_in, n_out = math.prod(self.in_features), math.prod(self.out_features)
-        if kernel is None:
-            check(rngs is not None, "QuantLinearGeneral needs rngs (or an existing kernel=)")
-            # Initialize as the (fan-in, fan-out) matrix, as nnx.LinearGeneral does.
-            kernel = nnx.Param(jnp.reshape(kernel_init(rngs.params(), (n_in, n_out),
-                                                       param_dtype), shape))
-        check(tuple(kernel.shape) == shape, f"kernel shape {tuple(kernel.shape)} != {shape}")
-        self.kernel = kernel
-        if use_bias and bias is None:
-            check(rngs is not None, "QuantLinearGeneral needs rngs (or an existing bias=)")
-            bias = nnx.Param(jnp.reshape(bias_init(rngs.params(), (n_out,), param_dtype),
-                                         self.out_features))
-        self.bias = bias if use_bias else nnx.data(None)
+        # Initialized as the (fan-in, fan-out) matrix, as nnx.LinearGeneral does.
+        self.kernel = _param("QuantLinearGeneral", "kernel", kernel, shape, kernel_init,
+                             param_dtype, rngs, init_shape=(n_in, n_out))
+        self.bias = (_param("QuantLinearGeneral", "bias", bias, self.out_features, bias_init,
+                            param_dtype, rngs, init_shape=(n_out,))
+                     if use_bias else nnx.data(None))
         self.use_bias = use_bias
         self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
         self.promote_dtype, self.dot_general = promote_dtype, dot_general
@@ -329,16 +330,10 @@ class QuantConv(_QuantizedOperands):
               f"pad_values must be a number, got {pad_values!r}")
         rank = len(kernel_size)
         self.kernel_shape = kernel_size + (in_features // feature_group_count, out_features)
-        if kernel is None:
-            check(rngs is not None, "QuantConv needs rngs (or an existing kernel=)")
-            kernel = nnx.Param(kernel_init(rngs.params(), self.kernel_shape, param_dtype))
-        check(tuple(kernel.shape) == self.kernel_shape,
-              f"kernel shape {tuple(kernel.shape)} != {self.kernel_shape} (HWIO)")
-        self.kernel = kernel
-        if use_bias and bias is None:
-            check(rngs is not None, "QuantConv needs rngs (or an existing bias=)")
-            bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
-        self.bias = bias if use_bias else nnx.data(None)
+        self.kernel = _param("QuantConv", "kernel (HWIO)", kernel, self.kernel_shape,
+                             kernel_init, param_dtype, rngs)
+        self.bias = (_param("QuantConv", "bias", bias, (out_features,), bias_init, param_dtype,
+                            rngs) if use_bias else nnx.data(None))
         self.in_features, self.out_features, self.kernel_size = (in_features, out_features,
                                                                  kernel_size)
         self.strides = _tuple(strides, rank, "strides")
@@ -420,17 +415,11 @@ class QuantEinsum(_QuantizedOperands):
         if einsum_str is not None:
             einsum_str = _check_einsum(einsum_str)
         self.kernel_shape = tuple(kernel_shape)
-        if kernel is None:
-            check(rngs is not None, "QuantEinsum needs rngs (or an existing kernel=)")
-            kernel = nnx.Param(kernel_init(rngs.params(), self.kernel_shape, param_dtype))
-        check(tuple(kernel.shape) == self.kernel_shape,
-              f"kernel shape {tuple(kernel.shape)} != kernel_shape {self.kernel_shape}")
-        self.kernel = kernel
+        self.kernel = _param("QuantEinsum", "kernel", kernel, self.kernel_shape, kernel_init,
+                             param_dtype, rngs)
         self.bias_shape = None if bias_shape is None else tuple(bias_shape)
-        if self.bias_shape is not None and bias is None:
-            check(rngs is not None, "QuantEinsum needs rngs (or an existing bias=)")
-            bias = nnx.Param(bias_init(rngs.params(), self.bias_shape, param_dtype))
-        self.bias = bias if self.bias_shape is not None else nnx.data(None)
+        self.bias = (_param("QuantEinsum", "bias", bias, self.bias_shape, bias_init, param_dtype,
+                            rngs) if self.bias_shape is not None else nnx.data(None))
         self.einsum_str = einsum_str
         self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
         self.promote_dtype, self.einsum_op = promote_dtype, einsum_op

@@ -230,3 +230,47 @@ def test_jit_of_frozen_model():
     np.testing.assert_allclose(np.asarray(f(state, x)), np.asarray(frozen(x)), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(jax.jit(lambda s, x: nnx.merge(graph, s).l1(x))(
         state, x)), np.asarray(frozen.l1(x)))
+
+
+class Shared(nnx.Module):
+    """One binary layer reachable from two attributes (applied twice)."""
+
+    def __init__(self, rngs):
+        self.first = QuantLinear(36, 36, input_quantizer="ste_sign",
+                                 kernel_quantizer="magnitude_aware_sign", rngs=rngs)
+        self.again = self.first
+
+    def __call__(self, x):
+        return self.again(self.first(x))
+
+
+def test_shared_layer_is_frozen_saved_and_loaded_once(tmp_path):
+    model = _trained_like(Shared(nnx.Rngs(0)), 20)
+    frozen, records = export.freeze(model)
+    assert len(records) == 1 and frozen.first is frozen.again
+    path = str(tmp_path / "shared.npz")
+    export.save(frozen, path, records)
+    loaded = export.load(path, Shared(nnx.Rngs(1)))
+    assert isinstance(loaded.again, export.FrozenLinear) and loaded.first is loaded.again
+    x = jnp.asarray(np.random.default_rng(21).normal(size=(3, 36)), jnp.float32)
+    # Independently: the layer twice, sign(x) @ (mean|W| per column · sign(W)) + b.
+    w, b = np.asarray(model.first.kernel[...]), np.asarray(model.first.bias[...])
+    wq = np.where(w >= 0, 1.0, -1.0) * np.abs(w).mean(axis=0)
+    h = np.where(np.asarray(x) >= 0, 1.0, -1.0) @ wq + b
+    want = np.where(h >= 0, 1.0, -1.0) @ wq + b
+    np.testing.assert_allclose(np.asarray(loaded(x)), want, rtol=1e-5, atol=1e-4)
+
+
+def test_damaged_or_foreign_files_raise_clear_errors(tmp_path, cnn):
+    path = tmp_path / "cnn.npz"
+    export.save(cnn[1], str(path))
+    data = path.read_bytes()
+    truncated, text, single = tmp_path / "cut.npz", tmp_path / "text.npz", tmp_path / "one.npy"
+    truncated.write_bytes(data[:len(data) // 2])
+    text.write_text("not a model")
+    np.save(single, np.ones(3))
+    for p in (truncated, text, single):
+        with pytest.raises(ValueError, match="not a readable frozen model|damaged|single .npy"):
+            export.load(str(p), SmallCNN(nnx.Rngs(0), c=64))
+    with pytest.raises(ValueError, match="valid choices"):
+        export.load(str(path), SmallCNN(nnx.Rngs(0), c=64), backend="cuda")

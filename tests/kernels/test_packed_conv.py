@@ -71,10 +71,12 @@ def test_scale_bias_and_bad_input():
         K.packed_conv2d(px, K.pack_bits(w, 3))
     with pytest.raises(ValueError, match="input channels differ"):
         K.packed_conv2d(px, K.pack_bits(w[:, :, :7], 2))
-    with pytest.raises(ValueError, match="'SAME', 'VALID'"):
-        K.packed_conv2d(px, pw, padding="FULL")
-    with pytest.raises(ValueError, match="pad_value must be one of"):
-        K.packed_conv2d(px, pw, pad_value=0.5)
+    for padding in ("FULL", [(1, 1), (1, 1)]):  # explicit pairs are unhashable under jit
+        with pytest.raises(ValueError, match="'SAME', 'VALID'"):
+            K.packed_conv2d(px, pw, padding=padding)
+    for pad_value in (0.5, np.array([1.0, 0.0])):
+        with pytest.raises(ValueError, match="pad_value must be one of"):
+            K.packed_conv2d(px, pw, pad_value=pad_value)
     with pytest.raises(ValueError, match="cannot be padded with -1"):
         K.packed_conv2d(K.pack_bool(x > 0, 3), pw, padding="SAME", pad_value=-1.0)
     with pytest.raises(ValueError, match="does not fit"):

@@ -379,6 +379,12 @@ def test_bad_arguments_raise_clear_errors():
         QuantConv(2, 2, 3, padding="FULL", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="feature_group_count"):
         QuantConv(4, 6, 3, feature_group_count=4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"kernel \(HWIO\) has shape \(3, 3, 4, 6\), expected "
+                                         r"\(3, 3, 2, 6\)"):
+        QuantConv(2, 6, (3, 3), kernel=nnx.Param(jnp.ones((3, 3, 4, 6))))
+    # A bias of the wrong shape would broadcast silently into a wrong output.
+    with pytest.raises(ValueError, match=r"QuantLinear: bias has shape \(1,\), expected \(2,\)"):
+        QuantLinear(3, 2, bias=nnx.Param(jnp.ones((1,))), rngs=nnx.Rngs(0))
 
 
 def test_first_call_inside_grad_initialises_without_leaking_gradient():
