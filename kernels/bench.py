@@ -291,6 +291,7 @@ def run(quick: bool, backend: str):
 
 
 def main(argv=None):
+    """Run the command line: time every operation, print the report, write it for a full run."""
     parser = argparse.ArgumentParser(prog="python -m bnn_jax.kernels.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke run: one shape per op")
     parser.add_argument("--backend", default="xla", choices=list(BACKENDS))

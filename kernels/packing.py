@@ -61,6 +61,7 @@ class Packed:
 
     @property
     def ndim(self) -> int:
+        """Rank of the (packed or unpacked) tensor."""
         return len(self.words_shape)
 
     @property

@@ -112,6 +112,7 @@ def _like(template, saved):
 
 
 def main(argv=None) -> int:
+    """Run the command line; returns the exit status (2 for a workdir that cannot be frozen)."""
     parser = argparse.ArgumentParser(prog="python -m bnn_jax.export", description=__doc__)
     parser.add_argument("--workdir", required=True, help="a training run's directory")
     parser.add_argument("--out", default=None, help="output file (default WORKDIR/frozen.npz)")

@@ -343,6 +343,9 @@ class QuantConv(_QuantizedOperands):
         check(self.padding != "CAUSAL" or rank == 1, "CAUSAL padding needs a 1-D convolution")
         check(float(pad_values) == 0.0 or self.input_dilation == (1,) * rank,
               "pad_values other than 0 cannot be combined with input_dilation")
+        # CIRCULAR/REFLECT fill the border from the input itself; a constant would be ignored.
+        check(float(pad_values) == 0.0 or self.padding not in ("CIRCULAR", "REFLECT"),
+              f"pad_values other than 0 cannot be combined with {self.padding} padding")
         self.pad_values = float(pad_values)
         self.feature_group_count, self.use_bias = feature_group_count, use_bias
         self.mask = mask

@@ -377,6 +377,9 @@ def test_bad_arguments_raise_clear_errors():
         QuantLinear(2, 2, kernel_constraint="ste_sign", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="padding must be one of"):
         QuantConv(2, 2, 3, padding="FULL", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="pad_values other than 0 cannot be combined with "
+                                         "CIRCULAR"):
+        QuantConv(2, 2, 3, padding="circular", pad_values=1.0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="feature_group_count"):
         QuantConv(4, 6, 3, feature_group_count=4, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"kernel \(HWIO\) has shape \(3, 3, 4, 6\), expected "
