@@ -58,7 +58,13 @@ def test_two_processes_train_together_and_agree(tmp_path):
                                    workdir=str(tmp_path / "multi")))
     procs = [subprocess.Popen([sys.executable, str(script), str(i)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=400) for p in procs]
+    try:
+        outs = [p.communicate(timeout=400) for p in procs]
+    finally:  # a process that failed leaves its peer waiting for the coordinator: end it
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     results = []
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
