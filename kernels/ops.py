@@ -117,13 +117,7 @@ def _packed_matmul_jit(a: Packed, b: Packed, scale, bias, backend: str, blocks) 
 
 # ----------------------------------------------------------------------------- conv 2-D
 
-def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:
-    out = -(-size // s)
-    total = max((out - 1) * s + k - size, 0)
-    return total // 2, total - total // 2
-
-
-def _pad_words(planes: dict, pads, pad_value: float, valid):
+def _pad_border(planes: dict, pads, pad_value: float, valid):
     """Pad packed NHWC planes spatially with words that encode ``pad_value`` (see PAD_VALUES)."""
     out = {}
     for name, x in planes.items():
@@ -185,10 +179,8 @@ def _packed_conv2d_jit(x: Packed, w: Packed, scale, bias, strides, padding, pad_
         raise ValueError(f"packed_conv2d: strides must be positive, got {strides}")
     nb, h, wd, _ = x.shape
     kh, kw, _, c_out = w.shape
-    if padding == "SAME":
-        pads = (_same_padding(h, kh, strides[0]), _same_padding(wd, kw, strides[1]))
-    else:
-        pads = ((0, 0), (0, 0))
+    # TensorFlow's SAME split (the extra pad row/column at the end), as lax and larq use.
+    pads = tuple(tuple(p) for p in lax.padtype_to_pads((h, wd), (kh, kw), strides, padding))
     ho = (h + sum(pads[0]) - kh) // strides[0] + 1
     wo = (wd + sum(pads[1]) - kw) // strides[1] + 1
     if ho < 1 or wo < 1:
@@ -198,7 +190,7 @@ def _packed_conv2d_jit(x: Packed, w: Packed, scale, bias, strides, padding, pad_
     zero_fix = pad_value == 0.0 and x.encoding == "binary" and padding == "SAME"
     stored = 1.0 if zero_fix else pad_value
     valid = _pack_plane(jnp.ones((x.length,), bool), 0)  # real-channel bits of each word
-    planes = _pad_words({"sign": x.sign, "mask": x.mask}, pads, stored, valid)
+    planes = _pad_border({"sign": x.sign, "mask": x.mask}, pads, stored, valid)
 
     def patches(p):
         if p is None:
