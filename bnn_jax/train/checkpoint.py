@@ -48,8 +48,11 @@ class Checkpointer:
             max_to_keep=None if self.read_only else self.keep, create=not self.read_only,
             read_only=self.read_only, enable_async_checkpointing=self.async_save,
             cleanup_tmp_directories=False)  # done synchronously by _remove_unfinished
+        # Handlers named up front so that item_metadata can read a checkpoint's shapes.
+        handlers = {"state": ocp.StandardCheckpointHandler(),
+                    "record": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "record"))
+                                             item_handlers=handlers)
 
     def _remove_unfinished(self) -> None:
         # Orbax can delete unfinished temporaries itself, but in a background thread; a manager
@@ -77,8 +80,18 @@ class Checkpointer:
         """Block until pending saves are finalized on disk."""
         self.manager.wait_until_finished()
 
+    def _saved_shapes(self, step: int) -> Any:
+        # The saved shapes on one local device. Restoring with the saved shardings would fail
+        # for a run written on another mesh (a teacher trained on 8 devices, read on 1).
+        meta = self.manager.item_metadata(step)["state"]
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            getattr(meta, "tree", meta))
+
     def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         try:
+            if abstract_state is None:
+                abstract_state = self._saved_shapes(step)
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
@@ -119,7 +132,10 @@ class Checkpointer:
         return None
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """The checkpoint at ``step`` (raises :class:`CorruptCheckpoint` if unreadable)."""
+        """The checkpoint at ``step`` (raises :class:`CorruptCheckpoint` if unreadable).
+
+        ``abstract_state`` None restores every array whole on this process's first device.
+        """
         return self._restore(step, abstract_state)
 
     def close(self) -> None:

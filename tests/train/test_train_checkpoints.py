@@ -1,7 +1,12 @@
-"""Reading another run's checkpoints (teacher, first stage) leaves that run's directory as it is."""
+"""Reading another run's checkpoints (teacher, first stage): the other run's directory is left as
+it is, and a checkpoint written on another device mesh loads."""
 
+import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import jax.numpy as jnp
 import numpy as np
@@ -38,3 +43,33 @@ def test_restore_params_reads_without_touching_the_other_run(tmp_path):
     with pytest.raises(ValueError, match="no checkpoint found under"):
         checkpoint.restore_params(str(tmp_path / "none"), {"params": {}, "rest": {}})
     assert not (tmp_path / "none").exists()
+
+
+READ_ON_ONE_DEVICE = textwrap.dedent("""
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import numpy as np
+    from bnn_jax.train import checkpoint
+
+    got = checkpoint.restore_params(sys.argv[1], {"params": {"w": np.zeros(8)}, "rest": {}})
+    print("W", json.dumps(np.asarray(got["params"]["w"]).tolist()))
+""")
+
+
+def test_restore_params_loads_a_checkpoint_written_on_another_mesh(tmp_path):
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    split = NamedSharding(Mesh(np.array(jax.devices()), ("fsdp",)), P("fsdp"))  # 8 devices
+    w = jax.device_put(jnp.arange(8, dtype=jnp.float32) - 3.5, split)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "teacher"), async_save=False)
+    ckpt.save(5, {"params": {"w": w}, "rest": {}, "step": jnp.int32(5)}, {"data_position": 5})
+    ckpt.close()
+    script = tmp_path / "read.py"
+    script.write_text(READ_ON_ONE_DEVICE)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "teacher")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("W "))
+    np.testing.assert_array_equal(json.loads(line[2:]), np.arange(8) - 3.5)
