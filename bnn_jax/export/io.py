@@ -152,16 +152,22 @@ def load(path: str, model: nnx.Module | None = None, *, backend: str = "auto") -
             continue
         child = group[0][3]
         info = layers[name]
-        if info.get("kind") not in FROZEN_KINDS or f"{name}/scale" not in arrays:
-            raise ValueError(f"{path}: the record of layer {name!r} is damaged (kind "
-                             f"{info.get('kind')!r}, valid kinds {sorted(FROZEN_KINDS)})")
+        if (not isinstance(info, dict) or info.get("kind") not in FROZEN_KINDS
+                or not {"length", "axis", "activations"} <= set(info)
+                or f"{name}/scale" not in arrays):
+            raise ValueError(f"{path}: the record of layer {name!r} is damaged: {info!r} "
+                             f"(kinds {sorted(FROZEN_KINDS)}, with length, axis, activations "
+                             "and a scale array)")
         planes = [jnp.asarray(arrays[f"{name}/{p}"]) if f"{name}/{p}" in arrays else None
                   for p in ("w_sign", "w_mask")]
         packed = Packed(*planes, length=info["length"], axis=info["axis"])
         q = child.input_quantizer
         for n in (q.learned if q is not None else ()):
             # Learned input arrays appear on a layer's first call; take them from the file.
-            if not hasattr(child, f"input_{n}") and f"{name}/input_{n}" in arrays:
+            if not hasattr(child, f"input_{n}"):
+                if f"{name}/input_{n}" not in arrays:
+                    raise ValueError(f"{path} does not match the model: layer {name!r} has "
+                                     f"the learned input array {n!r}, the file has none")
                 setattr(child, f"input_{n}", nnx.Param(jnp.asarray(arrays[f"{name}/input_{n}"])))
         new = FROZEN_KINDS[info["kind"]](child, packed, arrays[f"{name}/scale"],
                                          info["activations"], backend=backend,

@@ -1,5 +1,6 @@
 """freeze/save/load: frozen outputs equal the fake-quant outputs; storage is the packed size."""
 
+import json
 import os
 
 import jax
@@ -274,3 +275,12 @@ def test_damaged_or_foreign_files_raise_clear_errors(tmp_path, cnn):
             export.load(str(p), SmallCNN(nnx.Rngs(0), c=64))
     with pytest.raises(ValueError, match="valid choices"):
         export.load(str(path), SmallCNN(nnx.Rngs(0), c=64), backend="cuda")
+    # Readable, but a layer record names no frozen layer kind.
+    with np.load(path) as f:
+        entries = {k: f[k] for k in f.files}
+    meta = json.loads(entries["__meta__"].tobytes().decode())
+    meta["layers"]["conv1"]["kind"] = "FrozenDense"
+    entries["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(tmp_path / "edited.npz", **entries)
+    with pytest.raises(ValueError, match="record of layer 'conv1' is damaged"):
+        export.load(str(tmp_path / "edited.npz"), SmallCNN(nnx.Rngs(0), c=64))
