@@ -101,11 +101,11 @@ def validate_rules(rules: Any) -> list[tuple[str, Any]]:
             re.compile(pattern)
         except re.error as e:
             raise ValueError(f"partition rule regex {pattern!r} is invalid: {e}") from e
-        if isinstance(spec, str):
-            if spec not in ("replicate", "fsdp"):
-                raise ValueError(f"partition rule spec {spec!r} must be 'replicate', 'fsdp' or a "
-                                 f"tuple of mesh axes from {list(AXES)}")
-        else:
+        if not isinstance(spec, (tuple, list)) and spec not in ("replicate", "fsdp"):
+            raise ValueError(f"partition rule {pattern!r} has spec {spec!r}; valid specs: "
+                             f"'replicate', 'fsdp' or a tuple of mesh axes from {list(AXES)} "
+                             "(or None) per dimension")
+        if isinstance(spec, (tuple, list)):
             for entry in spec:
                 for name in (entry if isinstance(entry, (tuple, list)) else (entry,)):
                     if name is not None and name not in AXES:

@@ -37,6 +37,9 @@ def test_partition_rules_first_match_wins_and_indivisible_dims_stay_whole():
     assert auto["stem"]["kernel"] == P("fsdp", None)  # the largest divisible dimension
     with pytest.raises(ValueError, match="names mesh axis 'tensor'"):
         sharding.partition_specs(tree, [(".*", ("tensor",))], mesh)
+    for bad in ("replicated", None):
+        with pytest.raises(ValueError, match=r"has spec .*; valid specs: 'replicate', 'fsdp'"):
+            sharding.partition_specs(tree, [(".*", bad)], mesh)
 
 
 def float_config(mesh, rules):
