@@ -45,10 +45,16 @@ def set_dotted(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _short(key: str) -> str:
+    # The last field names the value, except "name": "model.input_quantizer.name" reads as
+    # "input_quantizer".
+    parts = key.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
+
+
 def trial_name(index: int, overrides: dict[str, Any]) -> str:
     """A readable, filesystem-safe directory name for a trial."""
-    parts = [f"{k.split('.')[-1] if k.split('.')[-1] != 'name' else k.split('.')[-2]}={v}"
-             for k, v in overrides.items()]
+    parts = [f"{_short(k)}={v}" for k, v in overrides.items()]
     return re.sub(r"[^A-Za-z0-9_.=+-]", "_", f"{index:03d}_" + ",".join(parts))[:120]
 
 

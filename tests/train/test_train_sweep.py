@@ -29,6 +29,12 @@ def test_a_two_trial_sweep_runs_end_to_end_and_writes_its_table(tmp_path):
     assert table.count("\n") == 4 and "test_top1" in table
 
 
+def test_trial_names_are_short_and_safe():
+    name = sweep.trial_name(3, {"model.input_quantizer.name": "approx_sign",
+                                "optimizer.learning_rate": 0.001, "model.hidden": (8, 8)})
+    assert name == "003_input_quantizer=approx_sign_learning_rate=0.001_hidden=_8__8_"
+
+
 def test_sweep_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="config has no field 'optimiser'"):
         sweep.set_dotted(sweep.load_config_module(CONFIG)[0].get_config(), "optimiser.lr", 1)
