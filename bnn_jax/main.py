@@ -22,6 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv) -> None:
+    """Train the configured run; config errors and diverged runs exit 1 with one message."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
