@@ -133,6 +133,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if key.endswith("quantizer") or key.endswith("constraint"):
             _check_quantizers(f"config.model.{key}", value)
     optimizers.validate(config.optimizer)
+    optimizers.build_constraints(config.constraints)  # unknown names list the valid ones
     sharding.validate_rules(config.partition_rules)
     for role, params in _fields(config.get("schedules", {})).items():
         if role not in ("input", "kernel"):
@@ -160,6 +161,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError("config.kd.enabled needs config.kd.teacher_workdir (a trained run)")
         if config.kd.kind not in KD_KINDS:
             raise ValueError(f"unknown kd kind {config.kd.kind!r}; valid kinds: {list(KD_KINDS)}")
+        if not config.kd.temperature > 0:
+            raise ValueError(f"config.kd.temperature must be positive, got "
+                             f"{config.kd.temperature!r}")
     if config.loss.name not in LOSSES:
         raise ValueError(f"unknown loss {config.loss.name!r}; valid losses: {list(LOSSES)}")
 

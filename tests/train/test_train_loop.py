@@ -121,6 +121,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     ("log_every", 0, r"config.log_every must be a positive integer, got 0"),
     ("checkpoint_every", 0, r"config.checkpoint_every must be a positive integer, got 0"),
     ("eval_every", -1, r"config.eval_every must be a non-negative integer, got -1"),
+    ("constraints", [("kernel", "weight_clipp")],
+     r"unknown quantizer 'weight_clipp'; valid names: .*weight_clip"),
 ])
 def test_config_errors_are_reported_before_anything_is_built(tmp_path, field, value, message):
     c = tiny_config()
