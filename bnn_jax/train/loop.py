@@ -253,7 +253,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f"(batch {config.data.batch_size}, mesh {dict(mesh.shape)}, {nproc} process(es))")
 
     # ------------------------------------------------------------------------------ loop --
-    writers = metrics_lib.Writers(workdir, tensorboard=config.tensorboard)
+    writers = metrics_lib.Writers(workdir, tensorboard=config.tensorboard, start_step=start)
     progress = metrics_lib.Progress(total, config.data.batch_size, start)
     batches = ds.train_batches(start)
     pending: list[tuple[int, dict]] = []  # per-step metrics not yet fetched from the device

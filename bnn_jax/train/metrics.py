@@ -26,7 +26,14 @@ def _scalar(v: Any) -> float:
 class JsonlWriter:
     """One JSON object per line: ``{"step": s, "split": "train", "loss": ..., ...}``."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, start_step: int = 0):
+        if os.path.exists(path):
+            # A resumed run repeats the steps after its checkpoint: drop their earlier lines so
+            # that every step is in the file once.
+            with open(path, encoding="utf-8") as f:
+                keep = [x for x in f if x.strip() and json.loads(x)["step"] <= start_step]
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(keep)
         self._f = open(path, "a", encoding="utf-8")
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
@@ -67,11 +74,12 @@ def tensorboard_available() -> bool:
 class Writers:
     """Fan-out to the JSONL file and, if possible and wanted, TensorBoard; only process 0 writes."""
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True):
+    def __init__(self, workdir: str, *, tensorboard: bool = True, start_step: int = 0):
         self.writers = []
         if jax.process_index() != 0:
             return
-        self.writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl")))
+        self.writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl"),
+                                        start_step=start_step))
         if tensorboard and tensorboard_available():
             self.writers.append(TensorBoardWriter(os.path.join(workdir, "tensorboard")))
 

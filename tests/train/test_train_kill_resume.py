@@ -1,6 +1,7 @@
 """Kill-and-resume exactness: SIGKILL after a checkpoint, resume, and match an unkilled run bit
 for bit (params, BatchNorm statistics, optimizer state, step, RNG)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -74,3 +75,13 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(tmp_path):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert resumed["test_loss"] == straight["test_loss"]
+    # metrics.jsonl holds each step once (the replayed steps 5..8 replace the lost run's lines)
+    # with the uninterrupted run's values.
+    logged = [train_log(killed), train_log(tmp_path / "straight")]
+    assert [s for s, _ in logged[0]] == list(range(2, STEPS + 1, 2))
+    assert logged[0] == logged[1]
+
+
+def train_log(workdir):
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [(x["step"], x["loss"]) for x in lines if x["split"] == "train"]
