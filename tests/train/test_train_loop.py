@@ -192,3 +192,19 @@ def test_learned_input_quantizer_arrays_are_created_once_and_trained(tmp_path):
 def _flat(tree):
     return {"/".join(str(getattr(p, "key", p)) for p in path): np.asarray(v)
             for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_bop_group_trains_the_binary_kernels_without_latent_weights(tmp_path):
+    c = tiny_config(steps=2, every=1)
+    c.optimizer = dict(name="adam", learning_rate=1e-2,
+                       groups=[(r"layers/\d+/kernel$", dict(name="bop", threshold=0.0,
+                                                          gamma=1.0))])
+    run(c, str(tmp_path))
+    one, two = (_flat(saved_state(tmp_path, s)["params"]) for s in (1, 2))
+    binary = [k for k in one if k.startswith("layers/") and k.endswith("/kernel")]
+    assert binary
+    for p in (one, two):
+        assert all(set(np.unique(p[k])) == {-1.0, 1.0} for k in binary)
+        assert len(np.unique(p["stem/kernel"])) > 2  # the float stem keeps Adam
+    # threshold 0, gamma 1: a weight flips wherever w * g > 0, so some of them do.
+    assert any((one[k] != two[k]).any() for k in binary)
