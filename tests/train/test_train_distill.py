@@ -44,7 +44,7 @@ def test_distributional_kd_loss_matches_numpy(tmp_path):
     s_logits = np.asarray(student(batch["image"]), np.float64)
     teacher = models.build(teacher_model, num_classes=10, input_shape=(8, 8, 1), rngs=nnx.Rngs(0))
     teacher.eval()
-    ckpt = checkpoint.Checkpointer(str(tmp_path / "teacher"), async_save=False)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "teacher"), async_save=False, read_only=True)
     saved = ckpt.restore(5, None)[0]
     ckpt.close()
     graph = nnx.split(teacher, nnx.Param, ...)[0]

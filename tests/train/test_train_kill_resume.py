@@ -51,7 +51,7 @@ CHILD = textwrap.dedent("""
 
 
 def final_state(workdir):
-    ckpt = checkpoint.Checkpointer(str(workdir), async_save=False)
+    ckpt = checkpoint.Checkpointer(str(workdir), async_save=False, read_only=True)
     try:
         return ckpt.restore(STEPS, None)[0]
     finally:

@@ -39,7 +39,7 @@ def tiny_config(steps=6, every=2):
 
 
 def saved_state(workdir, step):
-    ckpt = checkpoint.Checkpointer(str(workdir), async_save=False)
+    ckpt = checkpoint.Checkpointer(str(workdir), async_save=False, read_only=True)
     try:
         return ckpt.restore(step, None)[0]
     finally:
