@@ -197,6 +197,10 @@ class QuantLinear(_QuantizedOperands):
     def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
                  kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
         """Apply the layer; ``*_params`` override static quantizer parameters (schedules)."""
+        # Checked before the first call creates learned input arrays from x's shape.
+        check(x.ndim >= 1 and x.shape[-1] == self.in_features,
+              f"QuantLinear: input of shape {tuple(x.shape)}, the last axis must be "
+              f"in_features={self.in_features}")
         xq = self.quantize_input(x, **(input_params or {}))
         w = self.quantized_kernel(**(kernel_params or {}))
         b = self.bias[...] if self.bias is not None else None
@@ -256,7 +260,13 @@ class QuantLinearGeneral(_QuantizedOperands):
     def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
                  kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
         """Contract ``axis`` of the quantized input with the quantized kernel."""
+        check(all(-x.ndim <= a < x.ndim for a in self.axis)
+              and len({a % x.ndim for a in self.axis}) == len(self.axis),
+              f"QuantLinearGeneral: axis {self.axis} does not fit an input of rank {x.ndim}")
         axis = tuple(sorted(a % x.ndim for a in self.axis))
+        sizes = tuple(x.shape[a] for a in axis)
+        check(sizes == self.in_features, f"QuantLinearGeneral: input of shape {tuple(x.shape)} "
+              f"has sizes {sizes} on axes {axis}, expected in_features={self.in_features}")
         xq = self.quantize_input(x, **(input_params or {}))
         w = jnp.reshape(self.quantized_kernel(**(kernel_params or {})),
                         (*self.in_features, *self.out_features))
@@ -372,6 +382,9 @@ class QuantConv(_QuantizedOperands):
                  kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
         """Apply the layer; ``*_params`` override static quantizer parameters (schedules)."""
         rank = len(self.kernel_size)
+        check(x.ndim >= rank + 1 and x.shape[-1] == self.in_features,
+              f"QuantConv: input of shape {tuple(x.shape)}, expected ([batch...], "
+              f"{rank} spatial axes, in_features={self.in_features}) (channels last)")
         n_batch = x.ndim - (rank + 1)
         batch_shape = x.shape[:n_batch]
         # Any number of batch axes (also none), as nnx.Conv: flatten them into one.

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bnn_jax.nn import QuantConv, QuantEinsum, QuantLinear, apply_constraints
+from bnn_jax.nn import (QuantConv, QuantEinsum, QuantLinear, QuantLinearGeneral,
+                        apply_constraints)
 from conftest import ORACLE
 
 
@@ -385,6 +386,22 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match=r"kernel \(HWIO\) has shape \(3, 3, 4, 6\), expected "
                                          r"\(3, 3, 2, 6\)"):
         QuantConv(2, 6, (3, 3), kernel=nnx.Param(jnp.ones((3, 3, 4, 6))))
+    # A wrong input must fail before its first call creates learned arrays of its shape.
+    lin = QuantLinear(4, 2, input_quantizer="rsign", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"input of shape \(3, 5\), the last axis must be "
+                                         r"in_features=4"):
+        lin(jnp.ones((3, 5)))
+    assert lin.learned_pending() and lin(jnp.ones((3, 4))).shape == (3, 2)
+    with pytest.raises(ValueError, match=r"QuantConv: input of shape \(1, 5, 5, 3\)"):
+        QuantConv(4, 2, (3, 3), rngs=nnx.Rngs(0))(jnp.ones((1, 5, 5, 3)))
+    with pytest.raises(ValueError, match=r"QuantConv: input of shape \(5, 4\)"):
+        QuantConv(4, 2, (3, 3), rngs=nnx.Rngs(0))(jnp.ones((5, 4)))
+    gen = QuantLinearGeneral((2, 3), 4, axis=(-2, -1), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"sizes \(3, 2\) on axes \(1, 2\), expected "
+                                         r"in_features=\(2, 3\)"):
+        gen(jnp.ones((1, 3, 2)))
+    with pytest.raises(ValueError, match="does not fit an input of rank 1"):
+        gen(jnp.ones((6,)))
     # A bias of the wrong shape would broadcast silently into a wrong output.
     with pytest.raises(ValueError, match=r"QuantLinear: bias has shape \(1,\), expected \(2,\)"):
         QuantLinear(3, 2, bias=nnx.Param(jnp.ones((1,))), rngs=nnx.Rngs(0))
