@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 from typing import Any, Mapping, Sequence
 
@@ -449,6 +450,15 @@ class QuantEinsum(_QuantizedOperands):
         check((einsum_str is None) != (self.einsum_str is None),
               "give einsum_str either at construction or at call time (exactly one)")
         spec = _check_einsum(einsum_str) if einsum_str is not None else self.einsum_str
+        if self.learned_pending():
+            # The first call creates learned input arrays from x's shape: check x fits first.
+            try:
+                jax.eval_shape(functools.partial(jnp.einsum, spec),
+                               jax.ShapeDtypeStruct(x.shape, x.dtype),
+                               jax.ShapeDtypeStruct(self.kernel_shape, jnp.float32))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"QuantEinsum {spec!r}: input of shape {tuple(x.shape)} does "
+                                 f"not fit the kernel {self.kernel_shape}: {e}") from None
         xq = self.quantize_input(x, **(input_params or {}))
         w = self.quantized_kernel(**(kernel_params or {}))
         b = self.bias[...] if self.bias is not None else None

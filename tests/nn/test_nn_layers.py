@@ -402,6 +402,10 @@ def test_bad_arguments_raise_clear_errors():
         gen(jnp.ones((1, 3, 2)))
     with pytest.raises(ValueError, match="does not fit an input of rank 1"):
         gen(jnp.ones((6,)))
+    ein = QuantEinsum("btd,dk->btk", (4, 2), input_quantizer="rsign", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"input of shape \(1, 2, 5\) does not fit"):
+        ein(jnp.ones((1, 2, 5)))
+    assert ein.learned_pending() and ein(jnp.ones((1, 2, 4))).shape == (1, 2, 2)
     # A bias of the wrong shape would broadcast silently into a wrong output.
     with pytest.raises(ValueError, match=r"QuantLinear: bias has shape \(1,\), expected \(2,\)"):
         QuantLinear(3, 2, bias=nnx.Param(jnp.ones((1,))), rngs=nnx.Rngs(0))
