@@ -37,6 +37,20 @@ def _require_packed(name: str, p) -> Packed:
     return p
 
 
+def _check_call(op: str, backend: str, block_m, block_n) -> None:
+    """Validate the arguments every packed operation shares, before they become static jit
+    arguments (an unhashable or wrong block size would fail there with an unrelated message)."""
+    impl, _ = resolve(backend)
+    for name, v in (("block_m", block_m), ("block_n", block_n)):
+        if v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{op}: {name} must be a positive int or None, got {v!r}")
+        if impl == "pallas_gpu" and v & (v - 1):
+            raise ValueError(f"{op}: Triton (backend 'pallas_gpu') needs power-of-two blocks, "
+                             f"got {name}={v}")
+
+
 def _epilogue(acc, scale, bias, n: int, op: str):
     """Per-output-channel ``acc * scale + bias`` in float32 (``acc`` unchanged if both None)."""
     if scale is None and bias is None:
@@ -76,7 +90,7 @@ def packed_matmul(a: Packed, b: Packed, *, scale=None, bias=None, backend: str =
     or ``bias`` (scalars or one per output column) the result is float32.
     """
     a, b = _require_packed("a", a), _require_packed("b", b)
-    resolve(backend)
+    _check_call("packed_matmul", backend, block_m, block_n)
     return _packed_matmul_jit(a, b, scale, bias, backend, (block_m, block_n))
 
 
@@ -145,7 +159,7 @@ def packed_conv2d(x: Packed, w: Packed, *, strides=(1, 1), padding: str = "VALID
     the way the larq compute engine does), +1 or -1. {0,1} activations cannot hold -1.
     """
     x, w = _require_packed("x", x), _require_packed("w", w)
-    resolve(backend)
+    _check_call("packed_conv2d", backend, block_m, block_n)
     try:
         strides = tuple(int(s) for s in np.broadcast_to(strides, (2,)))
     except (TypeError, ValueError):
@@ -263,7 +277,7 @@ def packed_weight_matmul(x, w: Packed, *, scale=None, bias=None, preferred_eleme
     Differentiable in ``x`` (and in ``scale``/``bias``); the packed weights are constants.
     """
     w = _require_packed("w", w)
-    resolve(backend)
+    _check_call("packed_weight_matmul", backend, block_m, block_n)
     try:
         x = jnp.asarray(x)
     except TypeError as e:

@@ -110,5 +110,9 @@ def test_jit_and_bad_input():
         K.packed_matmul(pa, pb, scale=np.ones(4, np.float32))
     with pytest.raises(ValueError, match="floating"):
         K.packed_matmul(pa, pb, bias=np.ones(3, np.int32))
+    with pytest.raises(ValueError, match="block_m must be a positive int"):
+        K.packed_matmul(pa, pb, block_m=[8])
+    with pytest.raises(ValueError, match="power-of-two blocks, got block_n=24"):
+        K.packed_matmul(pa, pb, backend="pallas_gpu", block_n=24)
     with pytest.raises(ValueError, match="equal leading axes"):
         K.packed_matmul(K.pack_bits(np.ones((2, 3, 40))), K.pack_bits(np.ones((3, 40, 2)), 1))
