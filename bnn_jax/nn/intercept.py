@@ -248,9 +248,18 @@ def quantize(model: nnx.Module, rules: Iterable[Any], *, strict: bool = False) -
             paths = [*report.unmatched, *report.kept, *(h[1] for h, _ in plan)]
             raise ValueError(f"quantize rules matched no layer: {msg}; layer paths: {paths}")
         warnings.warn(f"quantize rules matched no layer (typo?): {msg}", stacklevel=2)
+    # Build every replacement before swapping any, so a rule whose params do not fit one of
+    # its layers leaves the model untouched.
+    built = []
     for (i, name), group in plan:
         old = group[0][3]
-        new = _quantized(old, rules[i])
+        try:
+            built.append((i, name, group, old, _quantized(old, rules[i])))
+        except TypeError as e:
+            raise ValueError(f"rule {i} {rules[i].pattern!r} cannot quantize {name} "
+                             f"({type(old).__name__}) with params {dict(rules[i].params)}: "
+                             f"{e}") from None
+    for i, name, group, old, new in built:
         for _, parent, key, _ in group:
             set_child(parent, key, new)
         report.replaced.append(Replacement(name, type(old).__name__, type(new).__name__, i,

@@ -179,6 +179,11 @@ def test_bad_rules_raise():
         quantize(m, [dict(pattern="stem", wieght="ste_sign")])
     with pytest.raises(ValueError, match="unknown quantizer"):
         quantize(m, [("stem", "no_such_quantizer")])
+    cnn = CNN(nnx.Rngs(0))  # pad_values fits the convs, not the Linear: nothing is swapped
+    with pytest.raises(ValueError, match=r"rule 0 '\.\*' cannot quantize fc \(Linear\) with "
+                                         r"params \{'pad_values': 1\.0\}"):
+        quantize(cnn, [(".*", "ste_sign", "ste_sign", dict(pad_values=1.0))])
+    assert type(cnn.body.layers[0]) is nnx.Conv and type(cnn.fc) is nnx.Linear
     with pytest.raises(ValueError, match="wrap a bare layer"):
         quantize(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), [(".*", "ste_sign")])
     jax.clear_caches()
