@@ -9,6 +9,7 @@ For quantizers without learned state, quantization is just a change of the primi
 The same functions work for ``nnx.Linear(dot_general=...)`` and
 ``nnx.Conv(conv_general_dilated=...)``. The first operand (``lhs``) is the layer input and the
 second (``rhs``) the kernel, as Flax's Dense, DenseGeneral, Conv and Einsum call them.
+Schedule values set with :func:`bnn_jax.nn.quant_params` (ReSTE's ``o``, ...) reach them too.
 Quantizers with learned arrays (LSQ steps, RSign shifts, ...) need somewhere to keep them: use
 :class:`bnn_jax.nn.QuantLinear` or :func:`bnn_jax.nn.quantize` instead.
 """
@@ -20,7 +21,7 @@ from typing import Any
 from jax import lax
 import jax.numpy as jnp
 
-from bnn_jax.nn.layers import as_quantizer
+from bnn_jax.nn.layers import _scheduled, as_quantizer
 from bnn_jax.quant.registry import check
 
 
@@ -33,8 +34,10 @@ def _stateless(spec: Any, role: str):
     return q
 
 
-def _apply(q, x):
-    return x if q is None else q(x)
+def _apply(q, x, role: str):
+    # Schedule values given with bnn_jax.nn.quant_params reach these layers as they reach the
+    # NNX ones (ReSTE's o, ...).
+    return x if q is None else q(x, **_scheduled(role, q, {}))
 
 
 def quantized_dot_general(input_quantizer: Any = None, kernel_quantizer: Any = None):
@@ -44,9 +47,9 @@ def quantized_dot_general(input_quantizer: Any = None, kernel_quantizer: Any = N
 
     def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
                     **kwargs):
-        return lax.dot_general(_apply(qi, lhs), _apply(qk, rhs), dimension_numbers,
-                               precision=precision, preferred_element_type=preferred_element_type,
-                               **kwargs)
+        return lax.dot_general(_apply(qi, lhs, "input"), _apply(qk, rhs, "kernel"),
+                               dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type, **kwargs)
 
     dot_general.input_quantizer, dot_general.kernel_quantizer = qi, qk
     return dot_general
@@ -67,7 +70,7 @@ def quantized_conv_general_dilated(input_quantizer: Any = None, kernel_quantizer
                              rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                              batch_group_count=1, precision=None, preferred_element_type=None,
                              **kwargs):
-        x, w = _apply(qi, lhs), _apply(qk, rhs)
+        x, w = _apply(qi, lhs, "input"), _apply(qk, rhs, "kernel")
         if pad_values != 0.0:
             check(lhs_dilation is None or all(d == 1 for d in lhs_dilation),
                   "pad_values other than 0 cannot be combined with lhs_dilation")

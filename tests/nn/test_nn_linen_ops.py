@@ -109,3 +109,27 @@ def test_learned_quantizers_are_refused():
         quantized_dot_general(q, None)
     with pytest.raises(ValueError, match="unknown quantizer"):
         quantized_conv_general_dilated("ste_sgn")
+
+
+def test_schedule_values_reach_the_linen_primitives():
+    # ReSTE's o, set with quant_params around the call, changes the kernel's surrogate gradient.
+    from bnn_jax.nn import quant_params
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((4, 6)).astype(np.float32))
+    dense = linen.Dense(5, use_bias=False, dot_general=quantized_dot_general(None, "reste"))
+    params = dense.init(jax.random.key(0), x)
+    w = np.asarray(params["params"]["kernel"], np.float64)
+
+    @jax.jit
+    def grad(params, o):
+        with quant_params(kernel=dict(o=o)):
+            return jax.grad(lambda p: jnp.sum(dense.apply(p, x)))(params)["params"]["kernel"]
+
+    a = np.abs(w)
+    for o in (1.0, 3.0):
+        # ReSTE's derivative: (1/o)|w|^((1-o)/o), constant below 0.1, zero beyond 1.5.
+        h = np.where(a <= 1.5, np.where(a <= 0.1, 0.1 ** (1 / o) / 0.1,
+                                        (1 / o) * np.maximum(a, 0.1) ** ((1 - o) / o)), 0)
+        want = np.asarray(x).sum(0)[:, None] * h
+        np.testing.assert_allclose(grad(params, jnp.float32(o)), want, rtol=1e-5, atol=1e-6)
