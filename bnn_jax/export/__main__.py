@@ -73,7 +73,7 @@ def restore_model(workdir: str):
         # Learned input-quantizer arrays (RSign shifts, LSQ steps) appear on the first call, as
         # in the training loop; create them so the checkpoint's trained values have a place.
         nn.initialize(model, jnp.asarray(next(iter(ds.eval_batches()))["image"]))
-    ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
+    ckpt = ckpt_lib.Checkpointer(workdir, async_save=False, read_only=True)  # never alter the run
     try:
         got = ckpt.restore_latest(None)  # the raw saved tree; matched to the model below
     finally:
