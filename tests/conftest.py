@@ -7,10 +7,25 @@ import pathlib
 # Eight simulated CPU devices for the sharding tests; must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
+import re
+
+import jax
 import numpy as np
 import pytest
 
+# Reference values in the tests are float32 sums: keep matmuls and convs in full float32 on
+# accelerators too (TF32/bf16 passes, a GPU default, would miss the tolerances). No-op on CPU.
+jax.config.update("jax_default_matmul_precision", "highest")
+
 DATA = pathlib.Path(__file__).parent / "data"
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_python_blocks(start: str, end: str) -> list[str]:
+    """The ```python blocks of README.md between two markers, for tests that run them."""
+    text = README.read_text()
+    return re.findall(r"```python\n(.*?)```", text[text.index(start):text.index(end)],
+                      flags=re.S)
 
 
 def _load_oracle():

@@ -1,19 +1,14 @@
 """The README section "Deploy: packed bits, ..." runs as written and computes what it says."""
 
 import os
-import pathlib
-import re
 
 import numpy as np
+from conftest import README, readme_python_blocks
 
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _deploy_blocks():
-    text = README.read_text()
-    part = text[text.index("<!-- section:deploy:start -->"):
-                text.index("<!-- section:deploy:end -->")]
-    return re.findall(r"```python\n(.*?)```", part, flags=re.S)
+    return readme_python_blocks("<!-- section:deploy:start -->", "<!-- section:deploy:end -->")
 
 
 def test_readme_deploy_section_runs(capsys):

@@ -10,12 +10,6 @@ from bnn_jax.nn import (DPReLU, LearnableBias, QuantConv, RPReLU, RSign, Squeeze
                         hard_sigmoid, quantize)
 
 
-@pytest.fixture(autouse=True)
-def _full_float32_matmuls():
-    # Reference values are float32 sums; TF32 matmuls (GPU default) would miss the tolerances.
-    with jax.default_matmul_precision("highest"):
-        yield
-
 RNG = np.random.default_rng(0)
 
 

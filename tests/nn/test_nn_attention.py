@@ -10,12 +10,6 @@ from bnn_jax.nn.attention import (BiAttention, BiPFTAttention, MultiHeadAttentio
                                   QKReparamAttention, SABAttention)
 
 
-@pytest.fixture(autouse=True)
-def _full_float32_matmuls():
-    # Reference values are float32 sums; TF32 matmuls (GPU default) would miss the tolerances.
-    with jax.default_matmul_precision("highest"):
-        yield
-
 # An odd input width: a projection of sign(x) sums an odd number of +-1 terms and is never an
 # exact 0, whose sign float32 rounding would decide. Scores sum an even number (ties do occur).
 B, N, D, F, H = 2, 3, 9, 8, 2

@@ -11,12 +11,6 @@ from bnn_jax.nn import (QuantConv, QuantEinsum, QuantLinear, QuantLinearGeneral,
 from conftest import ORACLE
 
 
-@pytest.fixture(autouse=True)
-def _full_float32_matmuls():
-    # Reference values are float32 sums; TF32 matmuls (GPU default) would miss the tolerances.
-    with jax.default_matmul_precision("highest"):
-        yield
-
 BIN = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign", kernel_constraint="weight_clip")
 
 

@@ -12,12 +12,6 @@ from bnn_jax.nn.linen import quantized_conv_general_dilated, quantized_dot_gener
 from bnn_jax.quant.registry import Quantizer
 
 
-@pytest.fixture(autouse=True)
-def _full_float32_matmuls():
-    # Reference values are float32 sums; TF32 matmuls (GPU default) would miss the tolerances.
-    with jax.default_matmul_precision("highest"):
-        yield
-
 
 def _sign(a):
     return np.where(np.asarray(a) >= 0, 1.0, -1.0).astype(np.float32)

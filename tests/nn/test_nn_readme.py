@@ -1,28 +1,17 @@
 """The README section "Use bnn_jax quantizers in your own Flax model" runs as written."""
 
-import pathlib
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
+from conftest import README, readme_python_blocks
 from flax import nnx
 
 
-@pytest.fixture(autouse=True)
-def _full_float32_matmuls():
-    # Reference values are float32 sums; TF32 matmuls (GPU default) would miss the tolerances.
-    with jax.default_matmul_precision("highest"):
-        yield
-
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _nn_blocks():
-    text = README.read_text()
-    part = text[text.index("<!-- section:nn:start -->"):text.index("<!-- section:nn:end -->")]
-    return re.findall(r"```python\n(.*?)```", part, flags=re.S)
+    return readme_python_blocks("<!-- section:nn:start -->", "<!-- section:nn:end -->")
 
 
 def test_readme_nn_section_runs(capsys):

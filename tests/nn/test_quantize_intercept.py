@@ -12,12 +12,6 @@ from flax import nnx
 from bnn_jax.nn import QuantConv, QuantEinsum, QuantLinear, Rule, quant_params, quantize
 
 
-@pytest.fixture(autouse=True)
-def _full_float32_matmuls():
-    # Reference values are float32 sums; TF32 matmuls (GPU default) would miss the tolerances.
-    with jax.default_matmul_precision("highest"):
-        yield
-
 
 def _sign(a):
     return np.where(np.asarray(a) >= 0, 1.0, -1.0).astype(np.float32)

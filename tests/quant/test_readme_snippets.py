@@ -1,19 +1,10 @@
 """The README's quantizer and Bop examples run as written."""
 
-import pathlib
-import re
-
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
-
-
-def python_blocks_between(start, end):
-    text = README.read_text()
-    part = text[text.index(start):text.index(end)]
-    return re.findall(r"```python\n(.*?)```", part, flags=re.S)
+from conftest import README, readme_python_blocks
 
 
 def test_quantizer_and_bop_examples_run():
-    blocks = python_blocks_between("<!-- quantizer-table:end -->", "<!-- section:nn:start -->")
+    blocks = readme_python_blocks("<!-- quantizer-table:end -->", "<!-- section:nn:start -->")
     assert len(blocks) == 2
     scope = {}
     for block in blocks:
