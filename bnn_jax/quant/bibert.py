@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from bnn_jax.quant.core import (SIGN_ZERO, clipped_ste, clipped_ste_derivative, estimator,
                                 exact_div, mean, per_channel_axes, sign_of)
-from bnn_jax.quant.registry import check, check_choice, register
+from bnn_jax.quant.registry import (check, check_choice, check_sign_zero, register)
 
 MASK_VALUE = -10000.0  # BERT's additive attention mask for padded keys
 
@@ -52,11 +52,8 @@ def additive_mask(mask, dtype):
 def _check_weight(channel_axis=-1, sign_zero=0):
     check(channel_axis is None or isinstance(channel_axis, int),
           f"channel_axis must be an int or None, got {channel_axis!r}")
-    check_choice("sign_zero", sign_zero, SIGN_ZERO)
+    check_sign_zero(sign_zero)
 
-
-def _check_sign_zero(sign_zero=0):
-    check_choice("sign_zero", sign_zero, SIGN_ZERO)
 
 
 @register("bibert_weight", validate=_check_weight,
@@ -76,7 +73,7 @@ def bibert_weight(x, *, channel_axis=-1, sign_zero=0):
     return _WEIGHT_SIGN[sign_zero](centred, alpha)
 
 
-@register("bibert_act", validate=_check_sign_zero,
+@register("bibert_act", validate=check_sign_zero,
           paper="BiBERT: Accurate Fully Binarized BERT (Qin et al., ICLR 2022)",
           formula="sign(x), sign(0)=0 (sign_zero=1: +1), no scale; g·1[|x| ≤ 1] (clamp detach "
                   "trick)",

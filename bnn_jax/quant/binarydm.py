@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from bnn_jax.quant.core import (SIGN_ZERO, clipped_ste, exact_div, grad_scale, mean,
                                 per_channel_axes, sign_of)
 from bnn_jax.quant.lsq import levels, round_clip
-from bnn_jax.quant.registry import check, check_choice, check_int_range, register
+from bnn_jax.quant.registry import (check, check_choice, check_int_range, check_sign_zero, register)
 
 # BinaryQuantize: sign with the gradient zeroed only where |x| > 1.
 _SIGN = {z: clipped_ste(sign_of(z)) for z in SIGN_ZERO}
@@ -58,7 +58,7 @@ def lmb_init(x, order: int = 2, channel_axis: int = -1, sign_zero: int = 0) -> d
 
 def _check_axis(channel_axis=-1, sign_zero=0, **kw):
     check(isinstance(channel_axis, int), f"channel_axis must be an int, got {channel_axis!r}")
-    check_choice("sign_zero", sign_zero, SIGN_ZERO)
+    check_sign_zero(sign_zero)
     if "dynamic_scale" in kw:
         check_choice("dynamic_scale", kw["dynamic_scale"], (True, False))
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from bnn_jax.quant.bibert import additive_mask
 from bnn_jax.quant.core import SIGN_ZERO, exact_div, identity_ste, mean, sign_of
-from bnn_jax.quant.registry import check, check_choice, register
+from bnn_jax.quant.registry import (check, check_choice, check_sign_zero, register)
 from bnn_jax.quant.tbt import elastic_init, elastic_quantize
 
 ESTIMATORS = ("q_p", "k_p", "q_m", "k_m", "v_p")
@@ -48,11 +48,8 @@ _BWN = {(layerwise, z): identity_ste(lambda w, lw=layerwise, sz=z: _bwn_forward(
 
 def _check_weight(layerwise=True, sign_zero=0):
     check_choice("layerwise", layerwise, (True, False))
-    check_choice("sign_zero", sign_zero, SIGN_ZERO)
+    check_sign_zero(sign_zero)
 
-
-def _check_sign_zero(sign_zero=0):
-    check_choice("sign_zero", sign_zero, SIGN_ZERO)
 
 
 @register("bipft_weight", validate=_check_weight,
@@ -72,7 +69,7 @@ def _act_init(x, sign_zero=0):
     return {"alpha": elastic_init(x + shift, bits=1, signed=True), "shift": shift}
 
 
-@register("bipft_act", init=_act_init, validate=_check_sign_zero,
+@register("bipft_act", init=_act_init, validate=check_sign_zero,
           paper="BiPFT: Binary Pre-trained Foundation Transformer (Xing et al., AAAI 2024)",
           formula="α·sign(x + b), sign(0)=0 (sign_zero=1: +1), learned scalar α "
                   "(α₀ = 2·mean|x|) and per-feature b (b₀ = 0); g·1[|x+b| ≤ α], "

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnn_jax.quant.core import SIGN_ZERO, exact_div, identity_ste, per_channel_axes, sign_of
-from bnn_jax.quant.registry import check, check_choice, register
+from bnn_jax.quant.registry import (check, check_choice, check_sign_zero, register)
 
 # --------------------------------------------------------------------------------------------
 # 8-bit per-row asymmetric fake quantization
@@ -134,7 +134,7 @@ def _check_qat(salient_fraction=0.1, scale_granularity="matrix", train_salient=F
     check_choice("train_salient", train_salient, (False, True))
     check_choice("salient_quant", salient_quant, ("prequantized", "fake_quant"))
     check_choice("count_rule", count_rule, ("exact", "code"))
-    check_choice("sign_zero", sign_zero, SIGN_ZERO)
+    check_sign_zero(sign_zero)
 
 
 def _qat_init(x, salient_fraction=0.1, count_rule="exact", **_):
@@ -221,7 +221,7 @@ def gptq_pb(kernel, x, *, salient_fraction: float, saliency: str = "magnitude",
     kernel and mask in ``[in, out]`` layout and GPTQ's summed ``(w − q)²/U_ii²/2``.
     ``sign_zero``: value of the binarizer's sign at 0 (reference ``torch.sign``: 0; 1 for +1).
     """
-    check_choice("sign_zero", sign_zero, SIGN_ZERO)
+    check_sign_zero(sign_zero)
     check_choice("saliency", saliency, ("magnitude", "hessian"))
     check_choice("binarizer_stats", binarizer_stats, ("code", "masked"))
     check_choice("count_rule", count_rule, ("exact", "code"))

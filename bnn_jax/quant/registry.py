@@ -186,6 +186,12 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
     check(value in choices, f"{name} must be one of {list(choices)}, got {value!r}")
 
 
+def check_sign_zero(sign_zero: Any = 0) -> None:
+    """Reject a ``sign_zero`` (the value a method's sign gives at 0) other than 0 or 1."""
+    check(sign_zero in (0, 1) and not isinstance(sign_zero, bool),
+          f"sign_zero must be one of [0, 1] (the value of sign(0)), got {sign_zero!r}")
+
+
 def check_int_range(name: str, value: Any, lo: int, hi: int) -> None:
     """Reject a parameter that is not an integer in [lo, hi]."""
     check(isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi,

@@ -26,9 +26,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from bnn_jax.quant.core import (SIGN_ZERO, estimator, exact_div, identity_ste, mean,
+from bnn_jax.quant.core import (estimator, exact_div, identity_ste, mean,
                                 per_channel_axes, sign_of, straight_through)
-from bnn_jax.quant.registry import check, check_choice, check_int_range, check_positive, register
+from bnn_jax.quant.registry import (check, check_choice, check_int_range, check_positive,
+                                    check_sign_zero, register)
 
 ELASTIC_EPS = 1e-5
 
@@ -42,7 +43,7 @@ _identity = identity_ste(lambda w, q: q)
 
 def _check_weight(bits=1, channel_axis=-1, sign_zero=0):
     check_choice("bits", bits, (1, 2))
-    check_choice("sign_zero", sign_zero, SIGN_ZERO)
+    check_sign_zero(sign_zero)
     check(channel_axis is None or isinstance(channel_axis, int),
           f"channel_axis must be an int or None, got {channel_axis!r}")
 
@@ -156,7 +157,7 @@ def elastic_quantize(x, alpha, *, bits: int = 1, signed: bool = True,
 def _check_act(bits=1, signed=True, sign_zero=0):
     check_choice("bits", bits, (1, 2))
     check_choice("signed", signed, (True, False))
-    check_choice("sign_zero", sign_zero, SIGN_ZERO)
+    check_sign_zero(sign_zero)
 
 
 def _act_init(x, bits=1, signed=True, sign_zero=0):

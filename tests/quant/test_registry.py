@@ -47,6 +47,8 @@ def test_unknown_parameter_lists_valid_parameters():
     ("ste_tern", {"ternary_weight_networks": "yes"}, "ternary_weight_networks"),
     ("leaky_tanh", {"alpha": -0.2}, "alpha"),
     ("noop", {"precision": 0}, "precision"),
+    ("bibert_act", {"sign_zero": True}, r"sign_zero must be one of \[0, 1\]"),
+    ("tbt_weight", {"sign_zero": 2}, r"sign_zero must be one of \[0, 1\]"),
 ])
 def test_invalid_values_are_rejected(name, params, pattern):
     with pytest.raises(ValueError, match=pattern):
