@@ -16,6 +16,9 @@ from typing import Any
 MODELS = {
     "mlp": "mlp",
     "digits_cnn": "digits_cnn",
+    "quicknet": "quicknet",
+    "quicknet_small": "variants.quicknet_small",
+    "quicknet_large": "variants.quicknet_large",
 }
 
 
