@@ -54,6 +54,7 @@ class Layer:
     ace: float = 0.0
     bops: int = 0
     scalar_ops: int = 0
+    folded: int = 0  # BatchNorm scale/bias values larq folds away (not in params)
 
     @property
     def total_params(self) -> int:
@@ -99,6 +100,10 @@ class Cost:
             "macs": total_macs,
             "macs_by_precision": {f"{p:g}": n for p, n in sorted(macs.items())},
             "binarized_mac_ratio": macs.get(1, 0) / max(total_macs, 1),
+            # Every array, BatchNorm scale/bias included (Keras' count_params; the convention of
+            # the older larq summaries quoted in several larq-zoo docstrings).
+            "all_arrays": params + sum(r.folded for r in ls),
+            "all_arrays_memory_bytes": (mem + FLOAT_BITS * sum(r.folded for r in ls)) / 8,
             "ace": sum(r.ace for r in ls),
             "scalar_ops": sum(r.scalar_ops for r in ls),
             "bops": bops,
@@ -165,6 +170,7 @@ def _layer(path: str, node: nnx.Module, calls: list, float_bits: float) -> Layer
                 tuple(calls[0][2][1:]) if calls and calls[0][2] is not None else None)
     if isinstance(node, NORM_LAYERS):
         # larq folds gamma into the moving variance and beta into the moving mean.
+        row.folded = sum(math.prod(v.shape) for k, v in own.items() if k in ("scale", "bias"))
         own = {k: v for k, v in own.items() if k not in ("scale", "bias")}
     for name, var in own.items():
         n = math.prod(var.shape)

@@ -19,6 +19,18 @@ MODELS = {
     "quicknet": "quicknet",
     "quicknet_small": "variants.quicknet_small",
     "quicknet_large": "variants.quicknet_large",
+    "resnet_e": "resnet_e",
+    "binary_resnet_e18": "variants.binary_resnet_e18",
+    "birealnet": "variants.birealnet",
+    "alexnet": "alexnet",
+    "binary_alexnet": "variants.binary_alexnet",
+    "xnornet": "variants.xnornet",
+    "dorefanet": "variants.dorefanet",
+    "densenet": "densenet",
+    "binary_densenet28": "variants.binary_densenet28",
+    "binary_densenet37": "variants.binary_densenet37",
+    "binary_densenet37_dilated": "variants.binary_densenet37_dilated",
+    "binary_densenet45": "variants.binary_densenet45",
 }
 
 
