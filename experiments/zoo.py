@@ -1,0 +1,128 @@
+"""larq-zoo parity: our cost analysis of every larq-zoo network at 224x224x3, 1000 classes,
+against the numbers larq-zoo publishes.
+
+  PYTHONPATH=. python experiments/zoo.py   # writes results/zoo.json, then zoo.md from it
+
+References (read from larq/zoo at commit 77c5853f, the "# ImageNet Metrics" table of each
+model function's docstring, and from the larq/docs pull request 85 "Update weight and
+parameter counts in documentation", which prints larq's summary of two DenseNets). The
+docstring tables of QuickNet* give the counts of today's larq summary (BatchNorm scale/bias
+folded into the moving statistics); those of the literature models give every array
+(BatchNorm scale/bias included, Keras' count_params) and the memory of those arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from flax import nnx
+
+from bnn_jax import models
+from bnn_jax.analysis import cost
+
+HERE = pathlib.Path(__file__).parent
+DOC = "larq/zoo@77c5853f {file} docstring"
+
+# name: (docstring parameters, docstring memory in MB (= MiB), convention, source file)
+DOCSTRING = {
+    "quicknet_small": (12_655_688, 4.00, "summary", "larq_zoo/sota/quicknet.py"),
+    "quicknet": (13_234_088, 4.17, "summary", "larq_zoo/sota/quicknet.py"),
+    "quicknet_large": (23_342_248, 5.40, "summary", "larq_zoo/sota/quicknet.py"),
+    "birealnet": (11_699_112, 4.03, "all_arrays", "larq_zoo/literature/birealnet.py"),
+    "binary_resnet_e18": (11_699_368, 4.03, "all_arrays", "larq_zoo/literature/resnet_e.py"),
+    "binary_densenet28": (5_150_504, 4.12, "all_arrays", "larq_zoo/literature/densenet.py"),
+    "binary_densenet37": (8_734_120, 5.25, "all_arrays", "larq_zoo/literature/densenet.py"),
+    "binary_densenet37_dilated": (8_734_120, 5.25, "all_arrays",
+                                  "larq_zoo/literature/densenet.py"),
+    "binary_densenet45": (13_939_240, 7.54, "all_arrays", "larq_zoo/literature/densenet.py"),
+    "meliusnet22": (6_944_584, 3.88, "all_arrays", "larq_zoo/literature/meliusnet.py"),
+    "real_to_binary_net": (11_995_624, 5.13, "all_arrays",
+                           "larq_zoo/literature/real_to_bin_nets.py"),
+    "xnornet": (62_396_768, 22.81, "all_arrays", "larq_zoo/literature/xnornet.py"),
+    "dorefanet": (62_403_912, 22.84, "all_arrays", "larq_zoo/literature/dorefanet.py"),
+    "binary_alexnet": (61_859_192, 7.49, "all_arrays", "larq_zoo/literature/binary_alex_net.py"),
+}
+
+# larq summaries printed in larq/docs pull request 85 (rounded as larq prints them).
+SUMMARY = {
+    "binary_densenet45": dict(total_params="13.9 M", non_trainable="49.7 k",
+                              size_mib=7.35, macs="6.67 B", binarized=0.9634),
+    "binary_densenet37_dilated": dict(total_params="8.7 M", non_trainable="31.9 k",
+                                      size_mib=5.13, macs="8.23 B", binarized=0.9450),
+}
+
+
+def measure(name: str) -> dict:
+    """Our totals for ``name`` at 224x224x3, 1000 classes (built abstractly)."""
+    model = nnx.eval_shape(lambda: models.build(dict(name=name), num_classes=1000,
+                                                input_shape=(224, 224, 3), rngs=nnx.Rngs(0)))
+    return cost.analyze(model, (224, 224, 3)).totals()
+
+
+def run() -> dict:
+    out = {}
+    for name, (params, mb, convention, src) in DOCSTRING.items():
+        row = dict(reference=dict(params=params, memory_mib=mb, convention=convention,
+                                  source=DOC.format(file=src)))
+        if name in SUMMARY:
+            row["reference"]["summary"] = {**SUMMARY[name], "source": "larq/docs pull 85"}
+        if name in models.names():
+            row["ours"] = measure(name)
+        out[name] = row
+    return out
+
+
+def render(results: dict) -> str:
+    """The markdown table of ``results`` (the json written by :func:`run`)."""
+    lines = [
+        "# larq-zoo parity (224x224x3, 1000 classes)", "",
+        "Written by `experiments/zoo.py` from `experiments/results/zoo.json`. `params` and "
+        "`MiB` compare with the larq-zoo docstring in its convention: *summary* = larq's "
+        "summary (BatchNorm scale/bias folded), *all arrays* = every array (Keras "
+        "count_params). MACs and binarized ratio are ours; where larq/docs pull 85 printed "
+        "larq's summary, its values are in the last column.", "",
+        "| model | convention | params (ours) | params (larq) | MiB (ours) | MiB (larq) | "
+        "MACs (ours) | binarized (ours) | ACE (ours) | larq summary | match |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in results.items():
+        ref = row["reference"]
+        if "ours" not in row:
+            lines.append(f"| {name} | {ref['convention']} | not built | {ref['params']:,} | - | "
+                         f"{ref['memory_mib']:.2f} | - | - | - | - | no |")
+            continue
+        t = row["ours"]
+        key = "total_params" if ref["convention"] == "summary" else "all_arrays"
+        mem_key = "memory_bytes" if ref["convention"] == "summary" else "all_arrays_memory_bytes"
+        mib = t[mem_key] / 2 ** 20
+        ok = t[key] == ref["params"] and round(mib, 2) == ref["memory_mib"]
+        s = ref.get("summary")
+        stext = "-"
+        if s:
+            stext = (f"{s['total_params']}, {s['size_mib']:.2f} MiB, {s['macs']} MACs, "
+                     f"{s['binarized']:.4f}")
+            ok = ok and (round(t["memory_bytes"] / 2 ** 20, 2) == s["size_mib"]
+                         and cost._num(t["macs"]) == s["macs"]
+                         and f"{t['binarized_mac_ratio']:.4f}" == f"{s['binarized']:.4f}")
+        lines.append(
+            f"| {name} | {ref['convention'].replace('_', ' ')} | {t[key]:,} | "
+            f"{ref['params']:,} | {mib:.2f} | {ref['memory_mib']:.2f} | {cost._num(t['macs'])} | "
+            f"{t['binarized_mac_ratio']:.4f} | {cost._num(t['ace'])} | {stext} | "
+            f"{'yes' if ok else 'NO'} |")
+    lines += ["", "ACE: PokeBNN's sum of MACs x weight bits x input bits, float operands at 16 "
+              "bits (AQT's bfloat16 cost model)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    results = run()
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "zoo.json").write_text(json.dumps(results, indent=1) + "\n")
+    (HERE / "zoo.md").write_text(render(json.loads((HERE / "results" / "zoo.json").read_text())))
+    print((HERE / "zoo.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
