@@ -143,3 +143,24 @@ def test_cli_rejects_unknown_model():
                         "--input-shape", "8,8,1", "--num-classes", "10"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "valid models" in r.stderr
+
+
+def test_run_summary_carries_the_cost_table():
+    import ml_collections
+
+    from bnn_jax import models
+    from bnn_jax.analysis import summary
+
+    model = nnx.eval_shape(lambda: models.build(dict(name="binary_alexnet"), num_classes=10,
+                                                input_shape=(64, 64, 3), rngs=nnx.Rngs(0)))
+    rows = summary.summarize(model)
+    assert rows.cost is not None
+    cfg = ml_collections.ConfigDict(dict(model=dict(name="binary_alexnet"),
+                                         data=dict(name="synthetic")))
+    md = summary.run_summary_markdown(cfg, {"test_top1": 0.5}, rows)
+    assert "## Cost (per example, larq summary accounting)" in md
+    assert f"| Number of MACs | {cost._num(rows.cost.totals()['macs'])} |" in md
+    # a model without input_shape (the digits CNN) keeps the old summary
+    plain = summary.summarize(models.build(dict(name="digits_cnn"), num_classes=10,
+                                           input_shape=(8, 8, 1), rngs=nnx.Rngs(0)))
+    assert plain.cost is None
