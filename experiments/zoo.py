@@ -1,7 +1,8 @@
 """larq-zoo parity: our cost analysis of every larq-zoo network at 224x224x3, 1000 classes,
 against the numbers larq-zoo publishes.
 
-  PYTHONPATH=. python experiments/zoo.py   # writes results/zoo.json, then zoo.md from it
+  PYTHONPATH=. python experiments/zoo.py   # writes results/zoo.json, then zoo.md and the
+                                           # README "Model zoo" table from it
 
 References (read from larq/zoo at commit 77c5853f, the "# ImageNet Metrics" table of each
 model function's docstring, and from the larq/docs pull request 85 "Update weight and
@@ -115,11 +116,51 @@ def render(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PAPERS = {
+    "quicknet_small": "QuickNet (Bannink et al. 2021)",
+    "quicknet": "QuickNet (Bannink et al. 2021)",
+    "quicknet_large": "QuickNet (Bannink et al. 2021)",
+    "birealnet": "Bi-Real Net (Liu et al. 2018)",
+    "binary_resnet_e18": "Back to Simplicity (Bethge et al. 2019)",
+    "binary_densenet28": "Back to Simplicity (Bethge et al. 2019)",
+    "binary_densenet37": "Back to Simplicity (Bethge et al. 2019)",
+    "binary_densenet37_dilated": "Back to Simplicity (Bethge et al. 2019)",
+    "binary_densenet45": "Back to Simplicity (Bethge et al. 2019)",
+    "xnornet": "XNOR-Net (Rastegari et al. 2016)", "dorefanet": "DoReFa-Net (Zhou et al. 2016)",
+    "binary_alexnet": "BNN (Hubara et al. 2016)",
+}
+
+
+def readme_table(results: dict) -> str:
+    """The README "Model zoo" table (built networks only), from the same results."""
+    lines = ["| model | paper | params | memory | MACs | binarized | ACE |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in results.items():
+        if "ours" not in row:
+            continue
+        t = row["ours"]
+        lines.append(f"| `{name}` | {PAPERS[name]} | {cost._num(t['total_params'])} | "
+                     f"{cost._mem(t['memory_bytes'])} | {cost._num(t['macs'])} | "
+                     f"{t['binarized_mac_ratio']:.4f} | {cost._num(t['ace'])} |")
+    return "\n".join(lines)
+
+
+def write_readme(results: dict) -> None:
+    """Replace the table between README's model-zoo markers."""
+    path = HERE.parent / "README.md"
+    text = path.read_text()
+    start, end = "<!-- model-zoo:start -->\n", "\n<!-- model-zoo:end -->"
+    i, j = text.index(start) + len(start), text.index(end)
+    path.write_text(text[:i] + readme_table(results) + text[j:])
+
+
 def main() -> int:
     results = run()
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "zoo.json").write_text(json.dumps(results, indent=1) + "\n")
-    (HERE / "zoo.md").write_text(render(json.loads((HERE / "results" / "zoo.json").read_text())))
+    saved = json.loads((HERE / "results" / "zoo.json").read_text())
+    (HERE / "zoo.md").write_text(render(saved))
+    write_readme(saved)
     print((HERE / "zoo.md").read_text())
     return 0
 

@@ -109,3 +109,19 @@ def test_unknown_arch_and_bad_fields_are_rejected():
                      input_shape=(224, 224, 3), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="unknown field"):
         models.validate(dict(name="quicknet", width=3))
+
+
+def test_readme_zoo_table_is_rendered_from_the_results():
+    import importlib.util
+    import json
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("zoo_experiment", root / "experiments/zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    results = json.loads((root / "experiments/results/zoo.json").read_text())
+    assert zoo.readme_table(results) in (root / "README.md").read_text()
+    assert zoo.render(results) == (root / "experiments/zoo.md").read_text()
+    for name, params, _, kind in DOCSTRINGS:  # the committed results are the parity ones
+        assert results[name]["ours"][kind] == params
