@@ -8,9 +8,11 @@ References (read from larq/zoo at commit 77c5853f, the "# ImageNet Metrics" tabl
 model function's docstring, and from the larq/docs pull request 85 "Update weight and
 parameter counts in documentation", which prints larq's summary of two DenseNets). The
 docstring tables of QuickNet* give the counts of today's larq summary (BatchNorm scale/bias
-folded into the moving statistics); those of the literature models give every array
-(BatchNorm scale/bias included, Keras' count_params) and the memory of those arrays.
+folded into the moving statistics), as does MeliusNet22's; those of the other literature
+models give every array (BatchNorm scale/bias included, Keras' count_params) and the memory of
+those arrays; RealToBinaryNet's gives every array but the summary's memory ("mixed").
 """
+
 
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ from bnn_jax import models
 from bnn_jax.analysis import cost
 
 HERE = pathlib.Path(__file__).parent
+# convention -> (params key, memory key) of our totals
+KEYS = {"summary": ("total_params", "memory_bytes"),
+        "all_arrays": ("all_arrays", "all_arrays_memory_bytes"),
+        "mixed": ("all_arrays", "memory_bytes")}
 DOC = "larq/zoo@77c5853f {file} docstring"
 
 # name: (docstring parameters, docstring memory in MB (= MiB), convention, source file)
@@ -38,9 +44,9 @@ DOCSTRING = {
     "binary_densenet37_dilated": (8_734_120, 5.25, "all_arrays",
                                   "larq_zoo/literature/densenet.py"),
     "binary_densenet45": (13_939_240, 7.54, "all_arrays", "larq_zoo/literature/densenet.py"),
-    "meliusnet22": (6_944_584, 3.88, "all_arrays", "larq_zoo/literature/meliusnet.py"),
-    "real_to_binary_net": (11_995_624, 5.13, "all_arrays",
-                           "larq_zoo/literature/real_to_bin_nets.py"),
+    "meliusnet22": (6_944_584, 3.88, "summary", "larq_zoo/literature/meliusnet.py"),
+    # parameters of every array, memory of larq's summary (as the docstring's two numbers match)
+    "real_to_binary_net": (11_995_624, 5.13, "mixed", "larq_zoo/literature/real_to_bin_nets.py"),
     "xnornet": (62_396_768, 22.81, "all_arrays", "larq_zoo/literature/xnornet.py"),
     "dorefanet": (62_403_912, 22.84, "all_arrays", "larq_zoo/literature/dorefanet.py"),
     "binary_alexnet": (61_859_192, 7.49, "all_arrays", "larq_zoo/literature/binary_alex_net.py"),
@@ -82,7 +88,8 @@ def render(results: dict) -> str:
         "Written by `experiments/zoo.py` from `experiments/results/zoo.json`. `params` and "
         "`MiB` compare with the larq-zoo docstring in its convention: *summary* = larq's "
         "summary (BatchNorm scale/bias folded), *all arrays* = every array (Keras "
-        "count_params). MACs and binarized ratio are ours; where larq/docs pull 85 printed "
+        "count_params), *mixed* = every array for params, the summary for memory. MACs and "
+        "binarized ratio are ours; where larq/docs pull 85 printed "
         "larq's summary, its values are in the last column.", "",
         "| model | convention | params (ours) | params (larq) | MiB (ours) | MiB (larq) | "
         "MACs (ours) | binarized (ours) | ACE (ours) | larq summary | match |",
@@ -94,8 +101,7 @@ def render(results: dict) -> str:
                          f"{ref['memory_mib']:.2f} | - | - | - | - | no |")
             continue
         t = row["ours"]
-        key = "total_params" if ref["convention"] == "summary" else "all_arrays"
-        mem_key = "memory_bytes" if ref["convention"] == "summary" else "all_arrays_memory_bytes"
+        key, mem_key = KEYS[ref["convention"]]
         mib = t[mem_key] / 2 ** 20
         ok = t[key] == ref["params"] and round(mib, 2) == ref["memory_mib"]
         s = ref.get("summary")
@@ -128,6 +134,8 @@ PAPERS = {
     "binary_densenet45": "Back to Simplicity (Bethge et al. 2019)",
     "xnornet": "XNOR-Net (Rastegari et al. 2016)", "dorefanet": "DoReFa-Net (Zhou et al. 2016)",
     "binary_alexnet": "BNN (Hubara et al. 2016)",
+    "meliusnet22": "MeliusNet (Bethge et al. 2020)",
+    "real_to_binary_net": "Real-to-Binary (Martinez et al. 2020)",
 }
 
 

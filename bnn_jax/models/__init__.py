@@ -31,6 +31,10 @@ MODELS = {
     "binary_densenet37": "variants.binary_densenet37",
     "binary_densenet37_dilated": "variants.binary_densenet37_dilated",
     "binary_densenet45": "variants.binary_densenet45",
+    "meliusnet": "meliusnet",
+    "meliusnet22": "variants.meliusnet22",
+    "real_to_binary": "real_to_binary",
+    "real_to_binary_net": "variants.real_to_binary_net",
 }
 
 

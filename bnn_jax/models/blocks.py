@@ -24,6 +24,16 @@ def batch_norm(c: int, rngs: nnx.Rngs, *, momentum: float = 0.99, epsilon: float
                          use_bias=center, rngs=rngs)
 
 
+class PReLU(nnx.Module):
+    """Keras ``PReLU(shared_axes=[1, 2])``: ``max(x, 0) + alpha_c min(x, 0)``, alpha init 0."""
+
+    def __init__(self, c: int):
+        self.alpha = nnx.Param(jnp.zeros((c,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.maximum(x, 0) + self.alpha[...] * jnp.minimum(x, 0)
+
+
 def global_pool(x: jax.Array) -> jax.Array:
     """Global average pooling of NHWC features to (N, C)."""
     return jnp.mean(x, axis=(1, 2))
