@@ -35,6 +35,10 @@ MODELS = {
     "meliusnet22": "variants.meliusnet22",
     "real_to_binary": "real_to_binary",
     "real_to_binary_net": "variants.real_to_binary_net",
+    "pokebnn": "pokebnn",
+    "pokebnn_0.5x": "variants.pokebnn_0_5x",
+    "pokebnn_1.0x": "variants.pokebnn_1_0x",
+    "pokebnn_2.0x": "variants.pokebnn_2_0x",
 }
 
 

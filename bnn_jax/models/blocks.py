@@ -18,10 +18,13 @@ class Fixed(nnx.Variable):
 
 
 def batch_norm(c: int, rngs: nnx.Rngs, *, momentum: float = 0.99, epsilon: float = 1e-3,
-               scale: bool = True, center: bool = True) -> nnx.BatchNorm:
-    """``tf.keras.layers.BatchNormalization`` (its defaults: momentum 0.99, epsilon 1e-3)."""
+               scale: bool = True, center: bool = True, zero_scale: bool = False
+               ) -> nnx.BatchNorm:
+    """``tf.keras.layers.BatchNormalization`` (its defaults: momentum 0.99, epsilon 1e-3);
+    ``zero_scale`` starts the scale at 0 (a residual branch that starts as the identity)."""
+    init = nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init()
     return nnx.BatchNorm(c, momentum=momentum, epsilon=epsilon, use_scale=scale,
-                         use_bias=center, rngs=rngs)
+                         use_bias=center, scale_init=init, rngs=rngs)
 
 
 class PReLU(nnx.Module):
