@@ -39,6 +39,11 @@ MODELS = {
     "pokebnn_0.5x": "variants.pokebnn_0_5x",
     "pokebnn_1.0x": "variants.pokebnn_1_0x",
     "pokebnn_2.0x": "variants.pokebnn_2_0x",
+    "resnet_cifar": "resnet_cifar",
+    "resnet20": "variants.resnet20",
+    "resnet20_bireal": "variants.resnet20_bireal",
+    "resnet18_cifar": "variants.resnet18_cifar",
+    "vgg_small": "variants.vgg_small",
 }
 
 
