@@ -44,6 +44,18 @@ MODELS = {
     "resnet20_bireal": "variants.resnet20_bireal",
     "resnet18_cifar": "variants.resnet18_cifar",
     "vgg_small": "variants.vgg_small",
+    "resnet_imagenet": "resnet_imagenet",
+    "irnet_resnet18": "variants.irnet_resnet18",
+    "irnet_resnet34": "variants.irnet_resnet34",
+    "xnor_resnet18": "variants.xnor_resnet18",
+    "bwn_resnet18": "variants.bwn_resnet18",
+    "bireal_resnet18": "variants.bireal_resnet18",
+    "bireal_resnet34": "variants.bireal_resnet34",
+    "resnet18": "variants.resnet18",
+    "resnet50": "variants.resnet50",
+    "resnet50_int8": "variants.resnet50_int8",
+    "reactnet": "reactnet",
+    "reactnet_a": "variants.reactnet_a",
 }
 
 

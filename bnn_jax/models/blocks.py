@@ -28,10 +28,11 @@ def batch_norm(c: int, rngs: nnx.Rngs, *, momentum: float = 0.99, epsilon: float
 
 
 class PReLU(nnx.Module):
-    """Keras ``PReLU(shared_axes=[1, 2])``: ``max(x, 0) + alpha_c min(x, 0)``, alpha init 0."""
+    """``max(x, 0) + alpha_c min(x, 0)`` per channel: Keras ``PReLU(shared_axes=[1, 2])``
+    (alpha init 0, the default) or torch ``nn.PReLU(c)`` (``init=0.25``)."""
 
-    def __init__(self, c: int):
-        self.alpha = nnx.Param(jnp.zeros((c,), jnp.float32))
+    def __init__(self, c: int, init: float = 0.0):
+        self.alpha = nnx.Param(jnp.full((c,), init, jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return jnp.maximum(x, 0) + self.alpha[...] * jnp.minimum(x, 0)
