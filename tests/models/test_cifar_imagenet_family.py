@@ -181,6 +181,7 @@ def test_reactnet_a_count_and_bops():
     assert t["macs_by_precision"]["32"] == 112 * 112 * conv(3, 3, 32) + 1024 * 1000
 
 
+@pytest.mark.slow  # eager forward: ~45 s on a shared CPU
 def test_reactnet_small_forward_and_doubling_block():
     m = models.build(dict(name="reactnet", widths=(8, 16, 32, 32)), num_classes=5,
                      input_shape=(16, 16, 3), rngs=nnx.Rngs(0))
