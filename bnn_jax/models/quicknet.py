@@ -37,13 +37,14 @@ class Transition(nnx.Module):
         self.blur = QuantConv(cin, cin, (3, 3), 2, padding="SAME", feature_group_count=cin,
                               use_bias=False, rngs=rngs)
         self.blur.kernel = Fixed(blurpool_kernel(cin))
-        self.conv = QuantConv(cin, cout, (1, 1), use_bias=False,
+        # Named apart from the residual blocks' binary "conv", so optimizer groups can tell them.
+        self.pointwise = QuantConv(cin, cout, (1, 1), use_bias=False,
                               kernel_init=nnx.initializers.glorot_normal(), rngs=rngs)
         self.bn = batch_norm(cout, rngs, momentum=0.9, epsilon=1e-5)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nnx.max_pool(jax.nn.relu(x), (2, 2), strides=(1, 1), padding="VALID")
-        return self.bn(self.conv(self.blur(x)))
+        return self.bn(self.pointwise(self.blur(x)))
 
 
 class Residual(nnx.Module):
