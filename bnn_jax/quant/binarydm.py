@@ -79,9 +79,9 @@ _RESULT = ("LSUN-Bedrooms 256 LDM-4 (DDIM 100): W1.1/A4 ; W1.1/A8 ; W1.1/A32 FID
           init=lambda x, channel_axis=-1, dynamic_scale=False, sign_zero=0:
           lmb_init(x, 1, channel_axis),
           paper=_PAPER,
-          formula="σ_I·sign(W), sign(0)=0 (sign_zero=1: +1); learned per-channel σ_I, "
-                  "σ_I₀ = mean_ch|W| (ours_util.py l. 93-101; dynamic_scale=True: "
-                  "sg(mean_ch|W|) every call, the removed txt2img variant); g·1[|W| ≤ 1]",
+          formula="σ_I·sign(W), sign(0)=0 (sign_zero=1: +1); learned per-channel σ_I from "
+                  "σ_I₀ = mean_ch|W| (ours_util.py l. 215-224); dynamic_scale=True: "
+                  "sg(mean_ch|W|) every call (removed txt2img/util_binarydm.py); g·1[|W| ≤ 1]",
           result=_RESULT)
 def binarydm_lmb1(x, *, sigma1, channel_axis=-1, dynamic_scale=False, sign_zero=0):
     """Order-1 LMB (BinaryDM's inner U-Net groups): one basis ``σ_I·sign(W)``.
@@ -128,7 +128,8 @@ def _check_act(bits=8, dynamic_scale=True):
           init=lambda x, bits=8, dynamic_scale=True: {"alpha": _act_scale(x, bits)},
           paper=_PAPER,
           formula="α·round(clip(x/α, −2^(b−1), 2^(b−1)−1)), b = 8; α = sg(2·mean|x|/sqrt(Q_P)) "
-                  "every call (code) or learned from that init (dynamic_scale=False); "
+                  "every call (ours_util.py l. 47-49) or learned from that init "
+                  "(dynamic_scale=False); "
                   "g·1[−Q_N ≤ x/α ≤ Q_P], dα LSQ with scale 1/sqrt(N·Q_P)",
           result=_RESULT)
 def binarydm_act(x, *, alpha, bits=8, dynamic_scale=True):

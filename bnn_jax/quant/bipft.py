@@ -77,7 +77,8 @@ def _act_init(x, sign_zero=0):
           paper="BiPFT: Binary Pre-trained Foundation Transformer (Xing et al., AAAI 2024)",
           formula="α·sign(x + b), sign(0)=0 (sign_zero=1: +1), learned scalar α "
                   "(α₀ = 2·mean|x|) and per-feature b (b₀ = 0); g·1[|x+b| ≤ α], "
-                  "dα = Σ g·sign(x+b)/√N",
+                  "dα = Σ g·sign(x+b)/√N; α floored at 1e-5 in the forward only "
+                  "(utils_quant.py l. 50-83)",
           result="GLUE: +15.4 points average over the task-specific binary baseline "
                  "(BERT-base W1A1) [ABS/README]")
 def bipft_act(x, *, alpha, shift, sign_zero=0):

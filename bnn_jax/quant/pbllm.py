@@ -232,16 +232,17 @@ def gptq_pb(kernel, x, *, salient_fraction: float, saliency: str = "magnitude",
 
     ``x [samples, seq, in]`` (or one sample ``[seq, in]``): calibration inputs of the layer,
     whose Hessian :func:`pb_hessian` averages over samples as the reference does
-    (``hessian_norm="tokens"``: over token rows, any ``[..., in]``). Salient weights (``salient_fraction`` of
-    each column group, by ``|W|`` or the Hessian score ``W²/[chol(H⁻¹)]_jj²``) go to an 8-bit
-    per-output-channel asymmetric quantizer calibrated on the whole kernel (range including 0);
-    the rest to the per-row "xnor" binarizer ``α·sign(w − μ) + μ``. Columns (input features)
-    are quantized in order, in blocks of ``blocksize``, each error ``(w − q)/U_ii`` spread over
-    the later columns through ``U = chol(H⁻¹)`` (upper), ``H = 2/n·XᵀX + damp·I``,
-    ``damp = percdamp·mean(diag H)``; a dead input feature (``H_dd = 0``) gets ``H_dd = 1`` and
-    zero weights before the damping is computed (``gptq.py`` lines 69-77). ``use_gptq=False`` is plain rounding (no compensation).
-    Runs in float64 numpy on CPU. Returns ``(kernel_hat, salient_mask, loss)`` with the
-    kernel and mask in ``[in, out]`` layout and GPTQ's summed ``(w − q)²/U_ii²/2``.
+    (``hessian_norm="tokens"``: over token rows, any ``[..., in]``). Salient weights
+    (``salient_fraction`` of each column group, by ``|W|`` or the Hessian score
+    ``W²/[chol(H⁻¹)]_jj²``) go to an 8-bit per-output-channel asymmetric quantizer calibrated
+    on the whole kernel (range including 0); the rest to the per-row "xnor" binarizer
+    ``α·sign(w − μ) + μ``. Columns (input features) are quantized in order, in blocks of
+    ``blocksize``, each error ``(w − q)/U_ii`` spread over the later columns through
+    ``U = chol(H⁻¹)`` (upper), ``H = 2/n·XᵀX + damp·I``, ``damp = percdamp·mean(diag H)``; a
+    dead input feature (``H_dd = 0``) gets ``H_dd = 1`` and zero weights before the damping is
+    computed (``gptq.py`` lines 69-77). ``use_gptq=False`` is plain rounding (no
+    compensation). Runs in float64 numpy on CPU. Returns ``(kernel_hat, salient_mask, loss)``
+    with the kernel and mask in ``[in, out]`` layout and GPTQ's summed ``(w − q)²/U_ii²/2``.
     ``sign_zero``: value of the binarizer's sign at 0 (reference ``torch.sign``: 0; 1 for +1).
     """
     check_sign_zero(sign_zero)

@@ -102,23 +102,16 @@ def test_bipft_alpha_below_floor_keeps_its_gradient(alpha):
     x = (RNG.normal(size=(2, 3, 4)) * 1e-5).astype(f32)
     g = RNG.normal(size=x.shape).astype(f32)
     shift = np.zeros(4, f32)
-    y, vjp = jax.vjp(lambda x, a: q.bipft_act(x, alpha=a, shift=shift), jnp.asarray(x),
-                     jnp.asarray(alpha, f32))
-    dx, da = vjp(jnp.asarray(g))
-    ey, edx, eda = np_elastic1(x, f32(1e-5), g, signed=True)
-    np.testing.assert_allclose(y, ey, rtol=1e-6)
-    np.testing.assert_array_equal(dx, edx)
-    np.testing.assert_allclose(da, eda, rtol=1e-5)
-    assert abs(float(da)) > 0
-    p = np.abs(x)
-    y, vjp = jax.vjp(lambda p, a: q.bipft_attn_probs(p, alpha=a), jnp.asarray(p),
-                     jnp.asarray(alpha, f32))
-    dx, da = vjp(jnp.asarray(g))
-    ey, edx, eda = np_elastic1(p, f32(1e-5), g, signed=False)
-    np.testing.assert_allclose(y, ey, rtol=1e-6)
-    np.testing.assert_array_equal(dx, edx)
-    np.testing.assert_allclose(da, eda, rtol=1e-5)
-    assert abs(float(da)) > 0
+    cases = [(lambda x, a: q.bipft_act(x, alpha=a, shift=shift), x, True),
+             (lambda p, a: q.bipft_attn_probs(p, alpha=a), np.abs(x), False)]
+    for fn, inp, signed in cases:
+        y, vjp = jax.vjp(fn, jnp.asarray(inp), jnp.asarray(alpha, f32))
+        dx, da = vjp(jnp.asarray(g))
+        ey, edx, eda = np_elastic1(inp, f32(1e-5), g, signed=signed)
+        np.testing.assert_allclose(y, ey, rtol=1e-6)
+        np.testing.assert_array_equal(dx, edx)
+        np.testing.assert_allclose(da, eda, rtol=1e-5)
+        assert abs(float(da)) > 0
 
 
 def linear(kernel, bias):
