@@ -11,7 +11,8 @@ range is ``boundary="exclusive"``. ``N`` is the number of elements sharing one s
 
 ``granularity`` says which elements share a step, each form named after its OFQ class:
 
-* ``"tensor"``: one step (``LsqQuantizer(per_channel=False)``, lines 561-568 and 590-591);
+* ``"tensor"``: one step (``LsqQuantizer(per_channel=False)``, lines 561-568 and 590-591;
+  the unsigned init of ``init_rule="code"`` is TBT's instead, see :func:`lsq`);
 * ``"token"``: one step per entry of axis −2, the token position of ``[B, N, C]`` or
   ``[B, H, N, d]`` (``LsqQuantizer``, whose default ``per_channel=True`` is what OFQ's layers
   and attention use; lines 544-560 and 582-588): init over all other axes, ``N = B·C``
