@@ -164,3 +164,14 @@ def test_run_summary_carries_the_cost_table():
     plain = summary.summarize(models.build(dict(name="digits_cnn"), num_classes=10,
                                            input_shape=(8, 8, 1), rngs=nnx.Rngs(0)))
     assert plain.cost is None
+
+
+def test_cli_reads_the_model_from_a_config_file():
+    out = subprocess.run([sys.executable, "-m", "bnn_jax.analysis", "--config",
+                          "configs/reste.py:model=resnet20", "--input-shape", "32,32,3",
+                          "--num-classes", "10"],
+                         capture_output=True, text=True, check=True,
+                         cwd=pathlib.Path(__file__).parents[2]).stdout
+    # the config's ReSTE quantizers make the inner convs binary (1-bit MACs)
+    assert out.startswith("# resnet20 at (32, 32, 3)")
+    assert "1-bit MACs" in out and "| Ratio of MACs that are binarized | 0.9891 |" in out
