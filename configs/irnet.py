@@ -3,8 +3,9 @@ ResNet-20 on CIFAR-10 or ResNet-18/34 on ImageNet; SGD momentum 0.9, lr 0.1, cos
 decay 1e-4 (CIFAR: 400 epochs at batch 128; ImageNet: 100 epochs at batch 256).
 
 EDE's ``t`` grows from 0.1 to 10 over training (IR-Net: ``t = 0.1 * 10^(2 e/E)``, ``k =
-max(1/t, 1)``). The config's schedule kinds cannot express that curve; ``t`` follows a linear
-ramp 0.1 -> 10 and ``k`` stays at its default here (a departure).
+max(1/t, 1)``). The config's schedule kinds cannot express that curve: here ``t`` ramps
+linearly 0.1 -> 10 and ``k`` linearly 10 -> 1 (a departure; a fixed ``k = 10`` would let the
+gradient grow to ``k t = 100`` by the end).
 """
 
 import math
@@ -36,6 +37,7 @@ def get_config(arg=None):
     c.log_every = 1 if arg.quick else 100
     c.optimizer = dict(name="momentum", momentum=0.9, learning_rate=0.1, schedule="cosine",
                        weight_decay=1e-4)
-    t = dict(kind="linear", start=0.1, end=10.0)
-    c.schedules = dict(input=dict(t=t), kernel=dict(t=t))
+    ede = dict(t=dict(kind="linear", start=0.1, end=10.0),
+               k=dict(kind="linear", start=10.0, end=1.0))
+    c.schedules = dict(input=ede, kernel=dict(ede))
     return c
