@@ -124,6 +124,7 @@ def test_abstract_model_and_table():
 
 
 def test_cli_json_keys():
+    # the real command line once, in a subprocess
     out = subprocess.run([sys.executable, "-m", "bnn_jax.analysis", "--model", "digits_cnn",
                           "--input-shape", "8,8,1", "--num-classes", "10", "--json"],
                          capture_output=True, text=True, check=True).stdout
@@ -138,11 +139,13 @@ def test_cli_json_keys():
     assert d["flops"] == macs and d["ace"] == macs * 16 * 16
 
 
-def test_cli_rejects_unknown_model():
-    r = subprocess.run([sys.executable, "-m", "bnn_jax.analysis", "--model", "nope",
-                        "--input-shape", "8,8,1", "--num-classes", "10"],
-                       capture_output=True, text=True)
-    assert r.returncode != 0 and "valid models" in r.stderr
+def test_cli_rejects_unknown_model(capsys):
+    from bnn_jax.analysis.__main__ import main
+
+    assert main(["--model", "nope", "--input-shape", "8,8,1", "--num-classes", "10"]) == 2
+    assert "valid models" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", "mlp", "--input-shape", "8,x", "--num-classes", "10"])
 
 
 def test_run_summary_carries_the_cost_table():
@@ -166,12 +169,13 @@ def test_run_summary_carries_the_cost_table():
     assert plain.cost is None
 
 
-def test_cli_reads_the_model_from_a_config_file():
-    out = subprocess.run([sys.executable, "-m", "bnn_jax.analysis", "--config",
-                          "configs/reste.py:model=resnet20", "--input-shape", "32,32,3",
-                          "--num-classes", "10"],
-                         capture_output=True, text=True, check=True,
-                         cwd=pathlib.Path(__file__).parents[2]).stdout
+def test_cli_reads_the_model_from_a_config_file(capsys):
+    from bnn_jax.analysis.__main__ import main
+
+    config = pathlib.Path(__file__).parents[2] / "configs" / "reste.py"
+    assert main(["--config", f"{config}:model=resnet20", "--input-shape", "32,32,3",
+                 "--num-classes", "10"]) == 0
+    out = capsys.readouterr().out
     # the config's ReSTE quantizers make the inner convs binary: binary MACs 40,108,032 (18
     # 3x3 convs at 32/16/8 px), float 442,368 (stem) + 640 (dense) -> 0.98908
     assert out.startswith("# resnet20 at (32, 32, 3)")
