@@ -41,7 +41,8 @@ METHODS = {
                {}),
     "reactnet": ("ReActNet (Liu et al. 2020)", "resnet20_bireal", "rsign", "bireal_weight", {}),
     "irnet": ("IR-Net (Qin et al. 2020)", "resnet20", "irnet_ede", "irnet_weight",
-              {"t": dict(kind="linear", start=0.1, end=10.0)}),
+              {"t": dict(kind="linear", start=0.1, end=10.0),
+               "k": dict(kind="linear", start=10.0, end=1.0)}),
     "reste": ("ReSTE (Wu et al. 2023)", "resnet20", "reste", "reste_weight",
               {"o": dict(kind="cosine", start=1.0, end=3.0)}),
     "biper": ("BiPer (Vargas et al. 2024)", "resnet20", "biper_act", "biper_weight", {}),
@@ -97,7 +98,13 @@ def train_all() -> dict:
             if (method, seed) in done:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
-                r = loop.run(config(method, seed), tmp)
+                try:
+                    r = loop.run(config(method, seed), tmp)
+                except loop.NonFiniteLossError as e:  # reported as diverged, not dropped
+                    results["runs"].append(dict(method=method, seed=seed, top1=None,
+                                                diverged=str(e).split(";")[0]))
+                    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+                    continue
             results["runs"].append(dict(method=method, seed=seed, top1=r["test_top1"],
                                         seconds=r["seconds"], train_loss=r["train_loss"]))
             RESULTS.parent.mkdir(exist_ok=True)
@@ -107,19 +114,24 @@ def train_all() -> dict:
     return results
 
 
-def render(results: dict) -> None:
-    """cnn_small.md and cnn_small.png from the results."""
+def markdown(results: dict) -> tuple[str, list]:
+    """The cnn_small.md text and the plot's points, from the results."""
     rows, points = [], []
     for method, (paper, arch, *_rest) in METHODS.items():
-        runs = [r for r in results["runs"] if r["method"] == method]
+        all_runs = [r for r in results["runs"] if r["method"] == method]
+        runs = [r for r in all_runs if r["top1"] is not None]
+        c = results["cost"][method]
+        size = f"{cost._num(c['ace'])} | {c['memory_bytes'] / 1024:.1f}"
         if not runs:
+            if all_runs:
+                rows.append(f"| {method} | {paper} | {arch} | diverged (non-finite gradient) | "
+                            f"0 of {len(all_runs)} | - | {size} |")
             continue
         top1 = np.array([r["top1"] for r in runs]) * 100
         secs = np.array([r["seconds"] for r in runs])
-        c = results["cost"][method]
+        seeds = f"{len(runs)}" + (f" of {len(all_runs)}" if len(runs) < len(all_runs) else "")
         rows.append(f"| {method} | {paper} | {arch} | {top1.mean():.2f} +- {top1.std():.2f} | "
-                    f"{len(runs)} | {secs.mean():.1f} | {cost._num(c['ace'])} | "
-                    f"{c['memory_bytes'] / 1024:.1f} |")
+                    f"{seeds} | {secs.mean():.1f} | {size} |")
         points.append((method, c["ace"], top1.mean(), top1.std()))
     s = results["setup"]
     md = ["# Binary ResNet-20-style networks on digits: every CNN method, same budget", "",
@@ -127,11 +139,18 @@ def render(results: dict) -> None:
           f"Data: {s['data']}; model: {s['model']} (float first conv and dense, BN after each "
           f"binary conv); {s['steps']} steps at batch {s['batch']}, {s['optimizer']}; seeds "
           f"{s['seeds']}. ACE and size per example (float operands at 16 bits in ACE; size "
-          "with binary weights as bits).", "",
+          "with binary weights as bits). Train s: wall seconds after the first (compiling) "
+          "step on a shared CPU, so only a rough guide.", "",
           "| method | paper | network | top-1 % (mean +- std) | seeds | train s | ACE | "
           "size (KiB) |", "|---|---|---|---|---|---|---|---|", *rows, "",
           "![top-1 against ACE](cnn_small.png)", ""]
-    (HERE / "cnn_small.md").write_text("\n".join(md))
+    return "\n".join(md), points
+
+
+def render(results: dict) -> None:
+    """cnn_small.md and cnn_small.png from the results."""
+    md, points = markdown(results)
+    (HERE / "cnn_small.md").write_text(md)
     import matplotlib
 
     matplotlib.use("Agg")

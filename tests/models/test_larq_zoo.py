@@ -129,3 +129,19 @@ def test_readme_zoo_table_is_rendered_from_the_results():
     assert zoo.render(results) == (root / "experiments/zoo.md").read_text()
     for name, params, _, kind in DOCSTRINGS:  # the committed results are the parity ones
         assert results[name]["ours"]["all_arrays" if kind == "mixed" else kind] == params
+
+
+def test_cnn_small_table_is_rendered_from_its_results():
+    import importlib.util
+    import json
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("cnn_small", root / "experiments/cnn_small.py")
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    results = json.loads((root / "experiments/results/cnn_small.json").read_text())
+    md, points = exp.markdown(results)
+    assert md == (root / "experiments/cnn_small.md").read_text()
+    assert {r["method"] for r in results["runs"]} == set(exp.METHODS)
+    assert len(points) == len(exp.METHODS) and (root / "experiments/cnn_small.png").exists()
