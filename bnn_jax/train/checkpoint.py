@@ -95,6 +95,10 @@ def digest(state: Any) -> tuple[dict[str, list[int]], list[str]]:
              if not bool(local(f))])
 
 
+def _more(items: list, shown: int) -> str:
+    return f" (and {len(items) - shown} more)" if len(items) > shown else ""
+
+
 def _reason(e: BaseException) -> str:
     # Orbax wraps TensorStore's error and prints the whole TensorStore spec: the innermost
     # error says what is wrong ("Requested byte range ... is not valid"), without the spec.
@@ -181,14 +185,16 @@ class Checkpointer:
                  jax.tree_util.tree_leaves_with_path(self._metadata(step))}
         want = {path_str(p): tuple(a.shape) for p, a in
                 jax.tree_util.tree_leaves_with_path(abstract_state)}
-        problems = [f"{k} is missing" for k in sorted(set(want) - set(saved))]
-        problems += [f"{k} is not in this run's state" for k in sorted(set(saved) - set(want))]
+        order = lambda k: (not k.startswith("params/"), k)  # noqa: E731 - the model's first
+        problems = [f"{k} is missing" for k in sorted(set(want) - set(saved), key=order)]
+        problems += [f"{k} is not in this run's state"
+                     for k in sorted(set(saved) - set(want), key=order)]
         problems += [f"{k} has shape {saved[k]}, this run's is {want[k]}"
-                     for k in sorted(set(want) & set(saved)) if saved[k] != want[k]]
+                     for k in sorted(set(want) & set(saved), key=order) if saved[k] != want[k]]
         if problems:
             raise CheckpointMismatch(
                 f"checkpoint {step} in {self.directory} was written by a run with another model "
-                f"or optimizer: {'; '.join(problems[:5])}{'; ...' if len(problems) > 5 else ''}. "
+                f"or optimizer: {'; '.join(problems[:5])}{_more(problems, 5)}. "
                 "It is kept as it is; use a new --workdir (init_from can start from its "
                 "parameters) or restore the config that wrote it")
 
@@ -215,7 +221,7 @@ class Checkpointer:
             wrong = sorted(k for k in set(sums) | set(expected) if sums.get(k) != expected.get(k))
             if wrong:
                 raise CorruptCheckpoint(f"checkpoint {step} is damaged: the data of "
-                                        f"{', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}"
+                                        f"{', '.join(wrong[:5])}{_more(wrong, 5)}"
                                         " does not match the checksums written with it")
         if non_finite:
             raise CorruptCheckpoint(f"checkpoint {step} is damaged: non-finite values in "

@@ -117,8 +117,8 @@ def _number(where: str, value: Any, *, least: float = 0.0, below: float | None =
     ok = ok and (value > least if strict else value >= least)
     ok = ok and (below is None or value < below)
     if not ok:
-        bound = f"> {least}" if strict else f">= {least}"
-        bound += f" and < {below}" if below is not None else ""
+        bound = f"> {least:g}" if strict else f">= {least:g}"
+        bound += f" and < {below:g}" if below is not None else ""
         raise ValueError(f"{where} must be a finite number {bound}, got {value!r}")
 
 

@@ -165,7 +165,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     if config.kd.enabled:
         from bnn_jax.train import losses
 
-        teacher = load_teacher(config.kd, ds, replicated)
+        try:
+            teacher = load_teacher(config.kd, ds, replicated)
+        except (ValueError, ckpt_lib.CorruptCheckpoint) as e:
+            raise ConfigError(f"config.kd.teacher_workdir={config.kd.teacher_workdir}: {e}") from e
         # "distributional": ReActNet's loss as its code computes it (cross-entropy to the
         # teacher's softmax); "logit": Hinton's T^2-scaled KL at config.kd.temperature.
         kd_fn = {"logit": lambda s, t: losses.kd_loss(s, t, temperature=config.kd.temperature),
@@ -240,7 +243,6 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
         return metrics_lib.compute(acc)
 
     # ---------------------------------------------------------------------------- resume --
-    claim.write_config(config)  # only now: everything above has been checked
     ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                  async_save=config.async_checkpoint)
     try:
@@ -261,12 +263,18 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
         state = jax.jit(init_state, out_shardings=state_sh)()
         start = 0
         if config.init_from:
-            saved = ckpt_lib.restore_params(config.init_from, {"params": params, "rest": rest})
+            try:
+                saved = ckpt_lib.restore_params(config.init_from,
+                                                {"params": params, "rest": rest})
+            except (ValueError, ckpt_lib.CorruptCheckpoint) as e:
+                ckpt.close()
+                raise ConfigError(f"config.init_from={config.init_from}: {e}") from e
             # A Bop stage 2 starts from the signs of the stage-1 latent weights.
             loaded = optimizers.binarize_bop_params(config.optimizer, saved["params"])
             state["params"] = jax.device_put(loaded, state_sh["params"])
             state["rest"] = jax.device_put(saved["rest"], state_sh["rest"])
             say(f"Initialized parameters from {config.init_from}")
+    claim.write_config(config)  # only now: everything above has been checked
 
     from bnn_jax.analysis import summary as summary_lib
 

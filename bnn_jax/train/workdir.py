@@ -194,7 +194,8 @@ def _check_run(workdir: str, config, c: Claim) -> None:
             at = f"checkpoint at step {steps[-1]}" if steps else "no checkpoint yet"
             raise WorkdirError(
                 f"workdir {workdir} holds a run with a different config ({at}): "
-                f"{'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}. Nothing was changed. "
+                f"{'; '.join(diff[:8])}{f' (and {len(diff) - 8} more)' if len(diff) > 8 else ''}"
+                ". Nothing was changed. "
                 "To keep both, use a new --workdir (with --config.init_from="
                 f"{workdir} to start from this run's parameters); if the change is intended "
                 "(e.g. a longer total_steps), add --config.allow_config_change=True")

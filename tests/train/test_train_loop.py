@@ -105,7 +105,10 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     # The learning rate becomes 1e38 x 1e-2 at step 5 (index 4): parameters overflow there.
     c.optimizer = dict(name="sgd", learning_rate=1e-2, schedule="step", boundaries=(4,),
                        decay_factor=1e38)
-    with pytest.raises(NonFiniteLossError, match=r"at step 5 \(loss .*\); training stopped.*checkpoint is "
+    # Only the updated parameters overflow: the message names what was not finite.
+    with pytest.raises(NonFiniteLossError, match=r"non-finite parameter norm at step 5 \(loss "
+                                                 r"\d[^,]*, gradient norm \d[^,]*, parameter "
+                                                 r"norm inf\); training stopped.*checkpoint is "
                                                  r"step 4"):
         run(c, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
