@@ -20,9 +20,12 @@ first stage) opens them read-only: that run's directory is not touched.
 
 from __future__ import annotations
 
+import gc
+import inspect
 import os
 import re
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -39,8 +42,9 @@ class CorruptCheckpoint(RuntimeError):
     """A finalized checkpoint whose contents cannot be restored or fail the consistency check."""
 
 
-class NoGoodCheckpoint(CorruptCheckpoint):
-    """Every checkpoint of the run is damaged: resuming would silently start over."""
+class NoGoodCheckpoint(CorruptCheckpoint, ValueError):
+    """Every checkpoint of the run is damaged: resuming would silently start over (also a
+    ValueError, as "no checkpoint" is for readers of another run)."""
 
 
 class CheckpointMismatch(ValueError):
@@ -93,6 +97,26 @@ def digest(state: Any) -> tuple[dict[str, list[int]], list[str]]:
              for p, s in jax.tree_util.tree_leaves_with_path(sums)},
             [path_str(p) for p, f in jax.tree_util.tree_leaves_with_path(finite)
              if not bool(local(f))])
+
+
+def _collect_abandoned_reads() -> None:
+    # Orbax reads the arrays with concurrent coroutines; when one fails, the others are left
+    # suspended, and when the garbage collector finds them later each prints an "Exception
+    # ignored in: <coroutine ...>" traceback (or "Event loop is closed"). Collect them now,
+    # quietly: the failure itself is reported once, by the caller.
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (inspect.iscoroutine(unraisable.object)
+                or isinstance(unraisable.exc_value, RuntimeError)
+                and "Event loop is closed" in str(unraisable.exc_value)):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
 
 
 def _more(items: list, shown: int) -> str:
@@ -174,8 +198,8 @@ class Checkpointer:
         try:
             meta = self.manager.item_metadata(step)["state"]
         except Exception as e:  # noqa: BLE001 - any failure to parse the index is damage
-            raise CorruptCheckpoint(f"checkpoint {step} cannot be read: its array index "
-                                    f"state/_METADATA is damaged ({_reason(e)})") from e
+            raise CorruptCheckpoint(f"checkpoint {step} cannot be read: the metadata of its "
+                                    f"arrays is damaged ({_reason(e)})") from e
         return getattr(meta, "tree", meta)
 
     def _check_fits(self, step: int, abstract_state: Any) -> None:
@@ -203,11 +227,15 @@ class Checkpointer:
             abstract_state = self._saved_shapes(step)
         else:
             self._check_fits(step, abstract_state)
+        reason = None
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
-            raise CorruptCheckpoint(f"checkpoint {step} cannot be read: {_reason(e)}") from e
+            reason = _reason(e)
+        if reason is not None:  # (outside the except block: the error and its frames are gone)
+            _collect_abandoned_reads()
+            raise CorruptCheckpoint(f"checkpoint {step} cannot be read: {reason}")
         state, record = out["state"], dict(out["record"])
         saved_step = int(np.asarray(jax.device_get(state["step"])))
         position = record.get("data_position", saved_step)

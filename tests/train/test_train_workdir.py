@@ -394,3 +394,25 @@ def test_a_partly_built_tfds_dataset_is_a_clear_error(tmp_path):
                                          r"Rebuild it with `tfds build mnist"):
         tfds_pipeline.TfdsDataset("mnist", global_batch_size=8, eval_batch_size=8,
                                   data_dir=str(tmp_path))
+
+
+def _garbage(step_dir):
+    for path in (step_dir / "state").glob("ocdbt.process_*/d/*"):  # the array data files
+        path.write_bytes(b"\x00garbage")
+
+
+def test_cli_resume_past_unreadable_checkpoints_prints_no_stray_tracebacks(tmp_path):
+    wd = tmp_path / "run"
+    args = ["--config", "configs/digits_mlp.py:quick", "--workdir", str(wd),
+            "--config.total_steps=6", "--config.checkpoint_every=2", "--config.tensorboard=False"]
+    assert _cli(*args, cwd=ROOT).returncode == 0
+    for step in ("4", "6"):
+        _garbage(wd / "checkpoints" / step)
+    _unfinish(wd)
+    proc = _cli(*args, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Resuming from checkpoint at step 2" in proc.stdout
+    assert "checkpoint 6 cannot be read: OUT_OF_RANGE" in proc.stdout  # TensorStore's reason
+    assert "TensorStore(" not in proc.stdout  # ... without its spec
+    for stray in ("Traceback", "Exception ignored", "Event loop is closed"):
+        assert stray not in proc.stderr
