@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from test_train_loop import saved_state, tiny_config
 
+from bnn_jax.sweep import set_dotted
 from bnn_jax.train import checkpoint, run, workdir as workdir_lib
 from bnn_jax.train.loop import ConfigError
 
@@ -49,11 +50,7 @@ def copy(finished, tmp_path):
 def test_a_resume_with_another_config_is_refused_and_changes_nothing(copy, field, value, diff):
     before = snapshot(copy)
     c = tiny_config(steps=4)
-    *parents, leaf = field.split(".")
-    node = c
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
+    set_dotted(c, field, value)
     with pytest.raises(workdir_lib.WorkdirError, match="holds a run with a different config") as e:
         run(c, str(copy))
     assert diff in str(e.value) and "--config.allow_config_change=True" in str(e.value)
@@ -259,8 +256,7 @@ def test_a_start_that_fails_after_validation_leaves_the_workdir_as_it_was(copy, 
         c = tiny_config(steps=6)
         c.allow_config_change = True
         c.mesh.num_devices = 2
-        section, leaf = field.split(".")
-        c[section][leaf] = value
+        set_dotted(c, field, value)
         with pytest.raises(ConfigError, match=message):
             run(c, str(wd))
     assert snapshot(copy) == before  # config.json included
@@ -292,11 +288,7 @@ def test_bad_values_are_rejected_before_anything_is_compiled_or_written(
 
     monkeypatch.setattr(jax, "jit", no_compiling)
     c = tiny_config()
-    *parents, leaf = field.split(".")
-    node = c
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
+    set_dotted(c, field, value)
     with pytest.raises(ConfigError, match=message):
         run(c, str(tmp_path / "wd"))
     assert not (tmp_path / "wd").exists()
