@@ -99,24 +99,27 @@ def digest(state: Any) -> tuple[dict[str, list[int]], list[str]]:
              if not bool(local(f))])
 
 
+def _abandoned_read(unraisable) -> bool:
+    obj, exc = unraisable.object, unraisable.exc_value
+    if inspect.iscoroutine(obj) and "orbax" in getattr(obj.cr_code, "co_filename", ""):
+        return True
+    return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+
+
 def _collect_abandoned_reads() -> None:
     # Orbax reads the arrays with concurrent coroutines; when one fails, the others are left
-    # suspended, and when the garbage collector finds them later each prints an "Exception
-    # ignored in: <coroutine ...>" traceback (or "Event loop is closed"). Collect them now,
-    # quietly: the failure itself is reported once, by the caller.
+    # suspended, and whenever the garbage collector finds them (now or at exit) each prints an
+    # "Exception ignored in: <coroutine ...>" traceback or "Event loop is closed". The failure
+    # is reported once, by the caller: from the first damaged read on, those are dropped.
     previous = sys.unraisablehook
+    if not getattr(previous, "_bnn_jax_quiet", False):
+        def hook(unraisable):
+            if not _abandoned_read(unraisable):
+                previous(unraisable)
 
-    def hook(unraisable):
-        if not (inspect.iscoroutine(unraisable.object)
-                or isinstance(unraisable.exc_value, RuntimeError)
-                and "Event loop is closed" in str(unraisable.exc_value)):
-            previous(unraisable)
-
-    sys.unraisablehook = hook
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = previous
+        hook._bnn_jax_quiet = True
+        sys.unraisablehook = hook
+    gc.collect()
 
 
 def _more(items: list, shown: int) -> str:
