@@ -114,6 +114,13 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                # A filesystem without locks (some network and object-store mounts): run, but
+                # say that nothing keeps a second run out.
+                print(f"WARNING: {self.path}: the filesystem cannot lock files ({e.strerror}); "
+                      "make sure no other run uses this workdir", flush=True)
+                self.fd = fd
+                return
             os.close(fd)
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
@@ -134,7 +141,8 @@ class RunLock:
     def release(self) -> None:
         """Drop the lock (the file stays: deleting it could race a run that just opened it)."""
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
 

@@ -393,6 +393,7 @@ def _garbage(step_dir):
         path.write_bytes(b"\x00garbage")
 
 
+@pytest.mark.slow  # two trainings from the command line; the strays depend on timing
 def test_cli_resume_past_unreadable_checkpoints_prints_no_stray_tracebacks(tmp_path):
     wd = tmp_path / "run"
     args = ["--config", "configs/digits_mlp.py:quick", "--workdir", str(wd),
