@@ -209,6 +209,20 @@ def test_a_second_run_in_a_busy_workdir_is_refused_naming_the_holder(copy, tmp_p
     assert json.loads((copy / ".lock").read_text())["pid"] == os.getpid()
 
 
+def test_a_filesystem_without_locks_warns_and_runs_unguarded(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lock = workdir_lib.RunLock(str(tmp_path))
+    lock.acquire()
+    assert "the filesystem cannot lock files (No locks available)" in capsys.readouterr().out
+    lock.release()
+
+
 # ------------------------------------------------------------------- 4. finished runs --
 def test_a_finished_run_started_again_keeps_its_results(copy):
     before = snapshot(copy)
