@@ -6,9 +6,11 @@ position. Orbax writes into a temporary directory and renames it when complete, 
 mid-save leaves no half checkpoint under a step name; old checkpoints are removed only after a
 newer one is finalized.
 
-Orbax checks only the index of its array files (a crc32c of the zarr shard index), not the data,
-so every save also records two checksums per array (:func:`digest`, computed on the devices,
-identical on any mesh) and a restore recomputes them, checks that every float is finite and that
+Orbax checks only the index of its array files, not the data (its zarr3 spec puts a ``crc32c``
+codec in ``index_codecs`` alone: orbax/checkpoint/_src/serialization/tensorstore_utils.py,
+``_build_zarr3_metadata``, orbax-checkpoint 0.12.8, with no option to add one), so every save
+also records two checksums per array (:func:`digest`, computed on the devices, identical on any
+mesh) and a restore recomputes them, checks that every float is finite and that
 the record's step and data position agree with the arrays. A checkpoint that fails any of this
 (or cannot be read at all) is provably damaged: it is moved aside to ``<step>.corrupt`` (never
 deleted), the message names both paths, and the previous one is used; when none is left the
