@@ -423,3 +423,53 @@ def test_cli_resume_past_unreadable_checkpoints_prints_no_stray_tracebacks(tmp_p
     assert "TensorStore(" not in proc.stdout  # ... without its spec
     for stray in ("Traceback", "Exception ignored", "Event loop is closed"):
         assert stray not in proc.stderr
+
+
+MULTI_CHILD = textwrap.dedent("""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    sys.path.insert(0, {test_dir!r})
+    from test_train_multiprocess import small_config
+    from bnn_jax.train import run
+    from bnn_jax.train.workdir import WorkdirError
+
+    c = small_config()
+    c.distributed = dict(enabled=True, coordinator_address={address!r}, num_processes=2,
+                         process_id=int(sys.argv[1]))
+    try:
+        run(c, {workdir!r})
+    except WorkdirError as e:
+        print("REFUSED", e, flush=True)
+""")
+
+
+@pytest.mark.slow  # two jax.distributed processes
+def test_a_multi_host_run_whose_one_lock_is_taken_stops_on_every_process(tmp_path):
+    from test_train_multiprocess import _free_port
+
+    wd = tmp_path / "multi"
+    wd.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.replace(
+        "RunLock(sys.argv[1])", "RunLock(sys.argv[1], 1)"), str(wd)], stdout=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    script = tmp_path / "child.py"
+    script.write_text(MULTI_CHILD.format(test_dir=os.path.dirname(__file__),
+                                         address=f"localhost:{_free_port()}", workdir=str(wd)))
+    try:
+        assert holder.stdout.readline().strip() == "LOCKED"
+        procs = [subprocess.Popen([sys.executable, str(script), str(i)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+        try:
+            outs = [p.communicate(timeout=300)[0] for p in procs]  # no process hangs
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"REFUSED workdir {wd} is in use by another run (process {holder.pid}" in outs[1]
+    assert "REFUSED workdir" in outs[0] and "another process of this run" in outs[0]
+    assert sorted(os.listdir(wd)) == [".lock", ".lock.1"]  # nothing else written
