@@ -4,6 +4,7 @@ import json
 import pathlib
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -153,3 +154,25 @@ def test_tied_embeddings_use_the_embedding_as_head():
     h = model.norm(inter["hidden_states"][-1])
     np.testing.assert_allclose(logits, h @ model.embed_tokens.embedding[...].T, atol=1e-5)
     assert "lm_head" not in str(nnx.state(model, nnx.Param))
+
+
+def test_subln_normalizes_every_bitlinear_input():
+    x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32) * 3 + 1
+    rms = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-6)
+    c = x - x.mean(-1, keepdims=True)
+    ln = c / np.sqrt((c ** 2).mean(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(llama.subln(jnp.asarray(x), "rms", 1e-6), rms, atol=1e-5)
+    np.testing.assert_allclose(llama.subln(jnp.asarray(x), "layer", 1e-6), ln, atol=1e-5)
+    model = _tiny(subln="rms")
+    mlp, h = model.layers[0].mlp, jnp.asarray(np.random.default_rng(1).standard_normal((1, 2, 32)),
+                                              jnp.float32)
+    hn = llama.subln(h, "rms", 1e-6)
+    inner = jax.nn.silu(mlp.gate_proj(hn)) * mlp.up_proj(hn)
+    np.testing.assert_allclose(mlp(h), mlp.down_proj(llama.subln(inner, "rms", 1e-6)),
+                               atol=1e-5)
+    np.testing.assert_allclose(mlp(5.0 * h), mlp(h), atol=1e-4)  # scale-free input
+    # No parameters of its own: the same parameter tree as without it.
+    shapes = lambda m: jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))  # noqa: E731
+    assert shapes(model) == shapes(_tiny())
+    with pytest.raises(ValueError, match="subln must be None or one of"):
+        _tiny(subln="batch")
