@@ -31,15 +31,8 @@ class ArrayDataset:
     process_count: int = 1
 
     def __post_init__(self):
-        n = len(self.train_images)
-        if self.global_batch_size > n:
-            raise ValueError(f"data.batch_size={self.global_batch_size} exceeds the "
-                             f"{n} training examples of {self.name!r}")
-        for what, size in (("data.batch_size", self.global_batch_size),
-                           ("data.eval_batch_size", self.eval_batch_size)):
-            if size % self.process_count:
-                raise ValueError(f"{what}={size} is not divisible by the {self.process_count} "
-                                 "processes")
+        check_batch_sizes(self.name, self.global_batch_size, self.eval_batch_size,
+                          self.process_count, num_train=len(self.train_images))
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -78,6 +71,18 @@ class ArrayDataset:
                                     self.process_count):
             yield {"image": self.test_images[rows], "label": self.test_labels[rows],
                    "mask": mask}
+
+
+def check_batch_sizes(name: str, batch_size: int, eval_batch_size: int, process_count: int,
+                      num_train: int | None = None) -> None:
+    """Batches that split evenly over the processes and fit the training set."""
+    if num_train is not None and batch_size > num_train:
+        raise ValueError(f"data.batch_size={batch_size} exceeds the {num_train} training "
+                         f"examples of {name!r}")
+    for what, size in (("data.batch_size", batch_size), ("data.eval_batch_size",
+                                                         eval_batch_size)):
+        if size % process_count:
+            raise ValueError(f"{what}={size} is not divisible by the {process_count} processes")
 
 
 def train_rows(step: int, *, seed: int, num_rows: int, batch_size: int, process_index: int = 0,

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from bnn_jax.data.arrays import eval_rows, train_rows
+from bnn_jax.data.arrays import check_batch_sizes, eval_rows, train_rows
 
 # ---------------------------------------------------------------------------------------------
 # Tokenizers
@@ -396,14 +396,8 @@ class TextDataset:
             sizes = {k: len(v) for k, v in arrays.items()}
             if len(set(sizes.values())) != 1:
                 raise ValueError(f"{self.name} {split} arrays differ in length: {sizes}")
-        if self.global_batch_size > self.num_train:
-            raise ValueError(f"data.batch_size={self.global_batch_size} exceeds the "
-                             f"{self.num_train} training rows of {self.name!r}")
-        for what, size in (("data.batch_size", self.global_batch_size),
-                           ("data.eval_batch_size", self.eval_batch_size)):
-            if size % self.process_count:
-                raise ValueError(f"{what}={size} is not divisible by the {self.process_count} "
-                                 "processes")
+        check_batch_sizes(self.name, self.global_batch_size, self.eval_batch_size,
+                          self.process_count, num_train=self.num_train)
 
     @property
     def num_train(self) -> int:
