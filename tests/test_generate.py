@@ -20,22 +20,25 @@ def hf_model():
     return hub.load(FIXTURE)
 
 
+@nnx.jit
+def _decode(model, ids, cache, index, positions, kv_mask):
+    return model.decode(ids, cache, index=index, positions=positions, kv_mask=kv_mask)
+
+
 def test_cached_decode_equals_the_uncached_forward():
     model = llama.Model(vocab_size=40, max_len=12, hidden=32, intermediate=48, num_layers=2,
                         num_heads=4, num_kv_heads=2, rngs=nnx.Rngs(1))
     ids = jnp.asarray(np.random.default_rng(0).integers(3, 40, (2, 9)), jnp.int32)
-    full = model(ids)
+    full = nnx.jit(lambda m, x: m(x))(model, ids)
     cache = model.init_cache(2, 12)
     kv = jnp.zeros((2, 12), bool).at[:, :4].set(True)
     pos = jnp.broadcast_to(jnp.arange(9), (2, 9))
     # A 4-token prefill, then one token at a time.
-    out, cache = model.decode(ids[:, :4], cache, index=jnp.int32(0), positions=pos[:, :4],
-                              kv_mask=kv)
+    out, cache = _decode(model, ids[:, :4], cache, jnp.int32(0), pos[:, :4], kv)
     steps = [out]
     for t in range(4, 9):
         kv = kv.at[:, t].set(True)
-        out, cache = model.decode(ids[:, t:t + 1], cache, index=jnp.int32(t),
-                                  positions=pos[:, t:t + 1], kv_mask=kv)
+        out, cache = _decode(model, ids[:, t:t + 1], cache, jnp.int32(t), pos[:, t:t + 1], kv)
         steps.append(out)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
 
