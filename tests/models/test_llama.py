@@ -176,3 +176,26 @@ def test_subln_normalizes_every_bitlinear_input():
     assert shapes(model) == shapes(_tiny())
     with pytest.raises(ValueError, match="subln must be None or one of"):
         _tiny(subln="batch")
+
+
+def test_sharded_checkpoint_with_index_loads_the_same(tmp_path):
+    from safetensors.numpy import save_file
+
+    d = tmp_path / "sharded"
+    d.mkdir()
+    for f in ("config.json",):
+        shutil.copy(FIXTURE / f, d / f)
+    tensors = hub.read_safetensors(FIXTURE)
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2],
+              "model-00002-of-00002.safetensors": names[1::2]}
+    for fname, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(d / fname))
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: f for f, ks in shards.items() for k in ks}}))
+    a, b = hub.load(FIXTURE), hub.load(d)
+    np.testing.assert_array_equal(a.layers[1].mlp.down_proj.kernel[...],
+                                  b.layers[1].mlp.down_proj.kernel[...])
+    (d / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ValueError, match="lists shards missing"):
+        hub.load(d)
