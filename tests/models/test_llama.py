@@ -199,3 +199,13 @@ def test_sharded_checkpoint_with_index_loads_the_same(tmp_path):
     (d / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(ValueError, match="lists shards missing"):
         hub.load(d)
+
+
+def test_learned_kernel_quantizer_arrays_follow_the_loaded_kernel():
+    # bivit_weight's per-channel scale starts from the kernel: after import it must be the
+    # scale of the pretrained kernel, not of the random one the model was built with.
+    model = hub.load(FIXTURE, kernel_quantizer="bivit_weight")
+    layer = model.layers[1].self_attn.k_proj
+    kernel = hub.read_safetensors(FIXTURE)["model.layers.1.self_attn.k_proj.weight"].T
+    want = layer.kernel_quantizer.init(jnp.asarray(kernel))["alpha"]
+    np.testing.assert_allclose(layer.kernel_alpha[...], want, rtol=1e-6)
