@@ -155,7 +155,11 @@ def hf_files(data_dir, split: str) -> list[pathlib.Path]:
 
 def _hf_rows(path: pathlib.Path) -> Iterator[dict]:
     if path.name.endswith(".parquet"):
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise ValueError(f"reading {path.name} needs pyarrow: pip install pyarrow (the "
+                             "bnn_jax[tf] extra brings it)") from e
 
         for batch in pq.ParquetFile(path).iter_batches():
             yield from batch.to_pylist()
