@@ -193,6 +193,12 @@ def test_bad_input_is_rejected_before_compiling(hf_model):
         gen.generate(hf_model, np.ones((1, 3), np.int32), max_new_tokens=2, strategy="sample")
     with pytest.raises(ValueError, match="beam search needs eos_id"):
         gen.generate(hf_model, np.ones((1, 3), np.int32), max_new_tokens=2, strategy="beam")
+    with pytest.raises(ValueError, match="top_k=9 exceeds the vocabulary of 5"):
+        gen.generate(TableLM(TABLE), [[4]], max_new_tokens=2, strategy="sample", top_k=9,
+                     rng=jax.random.key(0))
+    with pytest.raises(ValueError, match="more than the vocabulary of 5"):
+        gen.generate(TableLM(TABLE), [[4]], max_new_tokens=2, strategy="beam", num_beams=3,
+                     eos_id=1)
 
 
 class NoCacheLM(nnx.Module):
