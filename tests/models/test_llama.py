@@ -209,3 +209,19 @@ def test_learned_kernel_quantizer_arrays_follow_the_loaded_kernel():
     kernel = hub.read_safetensors(FIXTURE)["model.layers.1.self_attn.k_proj.weight"].T
     want = layer.kernel_quantizer.init(jnp.asarray(kernel))["alpha"]
     np.testing.assert_allclose(layer.kernel_alpha[...], want, rtol=1e-6)
+
+
+def test_tied_checkpoint_loads_with_or_without_a_stored_head(tmp_path):
+    from safetensors.numpy import save_file
+
+    d = _copy(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
+    tensors = hub.read_safetensors(FIXTURE)
+    model = hub.load(d)  # lm_head.weight present: dropped, the head is the embedding
+    assert model.lm_head is None
+    np.testing.assert_array_equal(model.embed_tokens.embedding[...],
+                                  tensors["model.embed_tokens.weight"])
+    del tensors["lm_head.weight"]
+    save_file(tensors, str(d / "model.safetensors"))
+    assert hub.load(d).lm_head is None
