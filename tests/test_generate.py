@@ -128,11 +128,21 @@ def test_hand_checked_beam_search():
                        eos_id=1, length_penalty=2.0)
     assert out["tokens"].tolist() == [[2, 3, 1]]
     np.testing.assert_allclose(out["scores"], [np.log(0.189) / 9], rtol=1e-6)
-    # Step 2's 4th candidate "a eos" (0.15) ranks below num_beams: it never becomes a
-    # hypothesis, so with 4 beams "a eos" does (ranks: b-eos .36, aa .24, ab .21, a-eos .15).
-    out = gen.generate(model, start, max_new_tokens=2, strategy="beam", num_beams=4,
+    # Only an EOS among the first num_beams candidates closes a hypothesis. From the start,
+    # P(a) = .55 and P(eos) = .45, then P(a | a) = .6: one beam keeps "a" (rank 0) and drops
+    # "eos" (rank 1), ending with "a a" (.33) although "eos" alone (.45) scores higher.
+    rank = np.zeros((5, 5))
+    rank[4, [2, 1]] = 0.55, 0.45
+    rank[2, [2, 3]] = 0.6, 0.4
+    rank[1, 1] = rank[3, 3] = rank[0, 0] = 1.0
+    out = gen.generate(TableLM(rank), start, max_new_tokens=2, strategy="beam", num_beams=1,
                        eos_id=1, length_penalty=0.0)
-    assert out["tokens"].tolist() == [[3, 1]]
+    assert out["tokens"].tolist() == [[2, 2]]
+    np.testing.assert_allclose(out["scores"], [np.log(0.33)], rtol=1e-6)
+    # With two beams "eos" is rank 1 < 2: a hypothesis, and the best.
+    out = gen.generate(TableLM(rank), start, max_new_tokens=2, strategy="beam", num_beams=2,
+                       eos_id=1, length_penalty=0.0)
+    assert out["tokens"].tolist() == [[1, 0]]
 
 
 class TableSeq2Seq(TableLM):
@@ -196,9 +206,9 @@ def test_bad_input_is_rejected_before_compiling(hf_model):
     with pytest.raises(ValueError, match="top_k=9 exceeds the vocabulary of 5"):
         gen.generate(TableLM(TABLE), [[4]], max_new_tokens=2, strategy="sample", top_k=9,
                      rng=jax.random.key(0))
-    with pytest.raises(ValueError, match="more than the vocabulary of 5"):
-        gen.generate(TableLM(TABLE), [[4]], max_new_tokens=2, strategy="beam", num_beams=3,
-                     eos_id=1)
+    with pytest.raises(ValueError, match="at least 2 tokens, got 1"):
+        gen.generate(TableLM(np.ones((1, 1))), [[0]], max_new_tokens=2, strategy="beam",
+                     num_beams=3, eos_id=0)
 
 
 class NoCacheLM(nnx.Module):
