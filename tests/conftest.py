@@ -21,11 +21,21 @@ DATA = pathlib.Path(__file__).parent / "data"
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
+def readme_fenced_blocks(start: str | None = None, end: str | None = None
+                         ) -> list[tuple[str, str, int]]:
+    """(language, code, line number) of every fenced block of README.md, or of those between
+    two markers."""
+    text = README.read_text()
+    lo = text.index(start) if start else 0
+    hi = text.index(end) if end else len(text)
+    return [(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1)
+            for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
+            if lo <= m.start() < hi]
+
+
 def readme_python_blocks(start: str, end: str) -> list[str]:
     """The ```python blocks of README.md between two markers, for tests that run them."""
-    text = README.read_text()
-    return re.findall(r"```python\n(.*?)```", text[text.index(start):text.index(end)],
-                      flags=re.S)
+    return [code for lang, code, _ in readme_fenced_blocks(start, end) if lang == "python"]
 
 
 def _load_oracle():

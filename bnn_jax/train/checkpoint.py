@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
+class _ReadOnlyNotices(logging.Filter):
+    """Drops orbax's two warnings that a manager opened read-only is read-only.
+
+    Reading another run's checkpoints read-only is deliberate here (its directory is never
+    altered), so "Given directory is read only" and "read_only=True, setting
+    save_interval_steps=0" describe the intended mode, not a problem.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("Given directory is read only" in msg or "read_only=True, setting" in msg)
+
+
 class CorruptCheckpoint(RuntimeError):
     """A finalized checkpoint whose contents cannot be restored or fail the consistency check."""
 
@@ -51,6 +64,9 @@ class Checkpointer:
         # Handlers named up front so that item_metadata can read a checkpoint's shapes.
         handlers = {"state": ocp.StandardCheckpointHandler(),
                     "record": ocp.JsonCheckpointHandler()}
+        if self.read_only and not any(isinstance(f, _ReadOnlyNotices)
+                                      for f in logging.getLogger("absl").filters):
+            logging.getLogger("absl").addFilter(_ReadOnlyNotices())
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_handlers=handlers)
 

@@ -81,6 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ---------------------------------------------------------------- config and processes --
     config = ml_collections.ConfigDict(config.to_dict())
     try:
+        capped = config_lib.cap_steps_from_env(config)  # None unless $BNN_JAX_MAX_STEPS is set
         config_lib.validate(config)  # every config error before anything is built or compiled
     except ValueError as e:
         raise ConfigError(str(e)) from e
@@ -91,6 +92,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if pid == 0:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
+        print(metrics_lib.describe_outputs(workdir, tensorboard=config.tensorboard, note=capped))
     total = config.total_steps
 
     # ------------------------------------------------------------------------------ mesh --
@@ -254,6 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------------------------ loop --
     writers = metrics_lib.Writers(workdir, tensorboard=config.tensorboard, start_step=start)
+    writers.write_run_info(summary_lib.format_table(model_summary), ds, start)
     progress = metrics_lib.Progress(total, config.data.batch_size, start)
     batches = ds.train_batches(start)
     pending: list[tuple[int, dict]] = []  # per-step metrics not yet fetched from the device
