@@ -231,8 +231,11 @@ def export_table(data: dict) -> str:
             f"{max(r['export']['max_logit_diff'] for r in rs):.2g} | seeds "
             f"{', '.join(str(r['seed']) for r in rs)} |")
     e = _runs(data, "binary")[0]["export"]
+    sizes = {json.dumps([(r["bytes_before"], r["bytes_after"], r["plane_bytes"])
+                         for r in x["export"]["layers"]]) for x in _runs(data, "binary")}
+    same = "the same for every seed" if len(sizes) == 1 else "sizes differ between seeds"
     lines += ["", f"Per layer, default binary run (seed {_runs(data, 'binary')[0]['seed']}; "
-              "the same for every seed):", "",
+              f"{same}):", "",
               "| layer | weights | float32 (bytes) | frozen (bytes) | bits/weight (planes) | "
               "overhead (bytes) | encoding |", "|---|---|---|---|---|---|---|"]
     for r in e["layers"]:
