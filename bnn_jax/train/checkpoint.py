@@ -57,6 +57,8 @@ class Checkpointer:
     def _open(self):
         if not self.read_only:  # another run's temporaries may be a save still in progress
             self._remove_unfinished()
+        elif not any(isinstance(f, _ReadOnlyNotices) for f in logging.getLogger("absl").filters):
+            logging.getLogger("absl").addFilter(_ReadOnlyNotices())
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if self.read_only else self.keep, create=not self.read_only,
             read_only=self.read_only, enable_async_checkpointing=self.async_save,
@@ -64,9 +66,6 @@ class Checkpointer:
         # Handlers named up front so that item_metadata can read a checkpoint's shapes.
         handlers = {"state": ocp.StandardCheckpointHandler(),
                     "record": ocp.JsonCheckpointHandler()}
-        if self.read_only and not any(isinstance(f, _ReadOnlyNotices)
-                                      for f in logging.getLogger("absl").filters):
-            logging.getLogger("absl").addFilter(_ReadOnlyNotices())
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_handlers=handlers)
 
