@@ -28,6 +28,13 @@ setup(
         "numpy",
         "scikit-learn",  # ships the embedded offline default dataset (handwritten digits)
         "tensorboardX",  # TensorBoard event files without TensorFlow (numpy + protobuf)
+        # Text: Hugging Face tokenizer files, SentencePiece models, safetensors checkpoints,
+        # ROUGE (the score the TBT paper reports) and BLEU.
+        "tokenizers",
+        "sentencepiece",
+        "safetensors",
+        "rouge-score",
+        "sacrebleu",
     ],
     # Exact versions that CI passed with: constraints.txt (scripts/in_venv.sh uses it by default).
     extras_require={
