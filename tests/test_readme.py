@@ -4,7 +4,8 @@ Shell blocks: every command carries the ``bash scripts/in_venv.sh`` prefix (a fr
 environment without it); the test runs them in this interpreter's environment from the repository
 root, with ``/tmp/`` paths moved to a scratch directory and ``BNN_JAX_MAX_STEPS`` capping the
 training. Python blocks: each in a fresh interpreter, so a block that relies on an earlier one's
-imports fails here. The quick-start training command runs in the default suite (with its
+imports fails here; they start in the repository root, as ``bash scripts/in_venv.sh python``
+does. The quick-start training command runs in the default suite (with its
 documented outputs and TensorBoard scalars checked); every other shell block is ``slow``.
 """
 
@@ -80,7 +81,9 @@ def _python_blocks():
 @pytest.mark.parametrize("code,line", _python_blocks())
 def test_python_block_runs_on_its_own(code, line, tmp_path):
     code = code.replace("/tmp/", f"{tmp_path}/")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path, 2),
+    # From the repository root, where `bash scripts/in_venv.sh python` starts (blocks name
+    # repository files such as tests/fixtures/).
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(tmp_path, 2),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"README.md:{line} fails on its own:\n{proc.stderr[-3000:]}"
 
