@@ -38,6 +38,24 @@ def readme_python_blocks(start: str, end: str) -> list[str]:
     return [code for lang, code, _ in readme_fenced_blocks(start, end) if lang == "python"]
 
 
+def read_events(logdir) -> list:
+    """Every Event of a TensorBoard log directory, file by file in name order: the TFRecord
+    framing (length, its crc, record, its crc) read here, records parsed with tensorboardX's
+    Event proto."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in sorted(pathlib.Path(logdir).glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + n]))
+            pos += 12 + n + 4
+    return events
+
+
 def _load_oracle():
     npz, js = DATA / "larq_oracle.npz", DATA / "larq_oracle.json"
     if not npz.exists() or not js.exists():

@@ -12,12 +12,11 @@ documented outputs and TensorBoard scalars checked); every other shell block is 
 import json
 import os
 import pathlib
-import struct
 import subprocess
 import sys
 
 import pytest
-from conftest import README, readme_fenced_blocks
+from conftest import README, read_events, readme_fenced_blocks
 
 REPO = README.parent
 PREFIX = "bash scripts/in_venv.sh "
@@ -89,24 +88,15 @@ def test_python_block_runs_on_its_own(code, line, tmp_path):
 
 
 def _events(logdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
-    """Scalars of every event file: TFRecord framing read here, records parsed with
-    tensorboardX's Event proto."""
-    from tensorboardX.proto import event_pb2
-
+    """tag -> [(step, value)] of the scalars (other summaries: tag -> [])."""
     out: dict[str, list[tuple[int, float]]] = {}
-    files = sorted(logdir.glob("events.out.tfevents.*"))
-    assert files, f"no event files in {logdir}"
-    for path in files:
-        data, pos = path.read_bytes(), 0
-        while pos < len(data):
-            (n,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
-            pos += 12 + n + 4  # length, its crc, the record, its crc
-            for v in event.summary.value:
-                if v.HasField("simple_value"):
-                    out.setdefault(v.tag, []).append((event.step, v.simple_value))
-                else:
-                    out.setdefault(v.tag, [])
+    events = read_events(logdir)
+    assert events, f"no event files in {logdir}"
+    for event in events:
+        for v in event.summary.value:
+            out.setdefault(v.tag, [])
+            if v.HasField("simple_value"):
+                out[v.tag].append((event.step, v.simple_value))
     return out
 
 

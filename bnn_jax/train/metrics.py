@@ -48,10 +48,13 @@ class JsonlWriter:
 class TensorBoardWriter:
     """Event files under ``<workdir>/tensorboard``: scalars, the model summary, sample images."""
 
-    def __init__(self, logdir: str):
+    def __init__(self, logdir: str, *, start_step: int = 0):
         from tensorboardX import SummaryWriter
 
-        self._w = SummaryWriter(logdir, flush_secs=30)
+        # A resumed run repeats the steps after its checkpoint: purge_step hides the earlier
+        # events of those steps in TensorBoard, as JsonlWriter drops their lines.
+        self._w = SummaryWriter(logdir, flush_secs=30,
+                                purge_step=start_step + 1 if start_step else None)
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
         for k, v in scalars.items():
@@ -121,7 +124,7 @@ class Writers:
         paths = output_paths(workdir)
         self.writers.append(JsonlWriter(paths["metrics"], start_step=start_step))
         if tensorboard and tensorboard_available():
-            self.tensorboard = TensorBoardWriter(paths["tensorboard"])
+            self.tensorboard = TensorBoardWriter(paths["tensorboard"], start_step=start_step)
             self.writers.append(self.tensorboard)
 
     def write(self, step: int, split: str, scalars: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from conftest import read_events
 
 from bnn_jax.train import config as config_lib
 from bnn_jax.train import metrics
@@ -36,3 +37,27 @@ def test_max_steps_env_caps_total_steps(monkeypatch):
         monkeypatch.setenv("BNN_JAX_MAX_STEPS", bad)
         with pytest.raises(ValueError, match="must be a positive integer"):
             config_lib.cap_steps_from_env(c)
+
+
+def test_resumed_tensorboard_log_purges_the_repeated_steps(tmp_path):
+    a = metrics.TensorBoardWriter(str(tmp_path))
+    for step in (1, 2, 3, 4):
+        a.write(step, "train", {"loss": float(step)})
+    a.close()
+    b = metrics.TensorBoardWriter(str(tmp_path), start_step=2)  # resumed from step 2
+    for step in (3, 4):
+        b.write(step, "train", {"loss": 10.0 + step})
+    b.close()
+    events = read_events(tmp_path)
+    # TensorBoard drops earlier events at or after a SessionLog START's step (purge_step).
+    starts = [e.step for e in events if e.HasField("session_log")
+              and e.session_log.status == e.session_log.START]
+    assert starts == [3]
+    kept, purge = [], None
+    for e in events:
+        if e.HasField("session_log"):
+            purge = e.step
+            kept = [(s, v) for s, v in kept if s < purge]
+        for v in e.summary.value:
+            kept.append((e.step, v.simple_value))
+    assert kept == [(1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0)]
