@@ -40,6 +40,19 @@ import orbax.checkpoint as ocp
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
+class _ReadOnlyNotices(logging.Filter):
+    """Drops orbax's two warnings that a manager opened read-only is read-only.
+
+    Reading another run's checkpoints read-only is deliberate here (its directory is never
+    altered), so "Given directory is read only" and "read_only=True, setting
+    save_interval_steps=0" describe the intended mode, not a problem.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("Given directory is read only" in msg or "read_only=True, setting" in msg)
+
+
 class CorruptCheckpoint(RuntimeError):
     """A finalized checkpoint whose contents cannot be restored or fail the consistency check."""
 
@@ -150,6 +163,8 @@ class Checkpointer:
     def _open(self):
         if not self.read_only:  # another run's temporaries may be a save still in progress
             self._remove_unfinished()
+        elif not any(isinstance(f, _ReadOnlyNotices) for f in logging.getLogger("absl").filters):
+            logging.getLogger("absl").addFilter(_ReadOnlyNotices())
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if self.read_only else self.keep, create=not self.read_only,
             read_only=self.read_only, enable_async_checkpointing=self.async_save,

@@ -8,6 +8,7 @@ fields, models, datasets, quantizers and optimizers before anything is built or 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import ml_collections
@@ -27,7 +28,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500      # checkpoint interval (steps); a final one is always written
     c.keep_checkpoints = 3        # orbax keeps the newest N
     c.async_checkpoint = True     # write checkpoints in the background
-    c.tensorboard = True          # event files when TensorFlow + tensorboard are installed
+    c.tensorboard = True          # TensorBoard event files in <workdir>/tensorboard
     c.data = dict(name="digits", batch_size=128, eval_batch_size=360, data_dir="")
     c.model = dict(name="mlp")
     c.loss = dict(name="softmax_xent", label_smoothing=0.0)
@@ -49,6 +50,23 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+MAX_STEPS_ENV = "BNN_JAX_MAX_STEPS"
+
+
+def cap_steps_from_env(config: ml_collections.ConfigDict) -> str | None:
+    """Lower ``total_steps`` to ``$BNN_JAX_MAX_STEPS`` when set (smoke runs of any command).
+
+    Returns the console note, or None when the variable is unset. The cap is recorded in the
+    run's config.json like any other field.
+    """
+    raw = os.environ.get(MAX_STEPS_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{MAX_STEPS_ENV}={raw!r} must be a positive integer (or unset)")
+    before = config.total_steps
+    config.total_steps = min(int(before), int(raw))
+    return f"{MAX_STEPS_ENV}={raw}: total_steps {before} -> {config.total_steps}"
 
 
 def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:

@@ -82,6 +82,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ---------------------------------------------------------------- config and processes --
     config = ml_collections.ConfigDict(config.to_dict())
     try:
+        capped = config_lib.cap_steps_from_env(config)  # None unless $BNN_JAX_MAX_STEPS is set
         config_lib.validate(config)  # every config error before anything is built or compiled
         workdir_lib.check_usable(workdir)
     except ValueError as e:
@@ -94,13 +95,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 print(f"The run in {workdir} is finished (step {config.total_steps}); its results "
                       "are in result.json and summary.md", flush=True)
             return claim.finished
-        return _run(config, workdir, claim)
+        return _run(config, workdir, claim, capped)
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str,
-         claim: workdir_lib.Claim) -> dict[str, Any]:
+def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Claim,
+         capped: str | None = None) -> dict[str, Any]:
     pid, nproc = jax.process_index(), jax.process_count()
     say = print if pid == 0 else (lambda *a, **k: None)
+    if pid == 0:
+        print(metrics_lib.describe_outputs(workdir, tensorboard=config.tensorboard, note=capped))
     total = config.total_steps
 
     # ------------------------------------------------------------------------------ mesh --
@@ -285,6 +288,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
 
     # ------------------------------------------------------------------------------ loop --
     writers = metrics_lib.Writers(workdir, tensorboard=config.tensorboard, start_step=start)
+    writers.write_run_info(summary_lib.format_table(model_summary), ds, start)
     progress = metrics_lib.Progress(total, config.data.batch_size, start)
     batches = ds.train_batches(start)
     pending: list[tuple[int, dict]] = []  # per-step metrics not yet fetched from the device
