@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import logging
 import os
 import re
 import shutil
