@@ -56,6 +56,7 @@ MODELS = {
     "resnet50_int8": "variants.resnet50_int8",
     "reactnet": "reactnet",
     "reactnet_a": "variants.reactnet_a",
+    "llama": "llama",
 }
 
 
