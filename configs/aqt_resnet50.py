@@ -19,11 +19,10 @@ def get_config(arg=None):
     c.model = dict(name="resnet_imagenet", depth=50, style="float", **q)
     if arg.quick:
         c.model["depth"] = 18
-        c.data = dict(name="synthetic", batch_size=8, eval_batch_size=8, image_shape=(32, 32, 3),
-                      num_classes=10, num_train=32, num_test=16)
+        c.data = dict(name="digits", batch_size=8, eval_batch_size=8, data_dir="")
         c.total_steps = 2
     else:
-        c.data = dict(name="imagenet2012", batch_size=256, eval_batch_size=500)
+        c.data = dict(name="imagenet2012", batch_size=256, eval_batch_size=500, data_dir="")
         c.total_steps = 90 * math.ceil(1_281_167 / 256)
     c.log_every = 1 if arg.quick else 100
     c.optimizer = dict(name="momentum", momentum=0.9, learning_rate=0.1, schedule="cosine",

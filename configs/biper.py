@@ -22,11 +22,10 @@ def get_config(arg=None):
     epoch = math.ceil(50_000 / 256)
     if arg.quick:
         c.model = dict(c.model, name="resnet20", width=4)
-        c.data = dict(name="synthetic", batch_size=8, eval_batch_size=8, image_shape=(32, 32, 3),
-                      num_classes=10, num_train=32, num_test=16)
+        c.data = dict(name="digits", batch_size=8, eval_batch_size=8, data_dir="")
         c.total_steps, epoch = 2, 0
     else:
-        c.data = dict(name="cifar10", batch_size=256, eval_batch_size=500)
+        c.data = dict(name="cifar10", batch_size=256, eval_batch_size=500, data_dir="")
         c.total_steps = (600 if arg.stage == 1 else 300) * epoch
     c.log_every = 1 if arg.quick else 100
     c.optimizer = dict(name="momentum", momentum=0.9, schedule="warmup_cosine",

@@ -26,13 +26,12 @@ def get_config(arg=None):
                    kernel_quantizer=dict(name="irnet_weight"))
     dataset = MODELS[arg.model]
     if arg.quick:
-        c.data = dict(name="synthetic", batch_size=8, eval_batch_size=8, image_shape=(32, 32, 3),
-                      num_classes=10, num_train=32, num_test=16)
+        c.data = dict(name="digits", batch_size=8, eval_batch_size=8, data_dir="")
         c.total_steps = 2
     else:
         batch, epochs = (128, 400) if dataset == "cifar10" else (256, 100)
         size = 50_000 if dataset == "cifar10" else 1_281_167
-        c.data = dict(name=dataset, batch_size=batch, eval_batch_size=500)
+        c.data = dict(name=dataset, batch_size=batch, eval_batch_size=500, data_dir="")
         c.total_steps = epochs * math.ceil(size / batch)
     c.log_every = 1 if arg.quick else 100
     c.optimizer = dict(name="momentum", momentum=0.9, learning_rate=0.1, schedule="cosine",

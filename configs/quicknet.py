@@ -21,11 +21,10 @@ def get_config(arg=None):
     c.model = dict(name=arg.model)
     if arg.quick:
         c.model.update(section_blocks=(1, 1), section_filters=(8, 16))
-        c.data = dict(name="synthetic", batch_size=8, eval_batch_size=8, image_shape=(32, 32, 3),
-                      num_classes=10, num_train=32, num_test=16)
+        c.data = dict(name="digits", batch_size=8, eval_batch_size=8, data_dir="")
         c.total_steps, epoch = 2, 1
     else:
-        c.data = dict(name="imagenet2012", batch_size=2048, eval_batch_size=500)
+        c.data = dict(name="imagenet2012", batch_size=2048, eval_batch_size=500, data_dir="")
         epoch = math.ceil(1_281_167 / 2048)
         c.total_steps = 600 * epoch
     c.log_every = 1 if arg.quick else 100

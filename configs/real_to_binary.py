@@ -26,11 +26,10 @@ def get_config(arg=None):
     if arg.quick:
         c.model["filters"] = 8
         teacher = dict(name="resnet_cifar", arch="resnet20", width=4)
-        c.data = dict(name="synthetic", batch_size=8, eval_batch_size=8, image_shape=(32, 32, 3),
-                      num_classes=10, num_train=32, num_test=16)
+        c.data = dict(name="digits", batch_size=8, eval_batch_size=8, data_dir="")
         c.total_steps = 2
     else:
-        c.data = dict(name="imagenet2012", batch_size=256, eval_batch_size=500)
+        c.data = dict(name="imagenet2012", batch_size=256, eval_batch_size=500, data_dir="")
         c.total_steps = 75 * math.ceil(1_281_167 / 256)
     c.log_every = 1 if arg.quick else 100
     c.optimizer = dict(name="adam", learning_rate=1e-3, schedule="cosine", weight_decay=0.0)

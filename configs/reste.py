@@ -20,7 +20,7 @@ SIZES = {"cifar10": 50_000, "imagenet2012": 1_281_167}
 
 def get_config(arg=None):
     """Arguments: model (resnet20, resnet20_bireal, resnet18_cifar, vgg_small, resnet18,
-    resnet34), quick (synthetic 32x32 data, 2 steps), epochs (0: the paper's)."""
+    resnet34), quick (digits, 2 steps), epochs (0: the paper's)."""
     arg = parse_arg(arg, model="resnet20", quick=False, epochs=0)
     if arg.model not in (*CIFAR, *IMAGENET):
         raise ValueError(f"model must be one of {[*CIFAR, *IMAGENET]}, got {arg.model!r}")
@@ -34,11 +34,10 @@ def get_config(arg=None):
         dataset, batch, epochs = "imagenet2012", 750, arg.epochs or 250
         c.model = dict(name="resnet_imagenet", depth=IMAGENET[arg.model], **binary)
     if arg.quick:
-        c.data = dict(name="synthetic", batch_size=8, eval_batch_size=8, image_shape=(32, 32, 3),
-                      num_classes=10, num_train=32, num_test=16)
+        c.data = dict(name="digits", batch_size=8, eval_batch_size=8, data_dir="")
         c.total_steps = 2
     else:
-        c.data = dict(name=dataset, batch_size=batch, eval_batch_size=500)
+        c.data = dict(name=dataset, batch_size=batch, eval_batch_size=500, data_dir="")
         c.total_steps = epochs * math.ceil(SIZES[dataset] / batch)
     c.log_every = 1 if arg.quick else 100
     c.optimizer = dict(name="momentum", momentum=0.9, learning_rate=0.1, schedule="cosine",
