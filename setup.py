@@ -27,6 +27,13 @@ setup(
         "clu",
         "numpy",
         "scikit-learn",  # ships the embedded offline default dataset (handwritten digits)
+        # Text: Hugging Face tokenizer files, SentencePiece models, safetensors checkpoints,
+        # ROUGE (the score the TBT paper reports) and BLEU.
+        "tokenizers",
+        "sentencepiece",
+        "safetensors",
+        "rouge-score",
+        "sacrebleu",
     ],
     extras_require={
         "tf": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources", "tensorboard"],

