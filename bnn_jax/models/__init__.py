@@ -28,6 +28,7 @@ MODELS = {
     "digits_cnn": "digits_cnn",
     "conv_denoiser": "conv_denoiser",
     "encoder_decoder": "encoder_decoder",
+    "llama": "llama",
     "text_encoder": "text_encoder",
 }
 
