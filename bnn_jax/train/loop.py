@@ -282,6 +282,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ---------------------------------------------------------------------------- resume --
     ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                  async_save=config.async_checkpoint)
+    try:  # a config that builds other shapes than the saved run: an error, nothing touched
+        ckpt.check_shapes(abstract)
+    except ValueError as e:
+        ckpt.close()
+        raise ConfigError(str(e)) from e
     restored = ckpt.restore_latest(abstract)
     if restored is not None:
         state, record = restored
