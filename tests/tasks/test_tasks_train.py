@@ -104,3 +104,32 @@ def test_task_trains_on_8_devices_and_resumes_bit_exactly(case, tmp_path, monkey
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert resumed["test_loss"] == straight["test_loss"]
+
+
+@pytest.mark.slow  # a teacher and a student run: ~40 s on 2 shared cores
+def test_hidden_state_distillation_through_run_adds_the_feature_term(tmp_path):
+    teacher = dict(name="text_encoder", **TINY)
+    data = dict(name="synthetic_glue", batch_size=16, eval_batch_size=40, num_train=64,
+                num_test=50)
+    task = dict(name="sequence_classification")
+    run(task_config(task, data, teacher, steps=2), str(tmp_path / "teacher"))
+
+    def student(weight):
+        c = task_config(task, data, dict(name="text_encoder", **TINY, **BINARY), steps=1)
+        c.kd = dict(enabled=True, teacher_model=teacher, teacher_workdir=str(tmp_path / "teacher"),
+                    task_weight=1.0, terms=[dict(name="hidden_mse", weight=weight,
+                                                 student=r"blocks/\d+/hidden")])
+        return c
+
+    first = {}
+    for w in (0.0, 1.0):
+        wd = tmp_path / f"student{w}"
+        run(student(w), str(wd))
+        lines = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+        first[w] = next(x["loss"] for x in lines if x["split"] == "train")
+    assert first[1.0] > first[0.0] + 1e-4  # the MSE to the teacher's block output counts
+    bad = student(1.0)
+    bad.kd.terms = [dict(name="hidden_mse", weight=1.0, student=r"blocks/\d+/nothing")]
+    with pytest.raises(ValueError, match="no student feature matches"):
+        run(bad, str(tmp_path / "bad"))
+    assert not (tmp_path / "bad" / "checkpoints").exists()
