@@ -163,19 +163,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
             if pname not in q.params:
                 raise ValueError(f"schedule {role}.{pname}: quantizer {q.name!r} has no static "
                                  f"parameter {pname!r}; valid: {sorted(q.params)}")
-    if config.kd.enabled:
-        if not config.kd.get("teacher_import"):
-            models.validate(config.kd.teacher_model)
-        if bool(config.kd.teacher_workdir) == bool(config.kd.get("teacher_import")):
+    kd = {**_fields(base.kd), **_fields(config.kd)}  # a replaced kd dict keeps the defaults
+    if kd["enabled"]:
+        if not kd["teacher_import"]:
+            models.validate(kd["teacher_model"])
+        if bool(kd["teacher_workdir"]) == bool(kd["teacher_import"]):
             raise ValueError("config.kd.enabled needs exactly one teacher: config.kd."
                              "teacher_workdir (a trained bnn_jax run) or config.kd."
                              "teacher_import (a Hugging Face model directory)")
-        distill.validate(config.kd)
-        if config.kd.kind not in KD_KINDS:
-            raise ValueError(f"unknown kd kind {config.kd.kind!r}; valid kinds: {list(KD_KINDS)}")
-        if not config.kd.temperature > 0:
+        distill.validate(kd)
+        if kd["kind"] not in KD_KINDS:
+            raise ValueError(f"unknown kd kind {kd['kind']!r}; valid kinds: {list(KD_KINDS)}")
+        if not kd["temperature"] > 0:
             raise ValueError(f"config.kd.temperature must be positive, got "
-                             f"{config.kd.temperature!r}")
+                             f"{kd['temperature']!r}")
     if config.loss.name not in LOSSES:
         raise ValueError(f"unknown loss {config.loss.name!r}; valid losses: {list(LOSSES)}")
 

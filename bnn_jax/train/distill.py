@@ -46,7 +46,9 @@ def term_names() -> list[str]:
 
 def terms(kd: Any) -> tuple[float, list[dict[str, Any]]]:
     """``(task_weight, terms)`` of ``config.kd`` (the single-term fields when no ``terms``)."""
-    kd = kd.to_dict() if hasattr(kd, "to_dict") else dict(kd)
+    from bnn_jax.train.config import defaults
+
+    kd = {**defaults().kd.to_dict(), **(kd.to_dict() if hasattr(kd, "to_dict") else dict(kd))}
     if kd.get("terms"):
         return float(kd.get("task_weight", 0.0)), [dict(t) for t in kd["terms"]]
     w = float(kd["weight"])
