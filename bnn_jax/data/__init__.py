@@ -5,17 +5,19 @@ Offline, in memory: ``digits`` (the default; scikit-learn's 1797 real 8x8 images
 modelling on the Python documentation, see :mod:`bnn_jax.data.text`) and the text tasks with
 known answers ``synthetic_glue`` and ``synthetic_seq2seq`` (:mod:`bnn_jax.data.synthetic_text`).
 Through TensorFlow Datasets (extra ``bnn_jax[tf]``, data prepared under ``data.data_dir``):
-``mnist``, ``cifar10``, ``cifar100``, ``imagenet2012``. Every dataset offers
-``train_batches(start_step)`` (resumable: the position is the step), ``eval_batches()`` (with a
-``mask`` for padding) and ``spec``, what the data says to the model (e.g. ``num_classes`` and
-``input_shape``; ``vocab_size`` and ``max_len``).
+``mnist``, ``cifar10``, ``cifar100``, ``imagenet2012``. Text datasets from tfds or Hugging Face
+files (:mod:`bnn_jax.data.text_sources`): ``wikitext103``, ``c4``, ``xsum``, ``cnn_dailymail``,
+``wmt16_ro_en``, ``glue`` (``task=...``). Every dataset offers ``train_batches(start_step)``
+(resumable: the position is the step), ``eval_batches()`` (with a ``mask`` for padding) and
+``spec``, what the data says to the model (e.g. ``num_classes`` and ``input_shape``;
+``vocab_size`` and ``max_len``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bnn_jax.data import arrays, synthetic_text, text
+from bnn_jax.data import arrays, synthetic_text, text, text_sources
 
 IN_MEMORY = {"digits": arrays.digits, "mnist5k": arrays.mnist5k, "synthetic": arrays.synthetic,
              "pydoc": text.pydoc, "synthetic_glue": synthetic_text.synthetic_glue,
@@ -28,12 +30,13 @@ EXTRA_FIELDS = {"digits": (), "mnist5k": (),
                 "synthetic_glue": ("vocab_size", "seq_len", "num_labels", "num_train",
                                    "num_test"),
                 "synthetic_seq2seq": ("vocab_size", "seq_len", "num_train", "num_test"),
-                **{n: ("data_dir", "shuffle_buffer", "image_size") for n in TFDS}}
+                **{n: ("data_dir", "shuffle_buffer", "image_size") for n in TFDS},
+                **{n: text_sources.fields(n) for n in text_sources.NAMES}}
 
 
 def names() -> list[str]:
     """All dataset names, sorted."""
-    return sorted([*IN_MEMORY, *TFDS])
+    return sorted([*IN_MEMORY, *TFDS, *text_sources.NAMES])
 
 
 def validate(cfg: Any) -> None:
@@ -63,6 +66,12 @@ def _validate_text(cfg: dict) -> None:
     if cfg.get("packing") is not None and cfg["packing"] not in text.PACKINGS:
         raise ValueError(f"config.data.packing must be one of {list(text.PACKINGS)}, "
                          f"got {cfg['packing']!r}")
+    for f, valid in (("source", text_sources.SOURCES), ("task", tuple(text_sources.GLUE))):
+        if f in cfg and cfg[f] not in valid:
+            raise ValueError(f"config.data.{f} must be one of {list(valid)}, got {cfg[f]!r}")
+    if cfg.get("name") == "glue" and "task" not in cfg:
+        raise ValueError(f"dataset 'glue' needs config.data.task, one of "
+                         f"{list(text_sources.GLUE)}")
     tok = cfg.get("tokenizer")
     if tok is not None and not isinstance(tok, str):
         raise ValueError("config.data.tokenizer must be a directory path or 'byte', "
@@ -79,6 +88,8 @@ def build(cfg: Any, *, seed: int = 0, process_index: int = 0, process_count: int
                   process_index=process_index, process_count=process_count)
     if name in IN_MEMORY:
         return IN_MEMORY[name](**cfg, **common)
+    if name in text_sources.NAMES:
+        return text_sources.build(name, **cfg, **common)
     from bnn_jax.data import tfds_pipeline  # TensorFlow only when asked for
 
     return tfds_pipeline.TfdsDataset(name, **cfg, **common)

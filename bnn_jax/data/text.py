@@ -111,6 +111,22 @@ class HFTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
+    def encode_pair(self, a: str, b: str | None, max_len: int) -> tuple[list[int], list[int]]:
+        """Ids and token types of ``a`` (and ``b``) with the model's own special tokens (its
+        post-processor: ``[CLS] a [SEP] b [SEP]`` for BERT), truncated longest-first."""
+        post = self._tok.post_processor
+        if post is None:
+            return _template_pair(self, a, b, max_len)
+        ea = self._tok.encode(a, add_special_tokens=False)
+        eb = None if b is None else self._tok.encode(b, add_special_tokens=False)
+        la, lb = _longest_first(len(ea.ids), 0 if eb is None else len(eb.ids),
+                                max_len - post.num_special_tokens_to_add(eb is not None))
+        ea.truncate(la)
+        if eb is not None:
+            eb.truncate(lb)
+        enc = self._tok.post_process(ea, eb, add_special_tokens=True)
+        return enc.ids, enc.type_ids
+
     def __repr__(self) -> str:
         return f"HFTokenizer({str(self.directory)!r}, vocab_size={self.vocab_size})"
 
@@ -166,6 +182,39 @@ class SentencePieceTokenizer:
 
     def __repr__(self) -> str:
         return f"SentencePieceTokenizer({str(self.model_file)!r}, vocab_size={self.vocab_size})"
+
+
+def _longest_first(la: int, lb: int, budget: int) -> tuple[int, int]:
+    """Lengths after removing tokens from the longer sequence until ``la + lb <= budget``."""
+    if budget < 1 + (lb > 0):
+        raise ValueError(f"max_len leaves room for {budget} tokens besides the special ones")
+    while la + lb > budget:
+        if la >= lb:
+            la -= 1
+        else:
+            lb -= 1
+    return la, lb
+
+
+def _template_pair(tok, a: str, b: str | None, max_len: int) -> tuple[list[int], list[int]]:
+    # [bos] a [eos] (b [eos]) for tokenizers without a post-processor of their own.
+    ia, ib = tok.encode(a), ([] if b is None else tok.encode(b))
+    bos = [] if tok.bos_id is None else [tok.bos_id]
+    eos = [] if tok.eos_id is None else [tok.eos_id]
+    special = len(bos) + len(eos) * (1 + (b is not None))
+    la, lb = _longest_first(len(ia), len(ib), max_len - special)
+    first = bos + ia[:la] + eos
+    second = [] if b is None else ib[:lb] + eos
+    return first + second, [0] * len(first) + [1] * len(second)
+
+
+def encode_pair(tok, a: str, b: str | None, max_len: int) -> tuple[list[int], list[int]]:
+    """(ids, token types) of a sentence or sentence pair for classification, at most
+    ``max_len`` tokens: the tokenizer's own template where it has one, else
+    ``[bos] a [eos] b [eos]``."""
+    if hasattr(tok, "encode_pair"):
+        return tok.encode_pair(a, b, max_len)
+    return _template_pair(tok, a, b, max_len)
 
 
 # SentencePiece file names in Hugging Face model directories -> uses fairseq's id offset.
@@ -386,17 +435,24 @@ class TextDataset:
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
         """The eval split once, in order; the last batch is padded, ``mask`` marks real rows."""
-        b = self.eval_batch_size
-        for start in range(0, self.num_test, b):
-            rows = np.arange(start, start + b)
-            mask = rows < self.num_test
-            rows = np.where(mask, rows, 0)
-            rows, mask = self._local(rows, b), self._local(mask, b)
-            batch = {k: v[rows] for k, v in self.eval.items()}
-            if "loss_mask" in batch:
-                batch["loss_mask"] = batch["loss_mask"] * mask[:, None]
-            batch["mask"] = mask.astype(np.float32)
-            yield batch
+        return eval_batches(self.eval, self.eval_batch_size, self.process_index,
+                            self.process_count)
+
+
+def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """``arrays`` once in order, in global batches of which this process reads its slice; the
+    last batch is padded with row 0, ``mask`` 0 (and ``loss_mask`` 0) on the padding."""
+    n, local = len(next(iter(arrays.values()))), batch_size // process_count
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, start + batch_size)[process_index * local:
+                                                    (process_index + 1) * local]
+        mask = rows < n
+        batch = {k: v[np.where(mask, rows, 0)] for k, v in arrays.items()}
+        if "loss_mask" in batch:
+            batch["loss_mask"] = batch["loss_mask"] * mask[:, None]
+        batch["mask"] = mask.astype(np.float32)
+        yield batch
 
 
 def lm_dataset(name: str, train_docs: Sequence[str], eval_docs: Sequence[str], *, seq_len: int,
