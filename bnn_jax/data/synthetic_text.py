@@ -10,9 +10,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnn_jax.data.text import ByteTokenizer, TextDataset
+from bnn_jax.data.text import TextDataset
 
 PAD, BOS, EOS, FIRST = 0, 1, 2, 3  # ids below FIRST are special
+
+
+class IdTokenizer:
+    """The synthetic vocabulary as text: ids ``FIRST..vocab_size-1`` written as numbers."""
+
+    pad_id, bos_id, eos_id = PAD, BOS, EOS
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return [int(w) for w in text.split()]
+
+    def encode_batch(self, texts):
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids) -> str:
+        return " ".join(str(int(i)) for i in ids if FIRST <= int(i) < self.vocab_size)
 
 
 def _lengths(rng, n, seq_len):
@@ -41,7 +59,7 @@ def synthetic_glue(*, vocab_size: int = 32, seq_len: int = 16, num_labels: int =
     train = _glue_split(rng, num_train, seq_len, vocab_size, num_labels)
     test = _glue_split(rng, num_test, seq_len, vocab_size, num_labels)
     spec = {"vocab_size": vocab_size, "max_len": seq_len, "num_labels": num_labels}
-    return TextDataset("synthetic_glue", train, test, spec, ByteTokenizer(), **kw)
+    return TextDataset("synthetic_glue", train, test, spec, IdTokenizer(vocab_size), **kw)
 
 
 def _seq2seq_split(rng, n, seq_len, vocab_size):
@@ -68,4 +86,5 @@ def synthetic_seq2seq(*, vocab_size: int = 32, seq_len: int = 12, num_train: int
     train = _seq2seq_split(rng, num_train, seq_len, vocab_size)
     test = _seq2seq_split(rng, num_test, seq_len, vocab_size)
     return TextDataset("synthetic_seq2seq", train, test,
-                       {"vocab_size": vocab_size, "max_len": seq_len}, ByteTokenizer(), **kw)
+                       {"vocab_size": vocab_size, "max_len": seq_len}, IdTokenizer(vocab_size),
+                       **kw)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bnn_jax.nn import MultiHeadAttention, QuantLinear
+from bnn_jax.nn.attention import merge_heads
 
 
 class MLP(nnx.Module):
@@ -58,12 +59,26 @@ class DecoderBlock(nnx.Module):
         self.ln3 = nnx.LayerNorm(hidden, rngs=rngs)
         self.mlp = MLP(hidden, intermediate, quant=quant, rngs=rngs)
 
-    def __call__(self, x, memory, self_mask, cross_mask):
-        x = x + self.self_attn(self.ln1(x), mask=self_mask)
+    def __call__(self, x, memory, self_mask, cross_mask, cache=None, index=None):
+        """Without ``cache``: the block output. With ``cache`` (``k``, ``v`` ``[B, H, S, d]``):
+        the new tokens' keys/values are written at slots ``[index, index+T)``, ``self_mask``
+        ``[B, 1, T, S]`` says which slots each token sees; returns ``(output, cache)``."""
+        h = self.ln1(x)
+        if cache is None:
+            x = x + self.self_attn(h, mask=self_mask)
+        else:
+            q, k, v = self.self_attn.project(h, h)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
+                                             (0, 0, index, 0))
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
+                                             (0, 0, index, 0))
+            cache = {"k": k, "v": v}
+            ctx = self.self_attn.attend(q, k, v, mask=self_mask, inputs=h)
+            x = x + self.self_attn.out(merge_heads(ctx))
         x = x + self.cross_attn(self.ln2(x), memory, mask=cross_mask)
         x = x + self.mlp(self.ln3(x))
         self.sow(nnx.Intermediate, "hidden", x, capture_noop=True)
-        return x
+        return x if cache is None else (x, cache)
 
 
 def padding_mask(attention_mask) -> jax.Array:

@@ -63,6 +63,11 @@ class Task:
         """The reported eval metrics from the masked means and sums over the eval set."""
         return dict(means)
 
+    def model_metrics(self, model: Any, ds: Any) -> dict[str, float]:
+        """Metrics computed once, after training, from the final model (e.g. of generated
+        text); default none."""
+        return {}
+
     def describe(self, metrics: dict[str, float]) -> str:
         """The console summary of eval metrics."""
         return " | ".join(f"{k} {metrics[k]:.4f}" for k in self.headline if k in metrics)

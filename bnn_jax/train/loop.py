@@ -360,6 +360,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 last_saved = step
         # ----------------------------------------------------------------- final eval --
         eval_metrics = evaluate(state)
+        # e.g. decoding the eval set: the task gets the final model once, in eval mode
+        eval_metrics.update(task.model_metrics(
+            nnx.merge(graph_eval, state["params"], state["rest"]), ds))
         writers.write(total, "test", eval_metrics)
         say(f"final | test {task.describe(eval_metrics)} | {progress.elapsed():.1f}s",
             flush=True)

@@ -42,7 +42,7 @@ CASES = {
         dict(name="llama", hidden=16, intermediate=32, num_layers=1, num_heads=2,
              kernel_quantizer="bitnet_weight", input_quantizer="bitnet_act")),
     "seq2seq": lambda: task_config(
-        dict(name="seq2seq", label_smoothing=0.1),
+        dict(name="seq2seq", label_smoothing=0.1, generate=dict(max_new_tokens=11)),
         dict(name="synthetic_seq2seq", batch_size=16, eval_batch_size=40, num_train=64,
              num_test=50),
         dict(name="encoder_decoder", **TINY, **BINARY)),
@@ -55,7 +55,8 @@ EVAL_KEYS = {
     "sequence_classification": {"test_loss", "test_accuracy", "train_accuracy"},
     "regression": {"test_loss"},
     "causal_lm": {"test_loss", "test_perplexity", "test_bits_per_byte", "train_accuracy"},
-    "seq2seq": {"test_loss", "test_perplexity", "test_accuracy"},
+    "seq2seq": {"test_loss", "test_perplexity", "test_accuracy", "test_exact_match",
+                "test_rouge1", "test_rouge2", "test_rougeL", "test_bleu"},
     "denoising": {"test_loss"},
 }
 
