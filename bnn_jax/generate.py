@@ -20,6 +20,11 @@ The model-side protocol (what :mod:`bnn_jax.models.llama` implements; an encoder
     Its result and the source mask are passed to every ``decode`` call as
     ``encoded=..., encoder_mask=...``; rows of ``encoded`` are batch rows.
 
+A model without ``init_cache`` is decoded through :class:`FullForward`, which reruns the
+model's ordinary call over a token buffer at every step (exact, O(L²) per step): decoder-only
+``model(ids, positions=..., segment_ids=...)``, encoder-decoder (its ``__call__`` takes
+``decoder_input_ids``) ``model(input_ids, decoder_input_ids, attention_mask=...)``.
+
 Beam search follows the usual (Hugging Face ``BeamSearchScorer``) rules: each step keeps the
 ``2·num_beams`` best continuations; an EOS among the first ``num_beams`` of them closes a
 hypothesis scored ``sum log p / length**length_penalty`` (length = generated tokens, EOS
@@ -132,6 +137,55 @@ def _validate(model, input_ids, mask, s: Settings, enc_dec: bool, decoder_start_
                          "bnn_jax.nn.initialize(model, batch) (or train) before generating")
 
 
+def _takes_decoder_inputs(model) -> bool:
+    import inspect
+
+    try:
+        return "decoder_input_ids" in inspect.signature(type(model).__call__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def is_encoder_decoder(model) -> bool:
+    """True for a model that says so (``is_encoder_decoder``) or whose call takes
+    ``decoder_input_ids``."""
+    if hasattr(model, "is_encoder_decoder"):
+        return bool(model.is_encoder_decoder)
+    return _takes_decoder_inputs(model)
+
+
+class FullForward:
+    """The cache protocol for a model without a KV cache: the "cache" is the token buffer,
+    and each step reruns the model's full forward over it."""
+
+    def __init__(self, model):
+        self.model = model
+        self.is_encoder_decoder = is_encoder_decoder(model)
+        self.max_len = getattr(model, "max_len", None)
+
+    def init_cache(self, batch_size: int, max_len: int) -> dict:
+        zeros = jnp.zeros((batch_size, max_len), jnp.int32)
+        return {"ids": zeros, "positions": zeros}
+
+    def encode(self, input_ids, attention_mask):
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def decode(self, ids, cache, *, index, positions, kv_mask, encoded=None,
+               encoder_mask=None):
+        buf = jax.lax.dynamic_update_slice(cache["ids"], ids.astype(jnp.int32), (0, index))
+        pos = jax.lax.dynamic_update_slice(cache["positions"], positions.astype(jnp.int32),
+                                           (0, index))
+        if self.is_encoder_decoder:
+            logits = self.model(encoded["input_ids"], buf,
+                                attention_mask=encoded["attention_mask"])
+        else:
+            # Empty and padding slots are segment 0, real tokens segment 1: causal attention
+            # within segment 1 is attention over the real tokens only.
+            logits = self.model(buf, positions=pos, segment_ids=kv_mask.astype(jnp.int32))
+        return (jax.lax.dynamic_slice_in_dim(logits, index, ids.shape[1], axis=1),
+                {"ids": buf, "positions": pos})
+
+
 def generate(model, input_ids, mask=None, *, max_new_tokens: int, strategy: str = "greedy",
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              num_beams: int = 4, length_penalty: float = 1.0, early_stopping: bool = True,
@@ -148,21 +202,24 @@ def generate(model, input_ids, mask=None, *, max_new_tokens: int, strategy: str 
                  early_stopping=early_stopping, eos_id=eos_id, pad_id=pad_id)
     input_ids = np.asarray(input_ids, np.int32)
     mask = np.ones_like(input_ids) if mask is None else np.asarray(mask)
-    enc_dec = bool(getattr(model, "is_encoder_decoder", False))
+    enc_dec = is_encoder_decoder(model)
     _validate(model, input_ids, mask, s, enc_dec, decoder_start_id)
     if strategy == "sample" and rng is None:
         raise ValueError("strategy='sample' needs rng (e.g. jax.random.key(0))")
     rng = jax.random.key(0) if rng is None else rng
     graphdef, state = nnx.split(model)
     return _generate(graphdef, state, jnp.asarray(input_ids), jnp.asarray(mask, bool), rng,
-                     settings=s, enc_dec=enc_dec, decoder_start_id=decoder_start_id)
+                     settings=s, enc_dec=enc_dec, decoder_start_id=decoder_start_id,
+                     cached=hasattr(model, "init_cache"))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "enc_dec",
-                                             "decoder_start_id"))
-def _generate(graphdef, state, input_ids, mask, rng, *, settings, enc_dec, decoder_start_id):
+                                             "decoder_start_id", "cached"))
+def _generate(graphdef, state, input_ids, mask, rng, *, settings, enc_dec, decoder_start_id,
+              cached):
     s = settings
     model = nnx.merge(graphdef, state)
+    model = model if cached else FullForward(model)
     b = input_ids.shape[0]
     extra: dict[str, Any] = {}
     if enc_dec:
@@ -270,3 +327,42 @@ def _beam(step, start, extra, b, s: Settings):
     best = jnp.argmax(all_score, axis=1)
     tokens = jnp.take_along_axis(all_tok, best[:, None, None], axis=1)[:, 0]
     return {"tokens": tokens, "scores": jnp.take_along_axis(all_score, best[:, None], 1)[:, 0]}
+
+
+def evaluate_seq2seq(model, ds, *, metric: str | None = None, max_new_tokens: int | None = None,
+                     max_examples: int | None = None, batch_size: int | None = None,
+                     **decoding) -> dict[str, float]:
+    """Decode a seq2seq dataset's eval sources and score them against its references.
+
+    ``metric`` "rouge" (ROUGE-1/2/L, summarization) or "bleu" (translation; the default for
+    ``wmt*`` datasets); ``decoding`` are :func:`generate` settings (default greedy).
+    Every process decodes all eval rows (no collective needed; cost scales with the split).
+    """
+    from bnn_jax.analysis import text_metrics
+
+    metric = metric or ("bleu" if ds.name.startswith("wmt") else "rouge")
+    if metric not in ("rouge", "bleu"):
+        raise ValueError(f"metric must be 'rouge' or 'bleu', got {metric!r}")
+    refs = ds.eval_texts["references"]
+    n = len(refs) if max_examples is None else min(max_examples, len(refs))
+    tok, arrays = ds.tokenizer, ds.eval
+    max_new = max_new_tokens or arrays["target_ids"].shape[1]
+    start = getattr(ds, "decoder_start_id", None)
+    start = tok.eos_id if start is None else start
+    size = batch_size or ds.eval_batch_size
+    predictions = []
+    for lo in range(0, n, size):
+        rows = np.arange(lo, min(lo + size, n))
+        out = generate(model, arrays["input_ids"][rows], arrays["attention_mask"][rows],
+                       max_new_tokens=max_new, eos_id=tok.eos_id,
+                       pad_id=tok.pad_id if tok.pad_id is not None else 0,
+                       decoder_start_id=start, **decoding)
+        predictions += [tok.decode(_before_eos(r, tok.eos_id)) for r in np.asarray(out["tokens"])]
+    if metric == "bleu":
+        return {"bleu": text_metrics.bleu(predictions, refs[:n])}
+    return text_metrics.rouge(predictions, refs[:n])
+
+
+def _before_eos(row, eos_id):
+    hits = np.flatnonzero(row == eos_id)
+    return row[:hits[0]] if len(hits) else row

@@ -190,3 +190,54 @@ def test_bad_input_is_rejected_before_compiling(hf_model):
         gen.generate(hf_model, np.ones((1, 3), np.int32), max_new_tokens=2, strategy="sample")
     with pytest.raises(ValueError, match="beam search needs eos_id"):
         gen.generate(hf_model, np.ones((1, 3), np.int32), max_new_tokens=2, strategy="beam")
+
+
+class NoCacheLM(nnx.Module):
+    """Only the ordinary call of a decoder LM: generate must fall back to full forwards."""
+
+    def __init__(self, lm):
+        self.lm, self.max_len = lm, lm.max_len
+
+    def __call__(self, input_ids, positions=None, segment_ids=None):
+        return self.lm(input_ids, positions=positions, segment_ids=segment_ids)
+
+
+def test_models_without_a_cache_decode_by_full_forward(hf_model):
+    out = gen.generate(NoCacheLM(hf_model), REF["prompt_ids"], REF["prompt_mask"],
+                       max_new_tokens=6)
+    np.testing.assert_array_equal(out["tokens"], REF["greedy"])
+
+
+class CopySeq2Seq(nnx.Module):
+    """Encoder-decoder by its ordinary call only: decoder position t predicts source token t."""
+
+    max_len = 32
+
+    def __init__(self, vocab, shift=0):
+        self.vocab, self.shift = vocab, shift
+
+    def __call__(self, input_ids, decoder_input_ids, attention_mask=None):
+        t = decoder_input_ids.shape[1]
+        src = jnp.pad(input_ids, ((0, 0), (0, max(0, t - input_ids.shape[1]))))[:, :t]
+        return 10.0 * jax.nn.one_hot((src + self.shift) % self.vocab, self.vocab)
+
+
+def test_evaluate_seq2seq_scores_decoded_text():
+    from bnn_jax.data import text, text_sources
+
+    tok = text.ByteTokenizer()
+    pairs = [("the cat sat", "the cat sat"), ("a dog ran far", "a dog ran far"),
+             ("ok", "ok")]
+    arrays = text_sources.seq2seq_arrays(pairs, tok, max_source_len=16, max_target_len=16,
+                                         decoder_start_id=tok.eos_id)
+    ds = text.TextDataset("xsum", arrays, arrays, {"vocab_size": 259, "max_len": 16}, tok,
+                          global_batch_size=2, eval_batch_size=2,
+                          eval_texts={"references": [p[1] for p in pairs]},
+                          decoder_start_id=tok.eos_id)
+    scores = gen.evaluate_seq2seq(CopySeq2Seq(259), ds)
+    # Exact copies; "ok" has no bigram, so its ROUGE-2 is 0: (100 + 100 + 0) / 3.
+    assert scores == pytest.approx({"rouge1": 100.0, "rouge2": 200 / 3, "rougeL": 100.0})
+    assert gen.evaluate_seq2seq(CopySeq2Seq(259), ds, metric="bleu",
+                                strategy="beam", num_beams=2) == pytest.approx({"bleu": 100.0})
+    worse = gen.evaluate_seq2seq(CopySeq2Seq(259, shift=1), ds)
+    assert worse["rouge1"] < 50

@@ -387,6 +387,7 @@ class TextDataset:
     process_count: int = 1
     eval_num_bytes: int | None = None  # UTF-8 bytes of the raw eval text (bits per byte)
     eval_texts: dict[str, list[str]] | None = None  # e.g. reference summaries, per eval row
+    decoder_start_id: int | None = None  # seq2seq: the first decoder input token
 
     def __post_init__(self):
         for split, arrays in (("train", self.train), ("eval", self.eval)):

@@ -360,7 +360,7 @@ def seq2seq(name: str, *, source: str = "tfds", data_dir=None, tokenizer: str | 
         name, arrays["train"], arrays[corpus.eval_split],
         {"vocab_size": tok.vocab_size, "max_len": max(max_source_len, max_target_len)}, tok,
         eval_texts={"sources": [p[0] for p in evals], "references": [p[1] for p in evals]},
-        **kw)
+        decoder_start_id=start, **kw)
 
 
 def glue(*, task: str, source: str = "tfds", data_dir=None, tokenizer: str | None = None,
