@@ -3,7 +3,9 @@
 ``synthetic_glue``: random token sequences (random lengths, padded) labelled by whether more of
 their tokens fall in the lower half of the vocabulary (``num_labels = 2``), or, with
 ``num_labels = 1`` (regression, like STS-B), by that fraction. ``synthetic_seq2seq``: copy the
-reversed source. Both are deterministic functions of the seed and learnable by small models.
+reversed source (decoder inputs start with EOS, BART's decoder start; ``eval_texts`` holds the
+references as text for ROUGE/BLEU). Both are deterministic functions of the seed and learnable
+by small models.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def _seq2seq_split(rng, n, seq_len, vocab_size):
     for i, m in enumerate(lengths):
         tgt[i, :m] = src[i, :m][::-1]
         tgt[i, m] = EOS
-    dec = np.concatenate([np.full((n, 1), BOS, np.int32), tgt[:, :-1]], axis=1)
+    dec = np.concatenate([np.full((n, 1), EOS, np.int32), tgt[:, :-1]], axis=1)
     loss_mask = (np.arange(seq_len)[None] <= lengths[:, None]).astype(np.float32)
     source = np.concatenate([src, np.full((n, 1), PAD, np.int32)], axis=1)
     return {"input_ids": source, "attention_mask": (source != PAD).astype(np.int32),
@@ -85,6 +87,8 @@ def synthetic_seq2seq(*, vocab_size: int = 32, seq_len: int = 12, num_train: int
     rng = np.random.default_rng([kw.get("seed", 0), 11])
     train = _seq2seq_split(rng, num_train, seq_len, vocab_size)
     test = _seq2seq_split(rng, num_test, seq_len, vocab_size)
+    tok = IdTokenizer(vocab_size)
+    refs = [tok.decode(row[:list(row).index(EOS)]) for row in test["target_ids"]]
     return TextDataset("synthetic_seq2seq", train, test,
-                       {"vocab_size": vocab_size, "max_len": seq_len}, IdTokenizer(vocab_size),
-                       **kw)
+                       {"vocab_size": vocab_size, "max_len": seq_len}, tok,
+                       eval_texts={"references": refs}, **kw)

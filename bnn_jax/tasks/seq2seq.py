@@ -3,15 +3,13 @@
 ``model(input_ids, decoder_input_ids, attention_mask=...) -> logits [B, T, V]``. Training uses
 label smoothing ``ε`` as fairseq/Hugging Face do for BART and mBART: ``(1−ε)·nll + ε·mean_v(−log
 p_v)``. Evaluation reports the teacher-forced loss (unsmoothed), perplexity and token accuracy;
-metrics of generated text (exact match, ROUGE, BLEU) need decoding, which ``generate`` turns on:
+metrics of generated text (ROUGE, BLEU) need decoding, which ``generate`` turns on:
 the loop then hands the final model to :meth:`Task.model_metrics`.
 """
 
 from __future__ import annotations
 
 import math
-
-import numpy as np
 
 from bnn_jax.tasks.base import Task as BaseTask, check_max_len
 from bnn_jax.tasks.causal_lm import Task as CausalLM
@@ -60,48 +58,15 @@ class Task(BaseTask):
                 "accuracy": sums["correct"] / tokens, "tokens": sums["tokens"]}
 
     def model_metrics(self, model, ds) -> dict[str, float]:
-        """Metrics of decoded eval outputs, when ``config.task.generate`` is set.
+        """ROUGE or BLEU of the decoded eval sources, when ``config.task.generate`` is set.
 
-        ``generate`` holds :func:`bnn_jax.generate.generate` settings (``max_new_tokens``,
-        ``strategy``, ``num_beams``, ``length_penalty``, ...). Decoding starts from the eval
-        batches' first decoder token and stops at the tokenizer's EOS. Reported:
-        ``exact_match`` (the generated ids equal the target ids up to EOS) and, on the
-        tokenizer's decoded text against the references (``ds.eval_texts["references"]``, else
-        the decoded targets), ROUGE-1/2/L (F1, percent, ``rouge-score``) and BLEU
-        (``sacrebleu``).
+        ``generate`` holds :func:`bnn_jax.generate.evaluate_seq2seq` settings (``metric``
+        "rouge"/"bleu", ``max_new_tokens``, ``strategy``, ``num_beams``,
+        ``length_penalty``, ...); references are the dataset's ``eval_texts``.
         """
         gen = dict(self.cfg["generate"])
         if not gen:
             return {}
         from bnn_jax import generate
-        from bnn_jax.analysis import text_metrics
 
-        tok = ds.tokenizer
-        gen.setdefault("max_new_tokens", int(self.spec["max_len"]) - 1)
-        preds, targets = [], []
-        for batch in ds.eval_batches():
-            out = generate.generate(model, batch["input_ids"], batch["attention_mask"],
-                                    eos_id=tok.eos_id, pad_id=tok.pad_id,
-                                    decoder_start_id=int(batch["decoder_input_ids"][0, 0]),
-                                    **gen)
-            tokens = np.asarray(out["tokens"])
-            for row in np.flatnonzero(batch["mask"]):
-                preds.append(_until_eos(tokens[row], tok.eos_id))
-                keep = batch["target_ids"][row][batch["loss_mask"][row] > 0]
-                targets.append(_until_eos(keep, tok.eos_id))
-        texts = [tok.decode(p) for p in preds]
-        refs = (list(ds.eval_texts["references"])[:len(texts)]
-                if getattr(ds, "eval_texts", None) else [tok.decode(t) for t in targets])
-        metrics = {"exact_match": float(np.mean([p == t for p, t in zip(preds, targets)]))}
-        metrics.update(text_metrics.rouge(texts, refs, types=("rouge1", "rouge2", "rougeL")))
-        metrics["bleu"] = text_metrics.bleu(texts, refs)
-        return metrics
-
-
-def _until_eos(ids, eos_id) -> list[int]:
-    out = []
-    for i in np.asarray(ids).tolist():
-        if i == eos_id:
-            break
-        out.append(i)
-    return out
+        return generate.evaluate_seq2seq(model, ds, **gen)

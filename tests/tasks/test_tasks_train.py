@@ -55,8 +55,8 @@ EVAL_KEYS = {
     "sequence_classification": {"test_loss", "test_accuracy", "train_accuracy"},
     "regression": {"test_loss"},
     "causal_lm": {"test_loss", "test_perplexity", "test_bits_per_byte", "train_accuracy"},
-    "seq2seq": {"test_loss", "test_perplexity", "test_accuracy", "test_exact_match",
-                "test_rouge1", "test_rouge2", "test_rougeL", "test_bleu"},
+    "seq2seq": {"test_loss", "test_perplexity", "test_accuracy", "test_rouge1", "test_rouge2",
+                "test_rougeL"},
     "denoising": {"test_loss"},
 }
 
