@@ -3,11 +3,17 @@
 ``model(input_ids, attention_mask=..., token_type_ids=...) -> [B, num_labels]``. With
 ``num_labels == 1`` in the data spec (STS-B) the task is regression: mean squared error to the
 float ``label``, as Hugging Face's ``BertForSequenceClassification`` does for one label.
+On a GLUE dataset (``ds.name`` ``glue/<task>``) the final model's eval predictions are also
+scored with that task's GLUE metrics (``glue_matthews`` for CoLA, ``glue_f1`` for MRPC/QQP,
+``glue_pearson``/``glue_spearman`` for STS-B, ..., in percent).
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
 from bnn_jax.tasks.base import Task as BaseTask, check_max_len
 from bnn_jax.tasks.classification import cross_entropy
@@ -63,3 +69,31 @@ class Task(BaseTask):
         if not self.regression:
             m["accuracy"] = (jnp.argmax(out, -1) == batch["label"]).astype(jnp.float32)
         return m
+
+    def predictions(self, model, arrays, batch_size: int) -> np.ndarray:
+        """Class ids (or regression scores) of the model on every row of ``arrays``."""
+        graph, state = nnx.split(model)
+
+        @jax.jit
+        def predict(state, batch):
+            args, kwargs = self.inputs(batch)
+            out = nnx.merge(graph, state)(*args, **kwargs)
+            return out[:, 0] if self.regression else jnp.argmax(out, -1)
+
+        n = len(arrays["input_ids"])
+        fields = ("input_ids", "attention_mask", "token_type_ids")
+        out = []
+        for lo in range(0, n, batch_size):
+            rows = np.minimum(np.arange(lo, lo + batch_size), n - 1)  # one shape: one compile
+            out.append(np.asarray(predict(state, {k: arrays[k][rows] for k in fields})))
+        return np.concatenate(out)[:n]
+
+    def model_metrics(self, model, ds):
+        name = getattr(ds, "name", "")
+        if not name.startswith("glue/"):
+            return {}
+        from bnn_jax.analysis import text_metrics
+
+        preds = self.predictions(model, ds.eval, ds.eval_batch_size)
+        scores = text_metrics.glue(name.split("/", 1)[1], preds, ds.eval["label"])
+        return {f"glue_{k}": v for k, v in scores.items()}

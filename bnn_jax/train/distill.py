@@ -6,7 +6,8 @@ compare the outputs the task names (:meth:`bnn_jax.tasks.Task.distill_logits`, m
 tokens); feature terms compare intermediate features that the models record with
 ``sow(nnx.Intermediate, ...)``, selected by a regex on their module path (``blocks/3/hidden``)
 and paired student-to-teacher in path order, or by ``layer_map`` (teacher index per student
-feature). Without ``terms`` the older single-term fields apply: ``kind`` with ``weight`` and
+feature). Values a module sows several times per call are numbered: ``hidden_states/0``, ...
+Without ``terms`` the older single-term fields apply: ``kind`` with ``weight`` and
 ``temperature``, task weight ``1 − weight``.
 """
 
@@ -117,15 +118,19 @@ def pairs(term: dict[str, Any], student: list[str], teacher: list[str],
 
 
 def flat_features(captured: dict) -> dict[str, jax.Array]:
-    """``{"blocks/0/hidden": array}`` from an ``nnx.capture`` pure dict (last value sown)."""
+    """``{"blocks/0/hidden": array}`` from an ``nnx.capture`` pure dict; a name sown several
+    times in one call (e.g. once per layer by the parent) gives ``name/0``, ``name/1``, ..."""
     out = {}
 
     def walk(node, prefix):
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, prefix + (str(k),))
+        elif isinstance(node, (tuple, list)) and len(node) > 1:
+            for i, v in enumerate(node):
+                out["/".join(prefix + (str(i),))] = v
         else:
-            out["/".join(prefix)] = node[-1] if isinstance(node, (tuple, list)) else node
+            out["/".join(prefix)] = node[0] if isinstance(node, (tuple, list)) else node
 
     walk(captured, ())
     return out
@@ -141,6 +146,24 @@ class Distiller:
                             f"config.kd.terms[{i}] ({t['name']})")
                       if t["name"] in FEATURE_TERMS else None for i, t in enumerate(self.terms)]
         self.projections: dict[int, list] = {}
+
+    def check_shapes(self, s_out, t_out, s_feats, t_feats) -> None:
+        """Student and teacher arrays each term compares have the same shapes (ValueError)."""
+        def shape(x):
+            return tuple(getattr(x, "shape", ()))
+
+        for i, t in enumerate(self.terms):
+            where = f"config.kd.terms[{i}] ({t['name']})"
+            if t["name"] in LOGIT_TERMS and shape(s_out) != shape(t_out):
+                raise ValueError(f"{where}: the student outputs {shape(s_out)} but the teacher "
+                                 f"{shape(t_out)}; logit terms need the same output shape "
+                                 "(same vocabulary / classes)")
+            if t["name"] in ("hidden_mse", "hidden_state", "lrm"):
+                for a, b in self.pairs[i]:
+                    if shape(s_feats[a]) != shape(t_feats[b]):
+                        raise ValueError(f"{where}: student feature {a} {shape(s_feats[a])} "
+                                         f"and teacher feature {b} {shape(t_feats[b])} differ "
+                                         "in shape")
 
     def setup(self, teacher_features: dict[str, jax.Array]) -> None:
         """Compute what terms fix once from the teacher (BinaryDM's PCA bases, first batch)."""

@@ -190,23 +190,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     teacher, distiller, features = None, None, False
     if config.kd.enabled:
         teacher = load_teacher(config.kd, ds, replicated, task)
-        # Feature terms run both models under nnx.capture; their paths are checked here, from
-        # shapes only, so a wrong regex or layer map fails before anything is compiled.
+        # Both models on a sample batch, as shapes only: a teacher whose outputs do not match,
+        # a feature regex or layer map that selects nothing fails before anything is compiled.
+        # Feature terms run both models under nnx.capture.
         features = distill_lib.needs_features(config.kd)
-        s_names, t_names = [], []
-        if features:
-            args, kwargs = _sample_inputs(task, ds, config.seed)
-            s_names = list(jax.eval_shape(lambda p, r: _forward(graph_train, p, r, args, kwargs,
-                                                                True)[2], params, rest))
-            t_feats = _forward(teacher[0], teacher[1]["params"], teacher[1]["rest"], args,
-                               kwargs, True)[2]
-            t_names = list(t_feats)
+        args, kwargs = _sample_inputs(task, ds, config.seed)
+
+        def t_forward(p, r):
+            return _forward(teacher[0], p, r, args, kwargs, features)
+
+        s_out, _, s_feats = jax.eval_shape(
+            lambda p, r: _forward(graph_train, p, r, args, kwargs, features), params, rest)
+        t_in = (teacher[1]["params"], teacher[1]["rest"])
+        # Feature terms need the teacher's concrete features once (BinaryDM's PCA bases).
+        t_out, _, t_feats = t_forward(*t_in) if features else jax.eval_shape(t_forward, *t_in)
         try:
-            distiller = distill_lib.Distiller(config.kd, s_names, t_names)
+            distiller = distill_lib.Distiller(config.kd, list(s_feats), list(t_feats))
+            distiller.check_shapes(s_out, t_out, s_feats, t_feats)
         except ValueError as e:
             raise ConfigError(str(e)) from e
         if features:
-            distiller.setup(t_feats)  # e.g. BinaryDM's PCA bases from the teacher, once
+            distiller.setup(t_feats)
 
     # ----------------------------------------------------------------------------- steps --
     schedules = {role: dict(specs) for role, specs in config.schedules.to_dict().items()}

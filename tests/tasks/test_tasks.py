@@ -242,3 +242,28 @@ def test_encoder_decoder_cached_decode_equals_the_teacher_forced_forward():
     np.testing.assert_allclose(logits, full, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="longer than the model's max_len=10"):
         generate(m, src, smask, max_new_tokens=10, decoder_start_id=1)
+
+
+@pytest.mark.parametrize("glue_task,num_labels", [("stsb", 1), ("cola", 2)])
+def test_sequence_classification_reports_glue_metrics_of_the_final_model(glue_task, num_labels):
+    from bnn_jax.analysis import text_metrics
+    from bnn_jax.data import synthetic_text
+
+    syn = synthetic_text.synthetic_glue(num_labels=num_labels, num_train=8, num_test=11,
+                                        global_batch_size=4, eval_batch_size=4)
+    ds = type(syn)(f"glue/{glue_task}", syn.train, syn.eval, syn.spec, syn.tokenizer,
+                   global_batch_size=4, eval_batch_size=4)
+    model = models.build(dict(name="text_encoder", hidden=8, intermediate=8, num_layers=1,
+                              num_heads=2), rngs=nnx.Rngs(0), **ds.spec)
+    model.eval()
+    task = tasks.build({"name": "sequence_classification"}, spec=ds.spec)
+    got = task.model_metrics(model, ds)
+    out = np.asarray(model(jnp.asarray(ds.eval["input_ids"]),
+                           attention_mask=jnp.asarray(ds.eval["attention_mask"]),
+                           token_type_ids=jnp.asarray(ds.eval["token_type_ids"])))
+    preds = out[:, 0] if num_labels == 1 else out.argmax(-1)
+    want = text_metrics.glue(glue_task, preds, ds.eval["label"])
+    assert set(got) == {f"glue_{k}" for k in want}
+    for k, v in want.items():
+        np.testing.assert_allclose(got[f"glue_{k}"], v, rtol=1e-4, atol=1e-4)
+    assert task.model_metrics(model, syn) == {}  # not a GLUE dataset

@@ -134,3 +134,57 @@ def test_hidden_state_distillation_through_run_adds_the_feature_term(tmp_path):
     with pytest.raises(ValueError, match="no student feature matches"):
         run(bad, str(tmp_path / "bad"))
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+@pytest.mark.slow  # ~40 s: a causal-LM student distilled from an imported Hugging Face model
+def test_an_imported_hugging_face_teacher_distils_a_causal_lm_student(tmp_path):
+    import pathlib
+
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from bnn_jax import data, models
+    from bnn_jax.models import hub
+
+    fixture = str(pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "hf_llama")
+    student = dict(name="llama", hidden=32, intermediate=64, num_layers=1, num_heads=4)
+    c = task_config(dict(name="causal_lm"),
+                    dict(name="pydoc", batch_size=8, eval_batch_size=512, seq_len=16,
+                         tokenizer=fixture), student, steps=1)
+    c.mesh.num_devices = 1
+    c.kd = dict(enabled=True, teacher_import=fixture, task_weight=0.5,
+                terms=[dict(name="logit", weight=2.0, temperature=1.0),
+                       dict(name="hidden_mse", weight=3.0, student=r"hidden_states(/\d+)?",
+                            layer_map=[1])])
+    run(c, str(tmp_path / "student"))
+    lines = [json.loads(x) for x in (tmp_path / "student" / "metrics.jsonl").read_text()
+             .splitlines()]
+    first = next(x["loss"] for x in lines if x["split"] == "train")
+
+    # Independent computation of step 1's loss from the same batch, init and teacher.
+    ds = data.build(c.data, seed=c.seed)
+    batch = ds.train_batch(0)
+    s_model = models.build(student, rngs=nnx.Rngs(c.seed), **ds.spec)
+    teacher = hub.load(fixture)
+    ids = jnp.asarray(batch["input_ids"])
+    s_logits, s_inter = nnx.capture(s_model, nnx.Intermediate)(ids)
+    t_logits, t_inter = nnx.capture(teacher, nnx.Intermediate)(ids)
+    s_logits, t_logits = np.asarray(s_logits, np.float64), np.asarray(t_logits, np.float64)
+    m = batch["loss_mask"]
+    lp_s, lp_t = [x - x.max(-1, keepdims=True) for x in (s_logits, t_logits)]
+    lp_s = lp_s - np.log(np.exp(lp_s).sum(-1, keepdims=True))
+    lp_t = lp_t - np.log(np.exp(lp_t).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(lp_s, batch["target_ids"][..., None], -1)[..., 0]
+    ce = (nll * m).sum() / m.sum()
+    kl = ((np.exp(lp_t) * (lp_t - lp_s)).sum(-1) * m).sum() / m.sum()
+    hs = np.asarray(nnx.to_pure_dict(s_inter)["hidden_states"][0])  # the student's one layer
+    ht = np.asarray(nnx.to_pure_dict(t_inter)["hidden_states"][1])  # the teacher's second
+    expected = 0.5 * ce + 2.0 * kl + 3.0 * np.mean((hs - ht) ** 2)
+    np.testing.assert_allclose(first, expected, rtol=1e-4)
+
+    bad = task_config(dict(name="causal_lm"),
+                      dict(name="pydoc", batch_size=8, eval_batch_size=512, seq_len=16,
+                           tokenizer="byte"), student, steps=1)
+    bad.kd = dict(enabled=True, teacher_import=fixture, terms=[dict(name="logit")])
+    with pytest.raises(ValueError, match="logit terms need the same output shape"):
+        run(bad, str(tmp_path / "bad"))
