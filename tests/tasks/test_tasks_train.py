@@ -188,3 +188,47 @@ def test_an_imported_hugging_face_teacher_distils_a_causal_lm_student(tmp_path):
     bad.kd = dict(enabled=True, teacher_import=fixture, terms=[dict(name="logit")])
     with pytest.raises(ValueError, match="logit terms need the same output shape"):
         run(bad, str(tmp_path / "bad"))
+
+
+# The child trains the causal-LM case and SIGKILLs itself (no cleanup) when the loop asks for
+# the second checkpoint: step 3..4 are lost and must be recomputed identically on resume.
+CHILD = """
+import os, signal, sys
+sys.path.insert(0, {test_dir!r})
+from test_tasks_train import CASES
+from bnn_jax.train import checkpoint, run
+
+original = checkpoint.Checkpointer.save
+
+def save_then_die(self, step, state, record):
+    if step > 2:
+        self.wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+    original(self, step, state, record)
+
+checkpoint.Checkpointer.save = save_then_die
+run(CASES["causal_lm"](), sys.argv[1])
+"""
+
+
+@pytest.mark.slow  # two causal-LM trainings and a killed child: ~90 s on 2 shared cores
+def test_causal_lm_killed_with_sigkill_resumes_bit_exactly(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(test_dir=os.path.dirname(__file__)))
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, str(script), str(killed)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert os.listdir(killed / "checkpoints") == ["2"]
+    resumed = run(CASES["causal_lm"](), str(killed))
+    straight = run(CASES["causal_lm"](), str(tmp_path / "straight"))
+    a, b = final_state(killed, 4), final_state(tmp_path / "straight", 4)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert resumed["test_perplexity"] == straight["test_perplexity"]
+    assert resumed["test_bits_per_byte"] == straight["test_bits_per_byte"]
