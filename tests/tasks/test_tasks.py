@@ -224,21 +224,24 @@ def test_distillation_terms_pair_features_by_path_and_layer_map():
 def test_encoder_decoder_cached_decode_equals_the_teacher_forced_forward():
     from bnn_jax.generate import generate
 
-    m = models.build(dict(name="encoder_decoder", hidden=16, intermediate=32, num_layers=2,
+    m = models.build(dict(name="encoder_decoder", hidden=16, intermediate=32, num_layers=1,
                           num_heads=2, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
                      rngs=nnx.Rngs(0), vocab_size=20, max_len=10)
     src = jnp.asarray(np.random.default_rng(0).integers(3, 20, (3, 7)), jnp.int32)
     smask = jnp.ones_like(src).at[1, 5:].set(0)
-    toks = generate(m, src, smask, max_new_tokens=6, decoder_start_id=1)["tokens"]
+    toks = generate(m, src, smask, max_new_tokens=4, decoder_start_id=1)["tokens"]
     dec = jnp.concatenate([jnp.ones((3, 1), jnp.int32), toks[:, :-1]], 1)
-    full = m(src, dec, attention_mask=smask)
+    full = nnx.jit(lambda m, s, d, k: m(s, d, attention_mask=k))(m, src, dec, smask)
     np.testing.assert_array_equal(np.argmax(full, -1), toks)  # greedy = argmax of the forward
-    # and the cached logits themselves equal the forward's
-    enc = m.encode(src, smask)
-    cache = m.init_cache(3, 7)
-    logits, _ = m.decode(dec, cache, index=jnp.int32(0), positions=jnp.arange(6)[None],
-                         kv_mask=jnp.ones((3, 7), bool).at[:, 6:].set(False), encoded=enc,
-                         encoder_mask=smask)
+
+    @nnx.jit
+    def cached(m, src, dec, smask):  # the cached logits themselves equal the forward's
+        return m.decode(dec, m.init_cache(3, 5), index=jnp.int32(0),
+                        positions=jnp.arange(4)[None],
+                        kv_mask=jnp.ones((3, 5), bool).at[:, 4:].set(False),
+                        encoded=m.encode(src, smask), encoder_mask=smask)[0]
+
+    logits = cached(m, src, dec, smask)
     np.testing.assert_allclose(logits, full, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="longer than the model's max_len=10"):
         generate(m, src, smask, max_new_tokens=10, decoder_start_id=1)
