@@ -237,6 +237,12 @@ def _generate(graphdef, state, input_ids, mask, rng, *, settings, enc_dec, decod
                                  kv_mask=kv_mask, **extra)
     start = dict(cache=cache, logits=logits[:, -1].astype(jnp.float32),
                  pos=positions[:, -1], kv_mask=kv_mask)
+    vocab = logits.shape[-1]  # known while tracing: these errors come before compiling
+    if s.strategy == "sample" and s.top_k > vocab:
+        raise ValueError(f"top_k={s.top_k} exceeds the vocabulary of {vocab}")
+    if s.strategy == "beam" and vocab < 2:
+        # 2·num_beams candidates come from num_beams·vocab continuations.
+        raise ValueError(f"beam search needs a vocabulary of at least 2 tokens, got {vocab}")
 
     def step(carry, tokens, i):
         """Feed ``tokens [rows]`` as generated token ``i``; next logits into the carry."""

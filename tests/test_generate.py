@@ -20,22 +20,25 @@ def hf_model():
     return hub.load(FIXTURE)
 
 
+@nnx.jit
+def _decode(model, ids, cache, index, positions, kv_mask):
+    return model.decode(ids, cache, index=index, positions=positions, kv_mask=kv_mask)
+
+
 def test_cached_decode_equals_the_uncached_forward():
     model = llama.Model(vocab_size=40, max_len=12, hidden=32, intermediate=48, num_layers=2,
                         num_heads=4, num_kv_heads=2, rngs=nnx.Rngs(1))
     ids = jnp.asarray(np.random.default_rng(0).integers(3, 40, (2, 9)), jnp.int32)
-    full = model(ids)
+    full = nnx.jit(lambda m, x: m(x))(model, ids)
     cache = model.init_cache(2, 12)
     kv = jnp.zeros((2, 12), bool).at[:, :4].set(True)
     pos = jnp.broadcast_to(jnp.arange(9), (2, 9))
     # A 4-token prefill, then one token at a time.
-    out, cache = model.decode(ids[:, :4], cache, index=jnp.int32(0), positions=pos[:, :4],
-                              kv_mask=kv)
+    out, cache = _decode(model, ids[:, :4], cache, jnp.int32(0), pos[:, :4], kv)
     steps = [out]
     for t in range(4, 9):
         kv = kv.at[:, t].set(True)
-        out, cache = model.decode(ids[:, t:t + 1], cache, index=jnp.int32(t),
-                                  positions=pos[:, t:t + 1], kv_mask=kv)
+        out, cache = _decode(model, ids[:, t:t + 1], cache, jnp.int32(t), pos[:, t:t + 1], kv)
         steps.append(out)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
 
@@ -125,11 +128,21 @@ def test_hand_checked_beam_search():
                        eos_id=1, length_penalty=2.0)
     assert out["tokens"].tolist() == [[2, 3, 1]]
     np.testing.assert_allclose(out["scores"], [np.log(0.189) / 9], rtol=1e-6)
-    # Step 2's 4th candidate "a eos" (0.15) ranks below num_beams: it never becomes a
-    # hypothesis, so with 4 beams "a eos" does (ranks: b-eos .36, aa .24, ab .21, a-eos .15).
-    out = gen.generate(model, start, max_new_tokens=2, strategy="beam", num_beams=4,
+    # Only an EOS among the first num_beams candidates closes a hypothesis. From the start,
+    # P(a) = .55 and P(eos) = .45, then P(a | a) = .6: one beam keeps "a" (rank 0) and drops
+    # "eos" (rank 1), ending with "a a" (.33) although "eos" alone (.45) scores higher.
+    rank = np.zeros((5, 5))
+    rank[4, [2, 1]] = 0.55, 0.45
+    rank[2, [2, 3]] = 0.6, 0.4
+    rank[1, 1] = rank[3, 3] = rank[0, 0] = 1.0
+    out = gen.generate(TableLM(rank), start, max_new_tokens=2, strategy="beam", num_beams=1,
                        eos_id=1, length_penalty=0.0)
-    assert out["tokens"].tolist() == [[3, 1]]
+    assert out["tokens"].tolist() == [[2, 2]]
+    np.testing.assert_allclose(out["scores"], [np.log(0.33)], rtol=1e-6)
+    # With two beams "eos" is rank 1 < 2: a hypothesis, and the best.
+    out = gen.generate(TableLM(rank), start, max_new_tokens=2, strategy="beam", num_beams=2,
+                       eos_id=1, length_penalty=0.0)
+    assert out["tokens"].tolist() == [[1, 0]]
 
 
 class TableSeq2Seq(TableLM):
@@ -190,6 +203,12 @@ def test_bad_input_is_rejected_before_compiling(hf_model):
         gen.generate(hf_model, np.ones((1, 3), np.int32), max_new_tokens=2, strategy="sample")
     with pytest.raises(ValueError, match="beam search needs eos_id"):
         gen.generate(hf_model, np.ones((1, 3), np.int32), max_new_tokens=2, strategy="beam")
+    with pytest.raises(ValueError, match="top_k=9 exceeds the vocabulary of 5"):
+        gen.generate(TableLM(TABLE), [[4]], max_new_tokens=2, strategy="sample", top_k=9,
+                     rng=jax.random.key(0))
+    with pytest.raises(ValueError, match="at least 2 tokens, got 1"):
+        gen.generate(TableLM(np.ones((1, 1))), [[0]], max_new_tokens=2, strategy="beam",
+                     num_beams=3, eos_id=0)
 
 
 class NoCacheLM(nnx.Module):

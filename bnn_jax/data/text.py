@@ -30,6 +30,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from bnn_jax.data.arrays import check_batch_sizes, eval_rows, train_rows
+
 # ---------------------------------------------------------------------------------------------
 # Tokenizers
 # ---------------------------------------------------------------------------------------------
@@ -394,14 +396,8 @@ class TextDataset:
             sizes = {k: len(v) for k, v in arrays.items()}
             if len(set(sizes.values())) != 1:
                 raise ValueError(f"{self.name} {split} arrays differ in length: {sizes}")
-        if self.global_batch_size > self.num_train:
-            raise ValueError(f"data.batch_size={self.global_batch_size} exceeds the "
-                             f"{self.num_train} training rows of {self.name!r}")
-        for what, size in (("data.batch_size", self.global_batch_size),
-                           ("data.eval_batch_size", self.eval_batch_size)):
-            if size % self.process_count:
-                raise ValueError(f"{what}={size} is not divisible by the {self.process_count} "
-                                 "processes")
+        check_batch_sizes(self.name, self.global_batch_size, self.eval_batch_size,
+                          self.process_count, num_train=self.num_train)
 
     @property
     def num_train(self) -> int:
@@ -415,16 +411,11 @@ class TextDataset:
     def steps_per_epoch(self) -> int:
         return self.num_train // self.global_batch_size
 
-    def _local(self, rows: np.ndarray, batch: int) -> np.ndarray:
-        local = batch // self.process_count
-        return rows[self.process_index * local:(self.process_index + 1) * local]
-
     def train_batch(self, step: int) -> dict[str, np.ndarray]:
         """This process's share of the global training batch of ``step``."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_train)
-        rows = order[i * self.global_batch_size:(i + 1) * self.global_batch_size]
-        rows = self._local(rows, self.global_batch_size)
+        rows = train_rows(step, seed=self.seed, num_rows=self.num_train,
+                          batch_size=self.global_batch_size, process_index=self.process_index,
+                          process_count=self.process_count)
         return {k: v[rows] for k, v in self.train.items()}
 
     def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -444,15 +435,12 @@ def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index: 
                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """``arrays`` once in order, in global batches of which this process reads its slice; the
     last batch is padded with row 0, ``mask`` 0 (and ``loss_mask`` 0) on the padding."""
-    n, local = len(next(iter(arrays.values()))), batch_size // process_count
-    for start in range(0, n, batch_size):
-        rows = np.arange(start, start + batch_size)[process_index * local:
-                                                    (process_index + 1) * local]
-        mask = rows < n
-        batch = {k: v[np.where(mask, rows, 0)] for k, v in arrays.items()}
+    for rows, mask in eval_rows(len(next(iter(arrays.values()))), batch_size, process_index,
+                                process_count):
+        batch = {k: v[rows] for k, v in arrays.items()}
         if "loss_mask" in batch:
             batch["loss_mask"] = batch["loss_mask"] * mask[:, None]
-        batch["mask"] = mask.astype(np.float32)
+        batch["mask"] = mask
         yield batch
 
 

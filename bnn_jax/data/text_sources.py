@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from bnn_jax.data import text
+from bnn_jax.data.arrays import check_batch_sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +155,11 @@ def hf_files(data_dir, split: str) -> list[pathlib.Path]:
 
 def _hf_rows(path: pathlib.Path) -> Iterator[dict]:
     if path.name.endswith(".parquet"):
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise ValueError(f"reading {path.name} needs pyarrow: pip install pyarrow (the "
+                             "bnn_jax[tf] extra brings it)") from e
 
         for batch in pq.ParquetFile(path).iter_batches():
             yield from batch.to_pylist()
@@ -227,11 +232,7 @@ class StreamingLMDataset:
                  process_count: int = 1, source: str = "tfds", data_dir=None,
                  tokenizer: str | None = None, seq_len: int = 512,
                  shuffle_buffer: int = 1024, max_eval_docs: int | None = None):
-        for what, size in (("data.batch_size", global_batch_size),
-                           ("data.eval_batch_size", eval_batch_size)):
-            if size % process_count:
-                raise ValueError(f"{what}={size} is not divisible by the {process_count} "
-                                 "processes")
+        check_batch_sizes(name, global_batch_size, eval_batch_size, process_count)
         self.name, self.corpus, self.source, self.data_dir = name, corpus, source, data_dir
         self.global_batch_size, self.eval_batch_size = global_batch_size, eval_batch_size
         self.seed, self.process_index, self.process_count = seed, process_index, process_count

@@ -46,6 +46,7 @@ class Family:
     ignore: tuple[str, ...] = ()                 # regexes of tensors that carry nothing we use
     check_config: Callable[[dict], None] | None = None
     derived: Callable[[dict], dict] | None = None  # extra fields computed from config.json
+    tied: tuple[str, ...] = ()       # targets a model with tied weights lacks (then dropped)
 
 
 def _check_llama(cfg: dict) -> None:
@@ -93,6 +94,7 @@ LLAMA = Family(
     ignore=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"model\.rotary_emb\..*"),
     check_config=_check_llama,
     derived=_llama_derived,
+    tied=("lm_head/kernel",),  # some tied checkpoints still store lm_head.weight
 )
 
 FAMILIES: dict[str, Family] = {"llama": LLAMA}
@@ -206,6 +208,9 @@ def _params(model: nnx.Module) -> dict[str, Any]:
 def _check(model: nnx.Module, mapped: dict, family: Family) -> dict[str, Any]:
     """Every rule target of the model filled by a tensor of its exact shape, or a ValueError."""
     params = _params(model)
+    for p in family.tied:
+        if p not in params:
+            mapped.pop(p, None)
     absent = sorted(p for p in mapped if p not in params)
     if absent:
         raise ValueError(f"checkpoint tensors {[mapped[p][0] for p in absent]} map to "

@@ -9,8 +9,12 @@ Hugging Face's ``LlamaForCausalLM`` (``embed_tokens``, ``layers[i].self_attn.q_p
 Every linear inside the blocks is a :class:`bnn_jax.nn.QuantLinear` with this model's
 ``input_quantizer``/``kernel_quantizer``: BitNet b1.58 is ``kernel_quantizer="bitnet_weight"``,
 ``input_quantizer="bitnet_act"``; the embedding and the LM head stay in full precision, as in
-BitNet. Each block's output is sown as ``hidden_states`` (``nnx.Intermediate``) for
-distillation. :meth:`Model.decode` is the KV-cache step of :mod:`bnn_jax.generate`.
+BitNet. ``subln`` adds the normalization BitNet puts inside every BitLinear, in front of the
+activation quantizer: ``"rms"`` (parameter-free RMSNorm, BitNet b1.58's SubLN) or ``"layer"``
+(LayerNorm without affine, BitNet b1.58 Reloaded's ``bitlinear``); it has no parameters, so
+checkpoints load unchanged. Each block's output is sown as ``hidden_states``
+(``nnx.Intermediate``) for distillation. :meth:`Model.decode` is the KV-cache step of
+:mod:`bnn_jax.generate`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,19 @@ from flax import nnx
 from bnn_jax.nn import QuantLinear
 from bnn_jax.nn.attention import apply_mask
 from bnn_jax.quant.registry import check
+
+
+SUBLN = ("rms", "layer")
+
+
+def subln(x: jax.Array, kind: str | None, eps: float) -> jax.Array:
+    """Parameter-free normalization over features of a BitLinear input (identity for None)."""
+    if kind is None:
+        return x
+    xf = x.astype(jnp.float32)
+    if kind == "layer":
+        xf = xf - jnp.mean(xf, axis=-1, keepdims=True)
+    return (xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
 def rotary_angles(positions: jax.Array, head_dim: int, theta: float) -> jax.Array:
@@ -45,9 +62,10 @@ class Attention(nnx.Module):
     """Grouped-query self-attention: ``num_kv_heads`` K/V heads shared by groups of Q heads."""
 
     def __init__(self, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-                 rope_theta: float, bias: bool, quant: dict, rngs: nnx.Rngs):
+                 rope_theta: float, bias: bool, quant: dict, rngs: nnx.Rngs,
+                 subln: str | None = None, eps: float = 1e-6):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.rope_theta = rope_theta
+        self.rope_theta, self.subln, self.eps = rope_theta, subln, eps
         self.q_proj = QuantLinear(hidden, num_heads * head_dim, use_bias=bias, rngs=rngs, **quant)
         self.k_proj = QuantLinear(hidden, num_kv_heads * head_dim, use_bias=bias, rngs=rngs,
                                   **quant)
@@ -61,6 +79,7 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         kv, g, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
         angles = rotary_angles(positions, d, self.rope_theta)
+        x = subln(x, self.subln, self.eps)
         q = apply_rotary(self.q_proj(x).reshape(b, t, kv * g, d), angles)
         k = apply_rotary(self.k_proj(x).reshape(b, t, kv, d), angles)
         v = self.v_proj(x).reshape(b, t, kv, d)
@@ -75,33 +94,37 @@ class Attention(nnx.Module):
         scores = apply_mask(scores.astype(jnp.float32), mask[:, None, None])
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, kv * g * d)
-        return self.o_proj(out), cache
+        return self.o_proj(subln(out, self.subln, self.eps)), cache
 
 
 class MLP(nnx.Module):
     """SwiGLU: ``down(silu(gate(x)) · up(x))`` (Shazeer, 2020)."""
 
     def __init__(self, hidden: int, intermediate: int, *, bias: bool, quant: dict,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, subln: str | None = None, eps: float = 1e-6):
+        self.subln, self.eps = subln, eps
         self.gate_proj = QuantLinear(hidden, intermediate, use_bias=bias, rngs=rngs, **quant)
         self.up_proj = QuantLinear(hidden, intermediate, use_bias=bias, rngs=rngs, **quant)
         self.down_proj = QuantLinear(intermediate, hidden, use_bias=bias, rngs=rngs, **quant)
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        x = subln(x, self.subln, self.eps)
+        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        return self.down_proj(subln(h, self.subln, self.eps))
 
 
 class Block(nnx.Module):
     """Pre-norm decoder block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
 
     def __init__(self, hidden, intermediate, num_heads, num_kv_heads, head_dim, *, rope_theta,
-                 norm_eps, attention_bias, mlp_bias, quant, rngs):
+                 norm_eps, attention_bias, mlp_bias, quant, rngs, subln=None):
         self.input_layernorm = nnx.RMSNorm(hidden, epsilon=norm_eps, rngs=rngs)
         self.self_attn = Attention(hidden, num_heads, num_kv_heads, head_dim,
                                    rope_theta=rope_theta, bias=attention_bias, quant=quant,
-                                   rngs=rngs)
+                                   rngs=rngs, subln=subln, eps=norm_eps)
         self.post_attention_layernorm = nnx.RMSNorm(hidden, epsilon=norm_eps, rngs=rngs)
-        self.mlp = MLP(hidden, intermediate, bias=mlp_bias, quant=quant, rngs=rngs)
+        self.mlp = MLP(hidden, intermediate, bias=mlp_bias, quant=quant, rngs=rngs,
+                       subln=subln, eps=norm_eps)
 
     def __call__(self, x, positions, mask, cache=None, index=None):
         h, cache = self.self_attn(self.input_layernorm(x), positions, mask, cache, index)
@@ -123,8 +146,9 @@ class Model(nnx.Module):
                  num_kv_heads: int | None = None, head_dim: int | None = None,
                  rope_theta: float = 10000.0, norm_eps: float = 1e-6,
                  tie_embeddings: bool = False, attention_bias: bool = False,
-                 mlp_bias: bool = False, input_quantizer: Any = None,
-                 kernel_quantizer: Any = None, kernel_constraint: Any = None):
+                 mlp_bias: bool = False, subln: str | None = None,
+                 input_quantizer: Any = None, kernel_quantizer: Any = None,
+                 kernel_constraint: Any = None):
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         for name, v in (("vocab_size", vocab_size), ("max_len", max_len), ("hidden", hidden),
                         ("intermediate", intermediate), ("num_layers", num_layers),
@@ -138,6 +162,8 @@ class Model(nnx.Module):
                   f"llama: num_heads={num_heads} must divide hidden={hidden} (or give head_dim)")
             head_dim = hidden // num_heads
         check(head_dim % 2 == 0, f"llama: head_dim must be even (rotary pairs), got {head_dim}")
+        check(subln is None or subln in SUBLN,
+              f"llama: subln must be None or one of {list(SUBLN)}, got {subln!r}")
         self.vocab_size, self.max_len, self.hidden = vocab_size, max_len, hidden
         self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
         self.tie_embeddings = tie_embeddings
@@ -147,7 +173,7 @@ class Model(nnx.Module):
         self.layers = nnx.List([
             Block(hidden, intermediate, num_heads, num_kv_heads, head_dim, rope_theta=rope_theta,
                   norm_eps=norm_eps, attention_bias=attention_bias, mlp_bias=mlp_bias,
-                  quant=quant, rngs=rngs) for _ in range(num_layers)])
+                  quant=quant, rngs=rngs, subln=subln) for _ in range(num_layers)])
         self.norm = nnx.RMSNorm(hidden, epsilon=norm_eps, rngs=rngs)
         self.lm_head = (None if tie_embeddings else
                         nnx.Linear(hidden, vocab_size, use_bias=False, rngs=rngs))

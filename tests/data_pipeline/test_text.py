@@ -189,3 +189,15 @@ def test_data_build_and_validation_of_text_fields(tmp_path):
         data.validate(dict(name="pydoc", batch_size=4, eval_batch_size=4, vocab=3))
     with pytest.raises(ValueError, match="place the model's tokenizer.json"):
         data.build(dict(name="pydoc", batch_size=4, eval_batch_size=4, tokenizer=str(tmp_path)))
+
+
+def test_pydoc_with_a_hugging_face_tokenizer_directory():
+    import pathlib
+
+    fixture = pathlib.Path(__file__).parents[1] / "fixtures" / "hf_llama"
+    ds = _pydoc(tokenizer=str(fixture), seq_len=32)
+    assert ds.spec == {"vocab_size": 384, "max_len": 32}
+    tok = text.load_tokenizer(fixture)
+    _, val = text.pydoc_corpus()
+    first = next(ds.eval_batches())["input_ids"][0]
+    assert first.tolist() == tok.encode(val[0])[:32]

@@ -115,6 +115,11 @@ def test_hf_parquet_wikitext_lines_join_into_one_text(tmp_path):
     assert ev["input_ids"][0].tolist() == BYTE.encode(joined)[:8]
     b = next(ds.train_batches(0))
     assert b["input_ids"].shape == (4, 8) and BYTE.eos_id not in b["input_ids"]
+    # Two processes read alternate records: half batches, and the two halves differ.
+    halves = [next(data.build(_cfg("wikitext103", source="hf", data_dir=str(root), seq_len=8),
+                              process_index=p, process_count=2).train_batches(0))["input_ids"]
+              for p in range(2)]
+    assert halves[0].shape == (2, 8) and not np.array_equal(halves[0], halves[1])
 
 
 def test_hf_glue_mnli_uses_its_folder_and_matched_split(tmp_path):

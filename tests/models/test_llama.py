@@ -4,6 +4,7 @@ import json
 import pathlib
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -153,3 +154,74 @@ def test_tied_embeddings_use_the_embedding_as_head():
     h = model.norm(inter["hidden_states"][-1])
     np.testing.assert_allclose(logits, h @ model.embed_tokens.embedding[...].T, atol=1e-5)
     assert "lm_head" not in str(nnx.state(model, nnx.Param))
+
+
+def test_subln_normalizes_every_bitlinear_input():
+    x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32) * 3 + 1
+    rms = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-6)
+    c = x - x.mean(-1, keepdims=True)
+    ln = c / np.sqrt((c ** 2).mean(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(llama.subln(jnp.asarray(x), "rms", 1e-6), rms, atol=1e-5)
+    np.testing.assert_allclose(llama.subln(jnp.asarray(x), "layer", 1e-6), ln, atol=1e-5)
+    model = _tiny(subln="rms")
+    mlp, h = model.layers[0].mlp, jnp.asarray(np.random.default_rng(1).standard_normal((1, 2, 32)),
+                                              jnp.float32)
+    hn = llama.subln(h, "rms", 1e-6)
+    inner = jax.nn.silu(mlp.gate_proj(hn)) * mlp.up_proj(hn)
+    np.testing.assert_allclose(mlp(h), mlp.down_proj(llama.subln(inner, "rms", 1e-6)),
+                               atol=1e-5)
+    np.testing.assert_allclose(mlp(5.0 * h), mlp(h), atol=1e-4)  # scale-free input
+    # No parameters of its own: the same parameter tree as without it.
+    shapes = lambda m: jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))  # noqa: E731
+    assert shapes(model) == shapes(_tiny())
+    with pytest.raises(ValueError, match="subln must be None or one of"):
+        _tiny(subln="batch")
+
+
+def test_sharded_checkpoint_with_index_loads_the_same(tmp_path):
+    from safetensors.numpy import save_file
+
+    d = tmp_path / "sharded"
+    d.mkdir()
+    for f in ("config.json",):
+        shutil.copy(FIXTURE / f, d / f)
+    tensors = hub.read_safetensors(FIXTURE)
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2],
+              "model-00002-of-00002.safetensors": names[1::2]}
+    for fname, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(d / fname))
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: f for f, ks in shards.items() for k in ks}}))
+    a, b = hub.load(FIXTURE), hub.load(d)
+    np.testing.assert_array_equal(a.layers[1].mlp.down_proj.kernel[...],
+                                  b.layers[1].mlp.down_proj.kernel[...])
+    (d / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ValueError, match="lists shards missing"):
+        hub.load(d)
+
+
+def test_learned_kernel_quantizer_arrays_follow_the_loaded_kernel():
+    # bivit_weight's per-channel scale starts from the kernel: after import it must be the
+    # scale of the pretrained kernel, not of the random one the model was built with.
+    model = hub.load(FIXTURE, kernel_quantizer="bivit_weight")
+    layer = model.layers[1].self_attn.k_proj
+    kernel = hub.read_safetensors(FIXTURE)["model.layers.1.self_attn.k_proj.weight"].T
+    want = layer.kernel_quantizer.init(jnp.asarray(kernel))["alpha"]
+    np.testing.assert_allclose(layer.kernel_alpha[...], want, rtol=1e-6)
+
+
+def test_tied_checkpoint_loads_with_or_without_a_stored_head(tmp_path):
+    from safetensors.numpy import save_file
+
+    d = _copy(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
+    tensors = hub.read_safetensors(FIXTURE)
+    model = hub.load(d)  # lm_head.weight present: dropped, the head is the embedding
+    assert model.lm_head is None
+    np.testing.assert_array_equal(model.embed_tokens.embedding[...],
+                                  tensors["model.embed_tokens.weight"])
+    del tensors["lm_head.weight"]
+    save_file(tensors, str(d / "model.safetensors"))
+    assert hub.load(d).lm_head is None
