@@ -232,3 +232,32 @@ def test_causal_lm_killed_with_sigkill_resumes_bit_exactly(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert resumed["test_perplexity"] == straight["test_perplexity"]
     assert resumed["test_bits_per_byte"] == straight["test_bits_per_byte"]
+
+
+@pytest.mark.slow  # two teacher and two student runs: ~2 min on 2 shared cores
+def test_dmd_and_lrm_terms_train_through_run(tmp_path):
+    cases = {
+        # BiBERT: DMD over Q, K and V of every layer, plus its hidden-state loss.
+        "dmd": (CASES["sequence_classification"], dict(name="text_encoder", **TINY), [
+            dict(name="dmd", weight=1.0, student=rf"blocks/\d+/attn/{p}") for p in "qkv"] + [
+            dict(name="hidden_state", weight=1.0, student=r"blocks/\d+/hidden")]),
+        # BinaryDM: LRM on the residual blocks' outputs (PCA bases from the teacher, once).
+        "lrm": (CASES["denoising"], dict(name="conv_denoiser", width=8, depth=1, emb_dim=16), [
+            dict(name="lrm", weight=1.0, student=r"blocks/\d+/hidden")]),
+    }
+    for name, (make, teacher, terms) in cases.items():
+        c = make()
+        c.model, c.total_steps = teacher, 1
+        run(c, str(tmp_path / f"{name}_teacher"))
+        c = make()
+        c.total_steps = 2
+        c.kd = dict(enabled=True, teacher_model=teacher,
+                    teacher_workdir=str(tmp_path / f"{name}_teacher"), task_weight=0.0,
+                    terms=terms)
+        result = run(c, str(tmp_path / f"{name}_student"))
+        lines = [json.loads(x) for x in (tmp_path / f"{name}_student" / "metrics.jsonl")
+                 .read_text().splitlines()]
+        first = next(x["loss"] for x in lines if x["split"] == "train")
+        # task weight 0: the loss is the distillation terms alone, positive for a student that
+        # differs from its teacher (and 0 if a term had silently compared nothing)
+        assert first > 1e-6 and np.isfinite(result["test_loss"])
