@@ -78,13 +78,12 @@ def _sample_inputs(task, ds, seed: int):
     return task.inputs(batch)
 
 
-def load_teacher(kd, ds, sharding, task=None) -> tuple[Any, dict[str, Any]]:
+def load_teacher(kd, ds, sharding, task) -> tuple[Any, dict[str, Any]]:
     """The distillation teacher in eval mode: its graph and trained ``{"params", "rest"}``.
 
     ``kd.teacher_workdir`` is a bnn_jax run (its newest checkpoint); ``kd.teacher_import`` a
     Hugging Face model directory read by :mod:`bnn_jax.models.hub`.
     """
-    task = task or tasks_lib.build(dict(name="classification"), spec=ds.spec)
     if kd.get("teacher_import"):
         from bnn_jax.models import hub
 
