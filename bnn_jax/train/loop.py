@@ -88,6 +88,7 @@ def load_teacher(kd, ds, sharding, task) -> tuple[Any, dict[str, Any]]:
         from bnn_jax.models import hub
 
         t_model = hub.load(kd.teacher_import)
+        task.check_batch(next(iter(ds.train_batches(0))), t_model)  # e.g. fewer positions
         t_model.eval()
         t_graph, t_params, t_rest = _split(t_model)
         return t_graph, jax.device_put({"params": t_params, "rest": t_rest}, sharding)
@@ -188,7 +189,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # --------------------------------------------------------------------------- teacher --
     teacher, distiller, features = None, None, False
     if config.kd.enabled:
-        teacher = load_teacher(config.kd, ds, replicated, task)
+        try:
+            teacher = load_teacher(config.kd, ds, replicated, task)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
         # Both models on a sample batch, as shapes only: a teacher whose outputs do not match,
         # a feature regex or layer map that selects nothing fails before anything is compiled.
         # Feature terms run both models under nnx.capture.

@@ -188,6 +188,13 @@ def test_an_imported_hugging_face_teacher_distils_a_causal_lm_student(tmp_path):
     bad.kd = dict(enabled=True, teacher_import=fixture, terms=[dict(name="logit")])
     with pytest.raises(ValueError, match="logit terms need the same output shape"):
         run(bad, str(tmp_path / "bad"))
+    long = task_config(dict(name="causal_lm"),
+                       dict(name="pydoc", batch_size=8, eval_batch_size=512, seq_len=80,
+                            tokenizer=fixture), student, steps=1)
+    long.kd = dict(enabled=True, teacher_import=fixture, terms=[dict(name="logit")])
+    with pytest.raises(ValueError, match=r"length 80, longer than the model's maximum "
+                                         r"max_len=64"):
+        run(long, str(tmp_path / "long"))
 
 
 # The child trains the causal-LM case and SIGKILLs itself (no cleanup) when the loop asks for
