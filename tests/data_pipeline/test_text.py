@@ -201,3 +201,25 @@ def test_pydoc_with_a_hugging_face_tokenizer_directory():
     _, val = text.pydoc_corpus()
     first = next(ds.eval_batches())["input_ids"][0]
     assert first.tolist() == tok.encode(val[0])[:32]
+
+
+def test_encode_pair_uses_the_tokenizers_own_template(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4, "b": 5, "c": 6}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    bert = text.load_tokenizer(tmp_path)
+    assert (bert.pad_id, bert.bos_id, bert.eos_id) == (0, 2, 3)
+    assert text.encode_pair(bert, "a b", "c", 16) == ([2, 4, 5, 3, 6, 3], [0, 0, 0, 0, 1, 1])
+    assert text.encode_pair(bert, "a b", None, 16) == ([2, 4, 5, 3], [0, 0, 0, 0])
+    # Longest first: 7 - 3 specials = 4 tokens kept of (4, 2): "a b c a" -> "a b", "c c".
+    assert text.encode_pair(bert, "a b c a", "c c", 7) == ([2, 4, 5, 3, 6, 6, 3],
+                                                             [0, 0, 0, 0, 1, 1, 1])
+    # Without a template: [bos] a [eos] b [eos] (byte tokenizer).
+    assert text.encode_pair(text.ByteTokenizer(), "A", "BC", 5) == ([1, 68, 2, 69, 2],
+                                                                    [0, 0, 0, 1, 1])

@@ -173,3 +173,18 @@ def test_hf_split_names_are_whole_words(tmp_path):
     names = [p.name for p in text_sources.hf_files(tmp_path, "validation")]
     assert names == ["c4-validation.0.json.gz", "validation.jsonl"]
     assert [p.name for p in text_sources.hf_files(tmp_path, "train")] == ["train-0.parquet"]
+
+
+@pytest.mark.slow
+def test_every_tfds_text_dataset_builds_from_its_fields():
+    with _mock(4):
+        for task, corpus in text_sources.GLUE.items():
+            ds = data.build(_cfg("glue", task=task, max_len=24, batch_size=2,
+                                 eval_batch_size=2))
+            assert ds.spec["num_labels"] == corpus.num_labels, task
+            assert ds.eval["input_ids"].shape == (4, 24) and (ds.eval["input_ids"][:, 0] == 1).all()
+            two = len(corpus.fields) == 2
+            assert (ds.eval["token_type_ids"].max() == 1) == two, task
+        ds = data.build(_cfg("cnn_dailymail", max_source_len=32, max_target_len=16,
+                             batch_size=2, eval_batch_size=2))
+        assert ds.eval["target_ids"].shape == (4, 16) and len(ds.eval_texts["references"]) == 4
