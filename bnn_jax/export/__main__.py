@@ -68,7 +68,7 @@ def restore_model(workdir: str):
 
     config = read_config(workdir)
     ds = data_lib.build(config.data, seed=config.seed)
-    model = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
+    model = models.build(config.model, **ds.spec,
                          rngs=nnx.Rngs(config.seed))
     if nn.pending_learned(model):
         # Learned input-quantizer arrays (RSign shifts, LSQ steps) appear on the first call, as

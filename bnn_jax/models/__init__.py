@@ -1,9 +1,19 @@
-"""The model zoo by name: ``build(config.model, num_classes=..., input_shape=..., rngs=...)``.
+"""The model zoo by name: ``build(config.model, rngs=..., **ds.spec)``.
 
 Each model module exports ``Model``, an NNX module constructed as
-``Model(num_classes=..., input_shape=..., rngs=..., **config_fields)`` and called as
-``model(images)`` (the loop feeds quantizer schedules through ``bnn_jax.nn.quant_params``).
-Modules are imported only when their model is built, so the zoo costs nothing to list.
+``Model(rngs=..., <data-spec keys it needs>, **config_fields)``. The data spec is what the
+dataset says (``ds.spec``): image models take ``num_classes`` and ``input_shape``, language
+models ``vocab_size`` and ``max_len``, sequence classifiers also ``num_labels``; ``build``
+passes each constructor the spec keys its signature names and ignores the rest, so one call
+builds any model for any dataset that supplies what it needs. The task decides how a model is
+called (``bnn_jax.tasks``); the loop feeds quantizer schedules through
+``bnn_jax.nn.quant_params``. Modules are imported only when their model is built, so the zoo
+costs nothing to list.
+
+Intermediate features for distillation: a model records them with
+``self.sow(nnx.Intermediate, "<name>", value, capture_noop=True)``; the loop reads them (only
+when a distillation term asks) through ``nnx.capture`` under their module path, e.g.
+``blocks/0/hidden`` or ``blocks/0/attn/q``.
 """
 
 from __future__ import annotations
@@ -16,7 +26,10 @@ from typing import Any
 MODELS = {
     "mlp": "mlp",
     "digits_cnn": "digits_cnn",
+    "conv_denoiser": "conv_denoiser",
+    "encoder_decoder": "encoder_decoder",
     "llama": "llama",
+    "text_encoder": "text_encoder",
 }
 
 
@@ -32,11 +45,33 @@ def get(name: str):
     return importlib.import_module(f"bnn_jax.models.{MODELS[name]}").Model
 
 
+# What datasets say about themselves (``ds.spec``): never config fields of a model.
+SPEC_KEYS = ("input_shape", "max_len", "num_classes", "num_labels", "vocab_size")
+
+
+def _parameters(name: str) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(get(name).__init__).parameters)
+
+
 def fields(name: str) -> list[str]:
     """The config fields ``name`` accepts (its constructor's keyword parameters)."""
-    sig = inspect.signature(get(name).__init__)
-    skip = {"self", "num_classes", "input_shape", "rngs"}
-    return sorted(p for p in sig.parameters if p not in skip)
+    skip = {"self", "rngs", *SPEC_KEYS}
+    return sorted(p for p in _parameters(name) if p not in skip)
+
+
+def spec_keys(name: str) -> list[str]:
+    """The data-spec keys the constructor of ``name`` takes."""
+    return sorted(k for k in _parameters(name) if k in SPEC_KEYS)
+
+
+def check_spec(name: str, spec: dict[str, Any]) -> None:
+    """The data spec gives every key the model needs (ValueError naming the missing ones)."""
+    params = _parameters(name)
+    missing = [k for k in spec_keys(name) if k not in spec
+               and params[k].default is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"model {name!r} needs {missing} from the dataset, whose spec gives "
+                         f"{sorted(spec)}; pick a dataset for this model's task")
 
 
 def validate(cfg: Any) -> None:
@@ -50,9 +85,13 @@ def validate(cfg: Any) -> None:
                          f"valid fields: {valid}")
 
 
-def build(cfg: Any, *, num_classes: int, input_shape: tuple[int, ...], rngs) -> Any:
-    """Construct the model named by ``cfg.name`` with the remaining fields as arguments."""
+def build(cfg: Any, *, rngs, **spec: Any) -> Any:
+    """Construct the model named by ``cfg.name`` from its fields and the data ``spec``."""
     validate(cfg)
     cfg = dict(cfg)
-    return get(cfg.pop("name"))(num_classes=num_classes, input_shape=tuple(input_shape),
-                                rngs=rngs, **cfg)
+    name = cfg.pop("name")
+    check_spec(name, spec)
+    given = {k: spec[k] for k in spec_keys(name) if k in spec}
+    if "input_shape" in given:
+        given["input_shape"] = tuple(given["input_shape"])
+    return get(name)(rngs=rngs, **given, **cfg)
