@@ -23,15 +23,13 @@ import numpy as np
 from flax import nnx
 
 from bnn_jax.export.freeze import LayerRecord, quant_layer_groups
-from bnn_jax.export.frozen import FrozenConv, FrozenEinsum, FrozenLinear
+from bnn_jax.export.frozen import FROZEN_KINDS  # every frozen layer class, by name
 from bnn_jax.kernels import Packed
 from bnn_jax.kernels.backend import resolve
 from bnn_jax.nn.intercept import set_child
 
 FORMAT = 1
 META_KEY = "__meta__"
-FROZEN_KINDS = {cls.__name__: cls for cls in (FrozenLinear, FrozenConv, FrozenEinsum)}
-
 
 def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
     """Every Variable of the model by "/"-joined path."""
