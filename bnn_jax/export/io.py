@@ -124,8 +124,12 @@ def build_model(meta: dict) -> nnx.Module:
     if not spec:
         raise ValueError("the file records no model_spec (saved without one): pass a model "
                          "built from the same configuration to load()")
-    return models.build(spec["model"], num_classes=int(spec["num_classes"]),
-                        input_shape=tuple(spec["input_shape"]), rngs=nnx.Rngs(0))
+    from bnn_jax.nn.policy import quantize_config
+
+    model = models.build(spec["model"], num_classes=int(spec["num_classes"]),
+                         input_shape=tuple(spec["input_shape"]), rngs=nnx.Rngs(0))
+    quantize_config(model, spec.get("quant"))  # a run's config.quant, when it had one
+    return model
 
 
 def load(path: str, model: nnx.Module | None = None, *, backend: str = "auto") -> nnx.Module:

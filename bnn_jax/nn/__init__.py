@@ -11,7 +11,8 @@ from bnn_jax.nn.layers import (QUANT_LAYERS, QuantConv, QuantConvTranspose, Quan
                                as_quantizer, initialize, pending_learned, quant_params)
 from bnn_jax.nn.linen import (QuantizedLinen, linen_layers, quantize_linen,
                               quantized_conv_general_dilated, quantized_dot_general)
-from bnn_jax.nn.policy import apply_policy, policy_rules, precision_policy
+from bnn_jax.nn.policy import (apply_policy, config_rules, policy_rules, precision_policy,
+                               quantize_config)
 
 __all__ = [
     "BiAttention", "BiPFTAttention", "DPReLU", "LearnableBias", "MultiHeadAttention",
@@ -20,6 +21,6 @@ __all__ = [
     "QuantLinearGeneral", "Quantize", "QuantizeReport", "RPReLU", "RSign", "Replacement", "Rule",
     "SABAttention", "SqueezeExcite", "WSConv", "apply_constraints", "apply_policy",
     "as_quantizer", "as_rule", "hard_sigmoid", "hard_tanh", "initialize", "pending_learned",
-    "policy_rules", "precision_policy",
+    "config_rules", "policy_rules", "precision_policy", "quantize_config",
     "quant_params", "quantize", "quantized_conv_general_dilated", "quantized_dot_general",
 ]

@@ -63,6 +63,30 @@ def quant_params(*, input: Mapping[str, Any] | None = None,
         _SCHEDULE.reset(token)
 
 
+#: When set (by bnn_jax.analysis.health), every quantizer call reports its operand to it.
+_PROBE: contextvars.ContextVar[Any] = contextvars.ContextVar("bnn_jax_quant_probe", default=None)
+
+
+@contextlib.contextmanager
+def observe_quantizers(probe):
+    """Call ``probe(key, role, quantizer, fn, x)`` for each quantizer application inside the
+    block (``key``: the layer, or a Linen path; ``role``: 'input' or 'weight'; ``fn``: the
+    quantizer as a function of its operand ``x``)."""
+    token = _PROBE.set(probe)
+    try:
+        yield
+    finally:
+        _PROBE.reset(token)
+
+
+def observed(key: Any, role: str, q: Quantizer, fn, x: jax.Array) -> jax.Array:
+    """``fn(x)``, reported to the active probe (see :func:`observe_quantizers`)."""
+    probe = _PROBE.get()
+    if probe is not None:
+        probe(key, role, q, fn, x)
+    return fn(x)
+
+
 def _scheduled(role: str, q: Quantizer, explicit: Mapping[str, Any]) -> dict[str, Any]:
     ctx = _SCHEDULE.get().get(role, {})
     return {**{k: v for k, v in ctx.items() if k in q.params}, **explicit}
@@ -197,7 +221,8 @@ class _QuantizedOperands(nnx.Module):
             return x
         if q.learned and not hasattr(self, f"input_{q.learned[0]}"):
             self._create_learned("input", q, x)
-        return q(x, **self._learned("input", q), **_scheduled("input", q, overrides))
+        learned, scheduled = self._learned("input", q), _scheduled("input", q, overrides)
+        return observed(self, "input", q, lambda v: q(v, **learned, **scheduled), x)
 
     def latent_kernel(self, kernel: jax.Array | None = None) -> jax.Array:
         """The kernel (or ``kernel``) as the kernel quantizer sees it; subclasses may
@@ -215,7 +240,7 @@ class _QuantizedOperands(nnx.Module):
         def one(k, learned):
             w = self.latent_kernel(k)
             if q is not None:
-                w = q(w, **learned, **scheduled)
+                w = observed(self, "weight", q, lambda v: q(v, **learned, **scheduled), w)
             if mask is not None:
                 # Mask after quantizing: a masked weight must contribute 0, not sign(0) = +1.
                 w = w * jnp.reshape(mask, w.shape)

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bnn_jax.nn.layers import _scheduled, as_quantizer
+from bnn_jax.nn.layers import _scheduled, as_quantizer, observed
 from bnn_jax.quant.registry import check
 
 
@@ -150,18 +150,23 @@ def _linen_learned(m, q, role: str, x) -> dict[str, Any]:
             for n in q.learned}
 
 
-def _quantize_operand(m, q, role: str, x):
+def _quantize_operand(m, q, role: str, x, path: str):
     if q is None or x is None:
         return x
     learned = _linen_learned(m, q, role, x)
+    scheduled = _scheduled(role, q, {})
+
+    def fn(v):
+        return q(v, **learned, **scheduled)
+
+    kind = "weight" if role == "kernel" else "input"
     if role == "kernel" and isinstance(m, linen.DenseGeneral):
         # The quantizer sees the (fan-in, fan-out) matrix, as for QuantLinearGeneral.
         feats = m.features if isinstance(m.features, tuple) else (m.features,)
         shape = x.shape
         n_out = math.prod(shape[len(shape) - len(feats):])
-        y = q(jnp.reshape(x, (-1, n_out)), **learned, **_scheduled(role, q, {}))
-        return jnp.reshape(y, shape)
-    return q(x, **learned, **_scheduled(role, q, {}))
+        return jnp.reshape(observed(path, kind, q, fn, jnp.reshape(x, (-1, n_out))), shape)
+    return observed(path, kind, q, fn, x)
 
 
 def _interceptor(rules, prefix: str, seen: dict | None):
@@ -183,10 +188,10 @@ def _interceptor(rules, prefix: str, seen: dict | None):
         def promote(*arrays, **kw):
             arrays = list(arrays)
             if table_only:
-                arrays[0] = _quantize_operand(m, qk, "kernel", arrays[0])
+                arrays[0] = _quantize_operand(m, qk, "kernel", arrays[0], path)
             else:
-                arrays[0] = _quantize_operand(m, qi, "input", arrays[0])
-                arrays[1] = _quantize_operand(m, qk, "kernel", arrays[1])
+                arrays[0] = _quantize_operand(m, qi, "input", arrays[0], path)
+                arrays[1] = _quantize_operand(m, qk, "kernel", arrays[1], path)
             return original(*arrays, **kw)
 
         # Linen modules are frozen dataclasses: the operand hook is set for this call only.

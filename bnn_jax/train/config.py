@@ -29,7 +29,12 @@ def defaults() -> ml_collections.ConfigDict:
     c.async_checkpoint = True     # write checkpoints in the background
     c.tensorboard = True          # event files when TensorFlow + tensorboard are installed
     c.data = dict(name="digits", batch_size=128, eval_batch_size=360)
-    c.model = dict(name="mlp")
+    c.model = dict(name="mlp")    # a zoo name, a registered one, or "pkg.module:Class"
+    # Quantization of whatever model.name builds, applied before training (any NNX model):
+    # rules = [(regex on layer path, weight quantizer, input quantizer[, params])] or dicts,
+    # first match wins; then a precision policy (bnn_jax.nn.precision_policy): overrides
+    # [dict(pattern=, bits=, ...)] and a default (dict(bits=1)) for every other layer.
+    c.quant = dict(rules=[], overrides=[], default=None, presets=None)
     c.loss = dict(name="softmax_xent", label_smoothing=0.0)
     # Knowledge distillation: teacher = a model config + the workdir of its trained run.
     c.kd = dict(enabled=False, teacher_model=ml_collections.ConfigDict(dict(name="mlp")),
@@ -117,7 +122,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     base = defaults()
     _check_fields("the config", config, base)
-    for section in ("loss", "mesh", "distributed", "kd", "schedules"):
+    for section in ("loss", "mesh", "distributed", "kd", "schedules", "quant"):
         if section in config:
             _check_fields(f"config.{section}", config[section], base[section])
     # Intervals are used as `step % every` in the loop: a zero would fail only after compiling.
@@ -129,6 +134,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{field} must be {kind} integer, got {value!r}")
     data.validate(config.data)
     models.validate(config.model)
+    from bnn_jax.nn.policy import config_rules
+
+    config_rules(config.get("quant"))  # bad quantizer names and rule shapes list valid ones
     for key, value in _fields(config.model).items():
         if key.endswith("quantizer") or key.endswith("constraint"):
             _check_quantizers(f"config.model.{key}", value)

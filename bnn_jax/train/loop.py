@@ -23,7 +23,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bnn_jax import data as data_lib
 from bnn_jax import models
+from bnn_jax.analysis import health
 from bnn_jax.nn import apply_constraints, initialize, pending_learned, quant_params
+from bnn_jax.nn.policy import quantize_config
 from bnn_jax.train import checkpoint as ckpt_lib
 from bnn_jax.train import config as config_lib
 from bnn_jax.train import metrics as metrics_lib
@@ -115,6 +117,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ----------------------------------------------------------------------------- model --
     model = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
                          rngs=nnx.Rngs(config.seed))
+    try:  # config.quant binarizes any model, the user's too; a rule matching nothing stops here
+        quantized = quantize_config(model, config.quant)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if quantized is not None:
+        say(str(quantized))
     # Learned quantizer arrays with a data-dependent first-call rule (LSQ steps, elastic scales)
     # are created from the first training batch *before* the split: created inside the jitted
     # step they would be re-initialized every step and never trained.
@@ -126,6 +134,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
             nnx.update(model, multihost_utils.broadcast_one_to_all(nnx.state(model, nnx.Param)))
         say(f"Initialized learned quantizer arrays from the first batch: {', '.join(created)}")
+    say(health.format_report(health.check(model, jnp.asarray(
+        next(iter(ds.train_batches(0)))["image"]))))
+    flip_paths = health.binary_kernel_paths(model)
     graph_train, params, rest = _split(model)
     model.eval()
     graph_eval = nnx.split(model, nnx.Param, ...)[0]
@@ -202,7 +213,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         params = constrain(nnx.to_pure_dict(nnx.split(m, nnx.Param, ...)[1]))
         acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
         out = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
-               "param_norm": optax.tree.norm(params), "learning_rate": lr_fn(state["step"])}
+               "param_norm": optax.tree.norm(params), "learning_rate": lr_fn(state["step"]),
+               **health.flip_ratios(flip_paths, state["params"], params)}
         new_state = {"params": params, "rest": new_rest, "opt_state": opt_state,
                      "step": state["step"] + 1, "rng": state["rng"]}
         return new_state, out
@@ -278,7 +290,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             return {}
         # Host-side numpy mean: clu's Average would compile small jnp ops on the first report.
         avg = {k: float(np.mean([m[k] for m in fetched]))
-               for k in ("loss", "accuracy", "grad_norm", "param_norm")}
+               for k in fetched[0] if k != "learning_rate"}
         return {**avg, "learning_rate": float(fetched[-1]["learning_rate"])}
 
     try:
