@@ -86,7 +86,8 @@ def test_linen_conv_with_pad_values_and_stride_against_loops():
 def test_same_functions_plug_into_nnx_layers():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((2, 4, 4, 3)).astype(np.float32))
-    lin = nnx.Linear(3, 2, dot_general=quantized_dot_general(kernel_quantizer="ste_sign", input_quantizer="ste_sign"),
+    lin = nnx.Linear(3, 2, dot_general=quantized_dot_general(kernel_quantizer="ste_sign",
+                                                             input_quantizer="ste_sign"),
                      rngs=nnx.Rngs(0))
     want = _sign(x) @ _sign(lin.kernel[...]) + np.asarray(lin.bias[...])
     np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(lin, x), want, rtol=1e-6, atol=1e-6)
@@ -111,7 +112,8 @@ def test_schedule_values_reach_the_linen_primitives():
 
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((4, 6)).astype(np.float32))
-    dense = linen.Dense(5, use_bias=False, dot_general=quantized_dot_general(kernel_quantizer="reste"))
+    dense = linen.Dense(5, use_bias=False,
+                        dot_general=quantized_dot_general(kernel_quantizer="reste"))
     params = dense.init(jax.random.key(0), x)
     w = np.asarray(params["params"]["kernel"], np.float64)
 
