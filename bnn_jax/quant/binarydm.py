@@ -6,21 +6,28 @@ Follows Xingyu-Zheng/BinaryDM ``ours_util.py`` (``BNNConv2d``/``BNNLinear``) and
 * order 2: ``W_b = σ_I·sign(W) + σ_II·sign(W − σ_I·sign(W))`` with learned per-output-channel
   σ's; first call ``σ_I = mean|W|``, ``σ_II = mean|W − σ_I·sign(W)|`` per channel. The residual
   is differentiated through, so W gets gradient from both bases and σ_I also from the residual.
-* order 1: ``σ_I·sign(W)``. ⚠ In the reference the order-1 layers never set their
-  ``init_scale`` flag, so σ_I is overwritten with ``mean|W|`` on EVERY forward: in effect a
-  stop-gradient per-channel mean|W| (XNOR scaling). ``dynamic_scale=True`` (default) reproduces
-  that; ``dynamic_scale=False`` is the paper's learned σ_I.
+* order 1: ``σ_I·sign(W)`` with a learned per-output-channel σ_I, first call ``mean|W|``:
+  the order-1 path sets ``init_scale = True`` after its first forward (``ours_util.py`` lines
+  100-101, 168-169, 223-224), so σ_I is initialized once and then trained (default,
+  ``dynamic_scale=False``). ``dynamic_scale=True`` is the text-to-image variant
+  ``txt2img/util_binarydm.py`` (present in commits c20db6f-de07b57, removed in ce7a7a5), whose
+  order-1 path never sets the flag: σ_I is overwritten with ``mean|W|`` on every forward, in
+  effect a stop-gradient per-channel mean|W| (XNOR scaling).
 * sign: ``torch.sign`` (0 at 0) with gradient ``1[|x| <= 1]`` (zeroed only for |x| > 1);
   ``sign_zero=1`` selects sign(0) = +1 (truly binary, packable).
 * activations (``_ActQ``, on every BNN layer input and on q, k, the softmax weights and v in
   attention): signed LSQ, ``α·round(clip(x/α, −2^(b−1), 2^(b−1) − 1))``, 8 bits by default,
   no step floor, LSQ gradient scale ``1/sqrt(numel·Q_P)``. ⚠ The reference sets
-  ``init_state`` instead of ``init_scale``, so α is overwritten with ``2·mean|x|/sqrt(Q_P)``
-  on EVERY forward: a stop-gradient dynamic scale (``dynamic_scale=True``, default);
-  ``dynamic_scale=False`` is the learned α the paper describes. The A4 setting of the paper's
-  table is a config value that is not released (use ``bits=4``). The reference switches
-  activation quantization on at its 6th iteration (:func:`progressive_binarization`); the
-  paper's own switch-on step is not public.
+  ``init_state`` instead of ``init_scale`` (``ours_util.py`` lines 47-49), so α is
+  overwritten with ``2·mean|x|/sqrt(Q_P)`` on EVERY forward: a stop-gradient dynamic scale
+  (``dynamic_scale=True``, default); ``dynamic_scale=False`` is the learned α the paper
+  describes. The A4 setting of the paper's table is a config value that is not released (use
+  ``bits=4``).
+* schedule: the reference switches activation quantization on at its 6th iteration
+  (:func:`progressive_binarization`); the paper's own switch-on step is not public. Which
+  layers have order 1 is fixed when the U-Net is built (``openaimodel_ours.py`` lines
+  724-735: the middle block, input blocks 6-11 and output blocks 0-5); no released commit
+  switches layers to one basis later in training.
 
 The Low-rank Representation Mimicking loss is in ``bnn_jax.train.losses``.
 """
@@ -69,17 +76,19 @@ _RESULT = ("LSUN-Bedrooms 256 LDM-4 (DDIM 100): W1.1/A4 ; W1.1/A8 ; W1.1/A32 FID
 
 
 @register("binarydm_lmb1", validate=_check_axis,
-          init=lambda x, channel_axis=-1, dynamic_scale=True, sign_zero=0:
+          init=lambda x, channel_axis=-1, dynamic_scale=False, sign_zero=0:
           lmb_init(x, 1, channel_axis),
           paper=_PAPER,
-          formula="σ_I·sign(W), sign(0)=0 (sign_zero=1: +1); σ_I = sg(mean_ch|W|) recomputed "
-                  "each call (code) or learned (dynamic_scale=False); g·1[|W| ≤ 1]",
+          formula="σ_I·sign(W), sign(0)=0 (sign_zero=1: +1); learned per-channel σ_I from "
+                  "σ_I₀ = mean_ch|W| (ours_util.py l. 215-224); dynamic_scale=True: "
+                  "sg(mean_ch|W|) every call (removed txt2img/util_binarydm.py); g·1[|W| ≤ 1]",
           result=_RESULT)
-def binarydm_lmb1(x, *, sigma1, channel_axis=-1, dynamic_scale=True, sign_zero=0):
+def binarydm_lmb1(x, *, sigma1, channel_axis=-1, dynamic_scale=False, sign_zero=0):
     """Order-1 LMB (BinaryDM's inner U-Net groups): one basis ``σ_I·sign(W)``.
 
-    With ``dynamic_scale=True`` (the reference's behaviour) ``sigma1`` is ignored and replaced
-    by the stop-gradient per-channel mean|W|; it then receives zero gradient.
+    By default ``sigma1`` is learned from its ``init`` value (``ours_util.py``). With
+    ``dynamic_scale=True`` (the txt2img variant) ``sigma1`` is ignored and replaced by the
+    stop-gradient per-channel mean|W|; it then receives zero gradient.
     """
     if dynamic_scale:
         axes = per_channel_axes(x.ndim, channel_axis)
@@ -119,7 +128,8 @@ def _check_act(bits=8, dynamic_scale=True):
           init=lambda x, bits=8, dynamic_scale=True: {"alpha": _act_scale(x, bits)},
           paper=_PAPER,
           formula="α·round(clip(x/α, −2^(b−1), 2^(b−1)−1)), b = 8; α = sg(2·mean|x|/sqrt(Q_P)) "
-                  "every call (code) or learned from that init (dynamic_scale=False); "
+                  "every call (ours_util.py l. 47-49) or learned from that init "
+                  "(dynamic_scale=False); "
                   "g·1[−Q_N ≤ x/α ≤ Q_P], dα LSQ with scale 1/sqrt(N·Q_P)",
           result=_RESULT)
 def binarydm_act(x, *, alpha, bits=8, dynamic_scale=True):
@@ -137,19 +147,19 @@ def binarydm_act(x, *, alpha, bits=8, dynamic_scale=True):
 
 def progressive_binarization(step, *, num_groups: int = 5, steps_per_group: int = 1,
                              act_quant_delay: int | None = None,
-                             single_basis_step: int | None = 100_000):
+                             single_basis_step: int | None = None):
     """BinaryDM's progressive schedule as a pure function of the (traced) step.
 
     Returns ``(binary, act_quant, multi_basis)``: ``binary[g]`` is True once U-Net group ``g``
     is binarized, ``act_quant`` once activation quantization is on, ``multi_basis`` while the
-    order-2 layers still use their second basis. The reference starts full precision and
-    switches one group per training iteration from the middle outward (group 4 = middle block
-    at step 0, ..., group 0 at step 4), then turns on activation quantization at step 5 (the
-    6th iteration); at its 100000th iteration it sets every layer to order 1 (``ddpm_ours.py``,
-    ``on_train_batch_start``), i.e. ``multi_basis`` becomes False (``single_basis_step=None``
-    keeps two bases forever). ``steps_per_group`` stretches the binarization phase (the paper
-    may use a longer one, which is not public); ``act_quant_delay`` defaults to
-    ``num_groups * steps_per_group``.
+    order-2 layers still use their second basis. The reference (``ddpm_ours.py`` lines
+    485-500, ``on_train_batch_start``) starts full precision and switches one group per
+    training iteration from the middle outward (group 4 = middle block at step 0, ..., group
+    0 at step 4), then turns on activation quantization at step 5 (the 6th iteration); it never
+    drops the second basis, so ``multi_basis`` stays True by default. ``single_basis_step``
+    (not in the reference) makes ``multi_basis`` False from that step on. ``steps_per_group``
+    stretches the binarization phase (the paper may use a longer one, which is not public);
+    ``act_quant_delay`` defaults to ``num_groups * steps_per_group``.
     """
     check_int_range("num_groups", num_groups, 1, 1 << 20)
     check_int_range("steps_per_group", steps_per_group, 1, 1 << 30)

@@ -13,6 +13,10 @@ Follows Xingrun-Xing/BiPFT ``binary_pretraining/bipft.py`` and ``utils_quant.py`
   ``q_m(X)k_p(X)ᵀ + q_p(X)k_m(X)ᵀ + q_p(X)k_p(X)ᵀ``, and a value residual ``A_b·v_p(X)``;
   each estimator is a ``Linear(hidden, 1)`` with bias on the layer input X, shared by all heads.
 
+The elastic binarizers are TBT's (:func:`bnn_jax.quant.tbt.elastic_quantize`): α is floored at
+1e-5 in the forward only (``utils_quant.py`` lines 50-54, 115-119) and its gradient is still
+returned below the floor (lines 77-83, 141-144).
+
 ⚠ The released fine-tuning config turns the residual estimators off (``improve_kqv=False``)
 while pretraining always uses them: pass ``estimators=None`` for the former.
 ``sign(0) = 0`` (``torch.sign``); ``sign_zero=1`` selects +1 (truly binary, packable).
@@ -73,7 +77,8 @@ def _act_init(x, sign_zero=0):
           paper="BiPFT: Binary Pre-trained Foundation Transformer (Xing et al., AAAI 2024)",
           formula="α·sign(x + b), sign(0)=0 (sign_zero=1: +1), learned scalar α "
                   "(α₀ = 2·mean|x|) and per-feature b (b₀ = 0); g·1[|x+b| ≤ α], "
-                  "dα = Σ g·sign(x+b)/√N",
+                  "dα = Σ g·sign(x+b)/√N; α floored at 1e-5 in the forward only "
+                  "(utils_quant.py l. 50-83)",
           result="GLUE: +15.4 points average over the task-specific binary baseline "
                  "(BERT-base W1A1) [ABS/README]")
 def bipft_act(x, *, alpha, shift, sign_zero=0):

@@ -2,12 +2,23 @@
 et al., CVPR-W 2020).
 
 Neither paper released code; the "code" behaviour here is the LSQ of nbasyl/OFQ
-``quantizer/lsq.py`` (the same rule as TBT/BiViT's ``ElasticQuantBinarizer``): the step is
-floored at 1e-5 with a straight-through gradient, its gradient is scaled by
-``g = 1/sqrt(N·Q_P)`` through ``s' = sg(s - s·g) + s·g``, and the input gradient passes on the
-closed range ``-Q_N <= x/s <= Q_P`` (torch.clamp). The papers' open range is
-``boundary="exclusive"``. ``N`` is the number of elements sharing one step
-(``x.size // step.size``: the tensor for a scalar step, a row for a per-channel one).
+``src/quantization/quantizer/lsq.py`` (commit 7ed37d1; the same rule as TBT/BiViT's
+``ElasticQuantBinarizer``): the step is floored at 1e-5 with a straight-through gradient, its
+gradient is scaled by ``g = 1/sqrt(N·Q_P)`` through ``s' = sg(s - s·g) + s·g``, and the input
+gradient passes on the closed range ``-Q_N <= x/s <= Q_P`` (torch.clamp). The papers' open
+range is ``boundary="exclusive"``. ``N`` is the number of elements sharing one step
+(``x.size // step.size``).
+
+``granularity`` says which elements share a step, each form named after its OFQ class:
+
+* ``"tensor"``: one step (``LsqQuantizer(per_channel=False)``, lines 561-568 and 590-591;
+  the unsigned init of ``init_rule="code"`` is TBT's instead, see :func:`lsq`);
+* ``"token"``: one step per entry of axis −2, the token position of ``[B, N, C]`` or
+  ``[B, H, N, d]`` (``LsqQuantizer``, whose default ``per_channel=True`` is what OFQ's layers
+  and attention use; lines 544-560 and 582-588): init over all other axes, ``N = B·C``
+  (``B·H·d`` for 4-D);
+* ``"channel"``: one step per entry of the last axis (``LsqQuantizer4v``, OFQ's quantizer of
+  V; lines 730-746 and 774-778): init over all other axes, ``N = numel / C``.
 """
 
 from __future__ import annotations
@@ -17,9 +28,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from bnn_jax.quant.core import (clip, estimator, exact_div, grad_scale, identity_ste, mean,
-                                per_channel_axes)
-from bnn_jax.quant.registry import check_choice, check_int_range, register
+from bnn_jax.quant.core import clip, estimator, exact_div, grad_scale, identity_ste, mean
+from bnn_jax.quant.registry import check, check_choice, check_int_range, register
 
 STEP_FLOOR = 1e-5
 #: LSQ+ MSE init: trim fractions per range end, then least-squares refits (see `mse_init`).
@@ -54,37 +64,61 @@ def _grad_scale_factor(x, step, qp):
     return 1.0 / math.sqrt(n * qp)
 
 
-def _check_lsq(bits=2, signed=True, boundary="inclusive", per_channel=False,
+GRANULARITIES = ("tensor", "token", "channel")
+
+
+def _check_lsq(bits=2, signed=True, boundary="inclusive", granularity="tensor",
                init_rule="code", **_):
     check_int_range("bits", bits, 2, 16)
     check_choice("signed", signed, (True, False))
     check_choice("boundary", boundary, ("inclusive", "exclusive"))
-    check_choice("per_channel", per_channel, (False, True))
+    check_choice("granularity", granularity, GRANULARITIES)
     check_choice("init_rule", init_rule, ("code", "paper"))
 
 
-def _lsq_init(x, *, bits=2, signed=True, per_channel=False, init_rule="code", **_):
+def _step_shape_mean(x, granularity):
+    """mean|x| over the elements sharing each step, shaped to broadcast against ``x``."""
+    a = jnp.abs(x)
+    if granularity == "tensor":
+        return mean(a)
+    check(x.ndim >= 2, f"granularity={granularity!r} needs an input of at least 2 dimensions "
+          f"([..., tokens, channels]), got shape {tuple(x.shape)}; use granularity='tensor'")
+    keep = x.ndim - 2 if granularity == "token" else x.ndim - 1
+    m = mean(a, axis=tuple(d for d in range(x.ndim) if d != keep))
+    return m[:, None] if granularity == "token" else m  # (N, 1) or (C,)
+
+
+def _lsq_init(x, *, bits=2, signed=True, granularity="tensor", init_rule="code", **_):
     _, qp = levels(bits, signed)
-    axes = per_channel_axes(x.ndim, -1) if per_channel else None
-    m = mean(jnp.abs(x), axis=axes)
-    # OFQ/TBT double the unsigned init (4·mean|x|/sqrt(Q_P)); the paper uses 2· for both.
-    factor = 4.0 if (init_rule == "code" and not signed) else 2.0
-    return {"step": exact_div(factor * m, math.sqrt(qp))}
+    m = _step_shape_mean(jax.lax.stop_gradient(x), granularity)
+    # Unsigned inputs start at 4·mean|x|/sqrt(Q_P) where the references use them: OFQ's
+    # per-token and per-channel forms (lsq.py lines 547-554, 733-737) and TBT's per-tensor
+    # elastic init (utils_quant.py lines 153-155). OFQ's per-tensor branch (lsq.py line 562)
+    # uses 2· for both signs but no OFQ model builds it; it is init_rule="paper" (2· always).
+    double = init_rule == "code" and not signed
+    return {"step": exact_div((4.0 if double else 2.0) * m, math.sqrt(qp))}
 
 
 @register("lsq", init=_lsq_init, validate=_check_lsq,
           bits=lambda bits=2, **_: bits,
           paper="LSQ: Learned Step Size Quantization (Esser et al., ICLR 2020)",
           formula="s·round(clip(x/s, −Q_N, Q_P)); dx: 1[−Q_N ≤ x/s ≤ Q_P]; ds: (round(x/s) − x/s "
-                  "inside, −Q_N / Q_P outside)·g, g = 1/sqrt(N·Q_P); init s = 2·mean|x|/sqrt(Q_P)",
+                  "inside, −Q_N / Q_P outside)·g, g = 1/sqrt(N·Q_P), N elements per step; one "
+                  "step per tensor, token (axis −2) or channel (last axis), OFQ lsq.py "
+                  "LsqQuantizer / LsqQuantizer4v; init s = 2·mean|x|/sqrt(Q_P), 4· unsigned "
+                  "(OFQ lsq.py l. 547-554, 733-737; TBT utils_quant.py l. 153-155)",
           result="ResNet-18 ImageNet W2A2 / W3A3 / W4A4 top-1 67.6 / 70.2 / 71.1 [MEM]")
-def lsq(x, *, step, bits=2, signed=True, boundary="inclusive", per_channel=False,
+def lsq(x, *, step, bits=2, signed=True, boundary="inclusive", granularity="tensor",
         init_rule="code"):
-    """LSQ fake quantization with a learned step (scalar, or per channel on the last axis).
+    """LSQ fake quantization with a learned step: per tensor, per token or per channel.
 
-    ``per_channel`` and ``init_rule`` only affect :meth:`Quantizer.init`: ``init_rule="code"``
-    is OFQ/TBT's ``2·mean|x|/sqrt(Q_P)`` (signed) or ``4·mean|x|/sqrt(Q_P)`` (unsigned);
-    ``"paper"`` is ``2·mean|x|/sqrt(Q_P)`` for both.
+    ``granularity`` and ``init_rule`` only affect :meth:`Quantizer.init` (the step's shape and
+    value; see the module docstring): ``"token"`` gives a step of shape ``(N, 1)`` for the
+    ``N`` positions of axis −2, so later inputs need the same ``N``; ``"channel"`` one of shape
+    ``(C,)``. ``init_rule="code"`` is ``2·mean|x|/sqrt(Q_P)`` for signed and
+    ``4·mean|x|/sqrt(Q_P)`` for unsigned inputs (OFQ's token/channel forms, TBT's per-tensor
+    one); ``"paper"`` is ``2·mean|x|/sqrt(Q_P)`` throughout (also OFQ's unused per-tensor
+    branch).
     """
     qn, qp = levels(bits, signed)
     s = grad_scale(_floor_ste(step, STEP_FLOOR), _grad_scale_factor(x, step, qp))

@@ -1,10 +1,12 @@
 """OFQ: oscillation-free quantization for low-bit ViTs (Liu, Liu, Cheng; ICML 2023; nbasyl/OFQ).
 
-Three pieces, each exact to the reference: StatsQ weights (a statistics-based, non-learned
-mid-rise quantizer with an identity STE), Confidence-Guided Annealing (after the main QAT, only
-weights within ``boundary_range`` of a rounding boundary keep training), and the query-key
-reparameterization (quantize the per-head product ``W_q,h W_k,h^T`` instead of ``W_q`` and
-``W_k``). Activations use LSQ (:mod:`bnn_jax.quant.lsq`). Weight statistics are per output
+Three pieces, each exact to the reference: StatsQ weights (a statistics-based, non-learned mid-rise
+quantizer with an identity STE), Confidence-Guided Annealing (after the main QAT, only weights
+within ``boundary_range`` of a rounding boundary keep training), and the query-key
+reparameterization (quantize the per-head product ``W_q,h W_k,h^T`` instead of ``W_q`` and ``W_k``).
+Activations use LSQ (:mod:`bnn_jax.quant.lsq`): OFQ's linear inputs, Q, K and the attention
+probabilities have one step per token (``granularity="token"``, its ``LsqQuantizer``), V one per
+channel (``granularity="channel"``, its ``LsqQuantizer4v``). Weight statistics are per output
 channel (the last axis, Flax layout).
 """
 

@@ -1,8 +1,8 @@
 """PB-LLM (Shang, Yuan, Wu, Dong; ICLR 2024): partially binarized weights, QAT and GPTQ-PB.
 
 Follows hahnyuan/PB-LLM (commit fe85da9): ``quant/outlier_quantizer.py``
-(``BinaryXnorExceptOutliersLinear``, QAT) and ``gptq_pb/{gptq.py, low_quant.py}`` with
-``low_high_gptq/high_quant.py`` (PTQ).
+(``BinaryXnorExceptOutliersLinear``, QAT) and ``gptq_pb/{gptq.py, low_quant.py,
+high_quant.py}`` (PTQ).
 
 QAT: a fixed salient mask picks the extreme values of W (both tails, fraction f); salient
 weights stay in 8-bit (the reference fake-quantizes the latent weights to 8 bits ONCE at mask
@@ -19,6 +19,8 @@ Choices and deviations (each selectable):
 * Salient counts are exact, ``round(f·numel)``; the reference's ``kthvalue`` thresholds (QAT)
   select one entry fewer and its ``<= sorted[int(n·f)]`` rule (GPTQ-PB) binarizes one more.
   ``count_rule="code"`` reproduces the reference.
+* GPTQ-PB's Hessian is ``2/n·XᵀX`` with ``n`` the number of calibration samples (sequences),
+  as ``gptq_pb/gptq.py`` lines 35-51; ``hessian_norm="tokens"`` divides by the token count.
 * GPTQ-PB's binarizer statistics include zeros at the salient positions (⚠ in the code,
   ``binarizer_stats="code"``); ``"masked"`` uses only the binarized entries.
 
@@ -186,10 +188,28 @@ def pbllm_weight(x, *, salient_mask, salient_fraction=0.1, scale_granularity="ma
 # --------------------------------------------------------------------------------------------
 
 
-def pb_hessian(x) -> np.ndarray:
-    """``H = 2/N · XᵀX`` over calibration inputs ``x [..., in]`` (float64)."""
-    x = np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1])
-    return 2.0 / x.shape[0] * (x.T @ x)
+HESSIAN_NORMS = ("samples", "tokens")
+
+
+def pb_hessian(x, *, hessian_norm: str = "samples") -> np.ndarray:
+    """``H = 2/n · XᵀX`` (float64) over the calibration inputs ``x``, X = all token rows.
+
+    ``hessian_norm="samples"`` (the reference): ``x [samples, seq, in]`` and ``n`` = number of
+    samples (sequences); a 2-D ``x [seq, in]`` is one sample. ``gptq.py`` lines 35-51 keep the
+    running mean ``H·n/(n + b) + 2/(n + b)·XᵀX`` with ``b = inp.shape[0]`` after unsqueezing
+    2-D inputs, and ``run.py`` lines 155-156 feed one sequence per call. ``"tokens"``:
+    ``x [..., in]`` and ``n`` = number of token rows (seq times smaller ``H`` and loss).
+    """
+    check_choice("hessian_norm", hessian_norm, HESSIAN_NORMS)
+    x = np.asarray(x, np.float64)
+    if hessian_norm == "samples":
+        check(x.ndim in (2, 3), "with hessian_norm='samples' x must be [samples, seq, in] or "
+              f"one sample [seq, in], got shape {x.shape}; pass hessian_norm='tokens' to "
+              "average over token rows of any [..., in]")
+        n = 1 if x.ndim == 2 else x.shape[0]
+    x = x.reshape(-1, x.shape[-1])
+    n = x.shape[0] if hessian_norm == "tokens" else n
+    return 2.0 / n * (x.T @ x)
 
 
 def _binarizer(w_masked_rows, mask_rows, stats):
@@ -207,23 +227,28 @@ def _binarizer(w_masked_rows, mask_rows, stats):
 def gptq_pb(kernel, x, *, salient_fraction: float, saliency: str = "magnitude",
             blocksize: int = 128, percdamp: float = 0.01, groupsize: int | None = None,
             high_bits: int = 8, binarizer_stats: str = "code", count_rule: str = "exact",
-            use_gptq: bool = True, sign_zero: int = 0):
+            use_gptq: bool = True, hessian_norm: str = "samples", sign_zero: int = 0):
     """GPTQ-PB: partial binarization of ``kernel [in, out]`` with GPTQ error compensation.
 
-    ``x [..., in]``: calibration inputs of the layer. Salient weights (``salient_fraction`` of
-    each column group, by ``|W|`` or the Hessian score ``W²/[chol(H⁻¹)]_jj²``) go to an 8-bit
-    per-output-channel asymmetric quantizer calibrated on the whole kernel (range including 0);
-    the rest to the per-row "xnor" binarizer ``α·sign(w − μ) + μ``. Columns (input features)
-    are quantized in order, in blocks of ``blocksize``, each error ``(w − q)/U_ii`` spread over
-    the later columns through ``U = chol(H⁻¹)`` (upper), ``H = 2/N·XᵀX + damp·I``,
-    ``damp = percdamp·mean(diag H)``. ``use_gptq=False`` is plain rounding (no compensation).
-    Runs in float64 numpy on CPU. Returns ``(kernel_hat, salient_mask, loss)`` with the
-    kernel and mask in ``[in, out]`` layout and GPTQ's summed ``(w − q)²/U_ii²/2``.
+    ``x [samples, seq, in]`` (or one sample ``[seq, in]``): calibration inputs of the layer,
+    whose Hessian :func:`pb_hessian` averages over samples as the reference does
+    (``hessian_norm="tokens"``: over token rows, any ``[..., in]``). Salient weights
+    (``salient_fraction`` of each column group, by ``|W|`` or the Hessian score
+    ``W²/[chol(H⁻¹)]_jj²``) go to an 8-bit per-output-channel asymmetric quantizer calibrated
+    on the whole kernel (range including 0); the rest to the per-row "xnor" binarizer
+    ``α·sign(w − μ) + μ``. Columns (input features) are quantized in order, in blocks of
+    ``blocksize``, each error ``(w − q)/U_ii`` spread over the later columns through
+    ``U = chol(H⁻¹)`` (upper), ``H = 2/n·XᵀX + damp·I``, ``damp = percdamp·mean(diag H)``; a
+    dead input feature (``H_dd = 0``) gets ``H_dd = 1`` and zero weights before the damping is
+    computed (``gptq.py`` lines 69-77). ``use_gptq=False`` is plain rounding (no
+    compensation). Runs in float64 numpy on CPU. Returns ``(kernel_hat, salient_mask, loss)``
+    with the kernel and mask in ``[in, out]`` layout and GPTQ's summed ``(w − q)²/U_ii²/2``.
     ``sign_zero``: value of the binarizer's sign at 0 (reference ``torch.sign``: 0; 1 for +1).
     """
     check_sign_zero(sign_zero)
     check_choice("saliency", saliency, ("magnitude", "hessian"))
     check_choice("binarizer_stats", binarizer_stats, ("code", "masked"))
+    check_choice("hessian_norm", hessian_norm, HESSIAN_NORMS)
     check_choice("count_rule", count_rule, ("exact", "code"))
     check(0 <= salient_fraction <= 1, f"salient_fraction must be in [0, 1], got {salient_fraction}")
     kernel = np.asarray(kernel)
@@ -233,7 +258,7 @@ def gptq_pb(kernel, x, *, salient_fraction: float, saliency: str = "magnitude",
     groupsize = cols if groupsize is None else groupsize
     check(groupsize % blocksize == 0 or groupsize == cols,
           f"groupsize {groupsize} must be a multiple of blocksize {blocksize}")
-    H = pb_hessian(x)
+    H = pb_hessian(x, hessian_norm=hessian_norm)
     check(H.shape == (cols, cols), f"x has {H.shape[0]} features, the kernel expects {cols}")
 
     high_scale, high_zero = asym_fake_quant_codes(W, bits=high_bits, channel_axis=0,

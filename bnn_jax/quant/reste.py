@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bnn_jax.quant.core import estimator, mean, sign
+from bnn_jax.quant.core import estimator, mean, sign, sign0
 from bnn_jax.quant.registry import (check, check_choice, check_positive, check_schedule_value,
                                     register)
 
@@ -56,15 +56,19 @@ def reste(x, *, o=1.0, t=1.5, interval=0.1):
 
 @register("reste_weight", validate=_check_reste,
           paper="ReSTE (Wu et al., ICCV 2023), weight binarization",
-          formula="mean|W| (one per tensor, differentiated)·reste(W)",
+          formula="mean|W|·reste(W), sign(0)=+1; the per-tensor mean|W| is differentiated "
+                  "(binarized_modules.py l. 41-42) with torch's d|w|/dw, 0 at w = 0",
           result="ImageNet ResNet-18 W1A1 60.88 / 82.59 [README]")
 def reste_weight(x, *, o=1.0, t=1.5, interval=0.1, scale_gradient=True):
     """ReSTE weights: one per-tensor ``mean|W|`` times ``reste(W)``.
 
-    As the reference ``BinarizeConv2d`` (mean over all four dims, no ``detach``), the scale is
-    differentiated by default; ``scale_gradient=False`` stops it.
+    As the reference ``BinarizeConv2d`` (``binarized_modules.py`` lines 41-42: mean over all
+    four dims, no ``detach``), the scale is differentiated by default, with torch's derivative
+    of ``|w|``, ``sign(w)``, which is 0 at w = 0 (JAX's is 1 there); ``scale_gradient=False``
+    stops it.
     """
-    scale = mean(jnp.abs(x))
+    # |w| as w·sg(sign0(w)): the same value, and the gradient sign0(w) that torch.abs has.
+    scale = mean(x * jax.lax.stop_gradient(sign0(x)))
     if not scale_gradient:
         scale = jax.lax.stop_gradient(scale)
     return _reste(x, o, t, interval) * scale

@@ -34,8 +34,10 @@ def irnet_t_k(step, total_steps, *, t_min=0.1, t_max=10.0):
     """IR-Net's EDE ``(t, k)``: ``t = 10^(log10 t_min + (log10 t_max - log10 t_min) e/E)``,
     ``k = max(1/t, 1)``.
 
-    Defaults are the paper's T_min = 0.1, T_max = 10 (also htqin/IR-Net's VGG-Small/ResNet-18
-    trainers); its CIFAR ResNet-20 trainer uses t_min = 1e-3.
+    Defaults are the paper's T_min = 0.1, T_max = 10, as htqin/IR-Net's CIFAR-10 VGG-Small
+    (``main.py`` line 123) and ResNet-20 1w32a (``trainer.py`` line 129) trainers; its
+    ResNet-20 1w1a trainer uses t_min = 1e-3 (``trainer.py`` line 130). The repository has
+    no ResNet-18 trainer.
     """
     lo, hi = math.log10(t_min), math.log10(t_max)
     t = jnp.power(jnp.float32(10.0), lo + (hi - lo) * progress(step, total_steps))

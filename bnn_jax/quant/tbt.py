@@ -11,11 +11,12 @@ Follows facebookresearch/Ternary_Binary_Transformer ``quant/utils_quant.py`` (co
   (unsigned); unsigned 2-bit subtracts the dynamic ``min(x)`` (not learned, no gradient).
 * 8-bit activations: min-max symmetric/asymmetric quantization after clipping to ±2.5.
 
-Conventions of the reference kept here: ``sign(0) = 0`` (``torch.sign``; ``sign_zero=1`` selects
-+1 for truly binary, packable outputs), round half to even,
-alpha floored at 1e-5 (the floor blocks alpha's gradient), LSQ gradient scale
-``1/sqrt(numel·Q_P)``. The forward is the exact quantized value (the reference's detach trick
-``sg(q − W) + W`` can differ from q by one rounding of the subtraction).
+Conventions of the reference kept here: ``sign(0) = 0`` (``torch.sign``; ``sign_zero=1`` selects +1
+for truly binary, packable outputs), round half to even, LSQ gradient scale ``1/sqrt(numel·Q_P)``,
+alpha floored at 1e-5 inside the forward only (``utils_quant.py`` lines 39-47 and 107-115): the
+backward uses the floored value but still returns the full ``grad_alpha`` (lines 60-72, 128-137), so
+alpha keeps its gradient below the floor. The forward is the exact quantized value (the reference's
+detach trick ``sg(q − W) + W`` can differ from q by one rounding of the subtraction).
 """
 
 from __future__ import annotations
@@ -128,7 +129,10 @@ def _elastic(bits: int, signed: bool, qp2: int, sign_zero: int):
                        lambda x, xin, a: ((xin / a >= qn) & (xin / a <= qp)).astype(x.dtype))
 
     def surrogate(x, alpha):
-        a = floor(alpha)
+        # The floored alpha enters the backward only as a saved value, as in the reference's
+        # autograd.Function: grad_alpha is still returned below the floor, so a collapsed
+        # alpha can recover.
+        a = jax.lax.stop_gradient(floor(alpha))
         xin, _ = shifted(x)
         v = jax.lax.stop_gradient(xin / a)
         if signed and bits == 1:
@@ -136,8 +140,8 @@ def _elastic(bits: int, signed: bool, qp2: int, sign_zero: int):
         else:
             coef = jnp.where(v < qn, qn, jnp.where(v > qp, qp, jnp.round(v) - v))
         lsq_scale = 1.0 / math.sqrt(x.size * qp)
-        # d/dx: 1[Q_N <= x/alpha <= Q_P]; d/dalpha: sum(g · coef) · lsq_scale (LSQ rule).
-        return pass_x(x, jax.lax.stop_gradient(xin), jax.lax.stop_gradient(a)) + a * (
+        # d/dx: 1[Q_N <= x/a <= Q_P]; d/dalpha: sum(g · coef) · lsq_scale (LSQ rule).
+        return pass_x(x, jax.lax.stop_gradient(xin), a) + alpha * (
             jax.lax.stop_gradient(coef * lsq_scale).astype(x.dtype))
 
     return straight_through(forward, surrogate)
@@ -171,7 +175,8 @@ def _act_init(x, bits=1, signed=True, sign_zero=0):
                   "α·clip(round(x/α),−1,1); unsigned A1 α·clip(round(x/α),0,1), A2 "
                   "α·clip(round((x−min x)/α),0,2)+min x; "
                   "g·1[Q_N ≤ x/α ≤ Q_P], dα LSQ with scale 1/sqrt(N·Q_P); "
-                  "α₀ = 2·mean|x| (signed) or 4·mean|x|/sqrt(2^b−1) (unsigned)",
+                  "α₀ = 2·mean|x| (signed) or 4·mean|x|/sqrt(2^b−1) (unsigned); α floored at "
+                  "1e-5 in the forward only, dα kept (utils_quant.py l. 39-72, 107-137)",
           result="XSUM BART-base W1-E1-A1 R1/R2/RL 31.68/11.19/25.29; W2-E2-A2 "
                  "36.21/14.38/29.07 [README]")
 def tbt_act(x, *, alpha, bits=1, signed=True, sign_zero=0):

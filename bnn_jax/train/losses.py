@@ -181,10 +181,13 @@ def lrm_loss(student_feats: Sequence, teacher_feats: Sequence, projections: Sequ
 
 
 def binarydm_scale_l2(sigma2s: Sequence, *, weight: float = 0.09):
-    """``weight·Σ σ_II²`` over every order-2 LMB layer's second-basis scales.
+    """``weight·Σ σ_II²`` over every order-2 LMB layer's second-basis scales (optional).
 
-    Not in the paper's text but in the reference training loss (``ddpm_ours.py``):
-    ``L = L_simple + 1e-4·L_LRM + 0.09·Σ σ_II²``.
+    Not part of BinaryDM: the reference training loss is ``L = L_simple + 1e-4·L_LRM``
+    (``ddpm_ours.py`` lines 1108-1109), optimized by ``torch.optim.AdamW(params, lr=lr)``
+    with torch's default weight decay 0.01 (lines 1428-1439). No released commit penalizes
+    σ_II and the default ``weight`` has no reference value; use this only as an explicit extra
+    regularizer.
     """
     return weight * sum(jnp.sum(jnp.square(s)) for s in sigma2s)
 

@@ -68,6 +68,49 @@ def test_lmb_order1(dynamic):
                                np.abs(w).mean(axis=0, keepdims=True), rtol=1e-6)
 
 
+class RefOrder1Linear:
+    """ours_util.py ``BNNLinear`` with ``order=1`` (lines 190-226), weight ``[out, in]``.
+
+    The first forward copies ``mean|W|`` per output row into ``scaling_first_order`` and sets
+    ``init_scale``; later forwards use the stored (trained) value. Backward of
+    ``BinaryQuantize(W)·σ``: dW = g·σ·1[|W| <= 1], dσ = Σ_in g·sign(W).
+    """
+
+    def __init__(self):
+        self.init_scale = False
+        self.sigma = None
+
+    def forward_backward(self, w, g):
+        if not self.init_scale:
+            self.sigma = np.abs(w).mean(axis=1, keepdims=True)
+        self.init_scale = True  # line 224: set on the order-1 path
+        y = np.sign(w) * self.sigma
+        dw = g * self.sigma * (np.abs(w) <= 1)
+        dsigma = np.sum(g * np.sign(w), axis=1, keepdims=True)
+        return y, dw, dsigma
+
+
+def test_lmb_order1_default_learns_sigma_like_the_reference():
+    """Three SGD steps on W and σ_I: the default keeps the learned σ_I, as ours_util.py."""
+    ref = RefOrder1Linear()
+    kernel = (RNG.normal(size=(6, 4)) * 0.5).astype(np.float64)  # Flax [in, out]
+    quant = q.get("binarydm_lmb1")
+    sigma = quant.init(jnp.asarray(kernel, f32))["sigma1"]
+    w_ref, lr = kernel.T.copy(), 0.3
+    for _ in range(3):
+        g = RNG.normal(size=kernel.shape)
+        y, pull = jax.vjp(lambda w, s: quant(w, sigma1=s), jnp.asarray(kernel, f32), sigma)
+        dw, ds = pull(jnp.asarray(g, f32))
+        ey, edw, eds = ref.forward_backward(w_ref, g.T)
+        np.testing.assert_allclose(y, ey.T, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dw, edw.T, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ds, eds.T, rtol=1e-5, atol=1e-5)
+        kernel, sigma = kernel - lr * np.asarray(dw, np.float64), sigma - lr * ds
+        w_ref, ref.sigma = w_ref - lr * edw, ref.sigma - lr * eds
+    # σ_I moved away from mean|W| (a recomputed scale would equal it).
+    assert np.max(np.abs(ref.sigma - np.abs(w_ref).mean(axis=1, keepdims=True))) > 1e-2
+
+
 def test_lmb_order2_beats_order1_reconstruction():
     w = RNG.normal(size=(64, 8)).astype(f32)
     init = q.get("binarydm_lmb").init(jnp.asarray(w))
@@ -86,10 +129,11 @@ def test_progressive_schedule_reference(step, binary, act):
     assert bool(two)
 
 
-def test_progressive_schedule_drops_the_second_basis():
-    assert not bool(q.progressive_binarization(100_000)[2])
-    assert bool(q.progressive_binarization(99_999)[2])
-    assert bool(q.progressive_binarization(10**7, single_basis_step=None)[2])
+def test_progressive_schedule_keeps_the_second_basis():
+    # ddpm_ours.py never switches order-2 layers to one basis; single_basis_step opts in.
+    assert bool(q.progressive_binarization(10**7)[2])
+    assert not bool(q.progressive_binarization(100_000, single_basis_step=100_000)[2])
+    assert bool(q.progressive_binarization(99_999, single_basis_step=100_000)[2])
 
 
 def test_progressive_schedule_stretched():

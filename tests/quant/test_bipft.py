@@ -95,6 +95,25 @@ def test_bipft_attn_probs_matches_reference():
     np.testing.assert_allclose(da, eda, rtol=1e-5)
 
 
+@pytest.mark.parametrize("alpha", [1e-6, -0.3])
+def test_bipft_alpha_below_floor_keeps_its_gradient(alpha):
+    """BiPFT utils_quant.py floors alpha at 1e-5 in forward (lines 53, 118) and still returns
+    grad_alpha from backward (lines 77-83, 141-144): the gradient is that of the floored alpha."""
+    x = (RNG.normal(size=(2, 3, 4)) * 1e-5).astype(f32)
+    g = RNG.normal(size=x.shape).astype(f32)
+    shift = np.zeros(4, f32)
+    cases = [(lambda x, a: q.bipft_act(x, alpha=a, shift=shift), x, True),
+             (lambda p, a: q.bipft_attn_probs(p, alpha=a), np.abs(x), False)]
+    for fn, inp, signed in cases:
+        y, vjp = jax.vjp(fn, jnp.asarray(inp), jnp.asarray(alpha, f32))
+        dx, da = vjp(jnp.asarray(g))
+        ey, edx, eda = np_elastic1(inp, f32(1e-5), g, signed=signed)
+        np.testing.assert_allclose(y, ey, rtol=1e-6)
+        np.testing.assert_array_equal(dx, edx)
+        np.testing.assert_allclose(da, eda, rtol=1e-5)
+        assert abs(float(da)) > 0
+
+
 def linear(kernel, bias):
     return {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
 

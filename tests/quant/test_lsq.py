@@ -64,15 +64,97 @@ def test_lsq_step_floor():
 
 @pytest.mark.parametrize("signed,rule,factor", [(True, "code", 2), (False, "code", 4),
                                                 (False, "paper", 2), (True, "paper", 2)])
-def test_lsq_init(signed, rule, factor):
+def test_lsq_per_tensor_init(signed, rule, factor):
+    # "code": TBT utils_quant.py lines 153-155 (4· unsigned); "paper" (and OFQ's unused
+    # per-tensor branch, lsq.py line 562): 2· for both signs.
     x = rand((4, 6), 3)
     quant = q.get("lsq", bits=3, signed=signed, init_rule=rule)
     qp = qrange(3, signed)[1]
     np.testing.assert_allclose(quant.init(x)["step"],
                                factor * np.mean(np.abs(x)) / math.sqrt(qp), rtol=1e-6)
-    per = q.get("lsq", bits=3, signed=signed, init_rule=rule, per_channel=True).init(x)
-    np.testing.assert_allclose(per["step"], factor * np.abs(x).mean(0) / math.sqrt(qp),
-                               rtol=1e-6)
+
+
+class RefOfqLsq:
+    """OFQ src/quantization/quantizer/lsq.py ``LsqQuantizer`` (lines 515-602, per_channel=True:
+    one step per token position, x.shape[-2]) and ``LsqQuantizer4v`` (lines 701-792: one per
+    last-axis channel), bits >= 2, in float64: init, forward, dx and ds."""
+
+    def __init__(self, bit, all_positive, kind):
+        self.qn = 0 if all_positive else -(2 ** (bit - 1))
+        self.qp = 2 ** bit - 1 if all_positive else 2 ** (bit - 1) - 1
+        self.all_positive, self.kind = all_positive, kind
+
+    def init_from(self, x):
+        f = 4 if self.all_positive else 2
+        a = np.abs(x)
+        if self.kind == "token":
+            m = {2: lambda: a.mean(-1), 3: lambda: a.mean(-1).mean(0),
+                 4: lambda: a.mean(-1).mean(0).mean(0)}[x.ndim]()
+        else:
+            m = {3: lambda: a.mean(0).mean(0), 4: lambda: a.mean(0).mean(0).mean(0)}[x.ndim]()
+        return f * m / self.qp ** 0.5
+
+    def forward_backward(self, x, s, g):
+        if self.kind == "token":
+            alpha = s[:, None]
+            n = {2: x.shape[-1], 3: x.shape[0] * x.shape[-1],
+                 4: x.shape[0] * x.shape[1] * x.shape[-1]}[x.ndim]
+        else:
+            alpha = s
+            n = x.shape[0] * x.shape[1] * (x.shape[2] if x.ndim == 4 else 1)
+        gs = 1.0 / (self.qp * n) ** 0.5
+        a = np.where(alpha > 1e-5, alpha, 1e-5)  # clip(): straight-through
+        v = x / a
+        c = np.clip(v, self.qn, self.qp)
+        y = np.round(c) * a
+        inside = (v >= self.qn) & (v <= self.qp)
+        # y = round_pass(clamp(x / a)) · a: dy/da = round(c) − (x/a)·1[inside]
+        ds_elem = g * (np.round(c) - v * inside) * gs
+        reduce = tuple(d for d in range(x.ndim) if d != (x.ndim - 2 if self.kind == "token"
+                                                           else x.ndim - 1))
+        return y, g * inside, ds_elem.sum(axis=reduce)
+
+
+@pytest.mark.parametrize("granularity,shape", [("token", (3, 5, 4)), ("token", (2, 3, 5, 4)),
+                                               ("token", (5, 4)), ("channel", (3, 5, 4)),
+                                               ("channel", (2, 3, 5, 4))])
+@pytest.mark.parametrize("bits,signed", [(2, True), (3, False)])
+def test_lsq_token_and_channel_match_ofq(granularity, shape, bits, signed):
+    ref = RefOfqLsq(bits, not signed, granularity)
+    x = rand(shape, 31).astype(np.float64)
+    x = x if signed else np.abs(x)
+    quant = q.get("lsq", bits=bits, signed=signed, granularity=granularity)
+    step = quant.init(jnp.asarray(x, np.float32))["step"]
+    s0 = ref.init_from(x)
+    np.testing.assert_allclose(np.asarray(step).reshape(-1), s0, rtol=1e-5)
+    # A perturbed step (so exact ties are unlikely) with one entry below the 1e-5 floor.
+    s = (s0 * (1 + 0.4 * np.random.default_rng(1).random(s0.shape)))
+    s[0] = 1e-7
+    s = s.astype(np.float32)
+    step = s[:, None] if granularity == "token" else s
+    assert np.asarray(quant.init(jnp.asarray(x, np.float32))["step"]).shape == step.shape
+    y, (dx, dstep), g = vjp(lambda a, t: quant(a, step=t), x.astype(np.float32), step)
+    ey, edx, eds = ref.forward_backward(x.astype(np.float32).astype(np.float64),
+                                        s.astype(np.float64), g.astype(np.float64))
+    np.testing.assert_allclose(y, ey, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, edx, rtol=1e-6)  # (g / s)·s rounds in float32
+    np.testing.assert_array_equal(dx != 0, edx != 0)
+    np.testing.assert_allclose(np.asarray(dstep).reshape(-1), eds, rtol=1e-4, atol=1e-5)
+
+
+def test_lsq_granularity_errors_and_nn_init():
+    from flax import nnx  # noqa: F401  (the nn layers create the step from init on first call)
+    from bnn_jax.nn import Quantize
+
+    with pytest.raises(ValueError, match="granularity"):
+        q.get("lsq", granularity="row")
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        q.get("lsq", granularity="token").init(jnp.ones((5,)))
+    x = jnp.asarray(rand((2, 6, 4), 8))
+    for granularity, shape in [("token", (6, 1)), ("channel", (4,)), ("tensor", ())]:
+        layer = Quantize(dict(name="lsq", bits=2, granularity=granularity))
+        y = layer(x)
+        assert layer.step.shape == shape and y.shape == x.shape
 
 
 @pytest.mark.parametrize("bits,signed", [(2, False), (4, True)])

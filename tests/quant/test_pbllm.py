@@ -157,3 +157,99 @@ def test_gptq_pb_errors():
         q.gptq_pb(kernel, x, salient_fraction=0.1, saliency="random")
     with pytest.raises(ValueError, match="features"):
         q.gptq_pb(kernel, x[:, :4], salient_fraction=0.1)
+
+
+def ref_hessian(seqs):
+    """gptq.py ``add_batch`` (lines 35-51), fed one sequence ``[1, seq, in]`` per call as
+    run.py does (lines 155-156): a running mean over samples."""
+    cols = seqs.shape[-1]
+    H, nsamples = np.zeros((cols, cols)), 0
+    for s in seqs:
+        inp = s[None].astype(np.float64)
+        tmp = inp.shape[0]
+        inp = inp.reshape(-1, cols).T
+        H *= nsamples / (nsamples + tmp)
+        nsamples += tmp
+        inp = np.sqrt(2 / nsamples) * inp
+        H += inp @ inp.T
+    return H
+
+
+def ref_fasterquant(W, H, low_frac, blocksize, percdamp=0.01, salient_metric="magnitude"):
+    """gptq.py ``fasterquant`` (lines 54-168) with LowQuantizer("xnor", groupsize=-1) and
+    HighQuantizer(8, perchannel=True, sym=False), in float64. W is ``[out, in]``."""
+    W, H = W.astype(np.float64).copy(), H.copy()
+    rows, cols = W.shape
+    # HighQuantizer.calibrate(W, weight=True): per row, range widened to contain 0.
+    xmin, xmax = np.minimum(W.min(1), 0), np.maximum(W.max(1), 0)
+    both0 = (xmin == 0) & (xmax == 0)
+    xmin[both0], xmax[both0] = -1, 1
+    scale = ((xmax - xmin) / 255)[:, None]
+    zero = np.round(-xmin[:, None] / scale)
+
+    def q_high(w):
+        return scale[:, 0] * (np.clip(np.round(w / scale[:, 0]) + zero[:, 0], 0, 255) - zero[:, 0])
+
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    damp = percdamp * np.mean(np.diag(H))
+    H[np.arange(cols), np.arange(cols)] += damp
+    Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # cholesky, cholesky_inverse, upper cholesky
+    if salient_metric == "magnitude":
+        sal = np.abs(W)
+    else:
+        sal = W ** 2 / np.diag(Hinv)[None, :] ** 2
+    mask = sal <= np.sort(sal.reshape(-1))[int(sal.size * low_frac)]  # True = binarized
+    wm = W * mask
+    mean = wm.mean(-1, keepdims=True)  # LowQuantizer.calibrate("xnor")
+    alpha = np.abs(wm - mean).mean(-1, keepdims=True)
+    losses = np.zeros(rows)
+    for c0 in range(0, cols, blocksize):
+        c1 = min(c0 + blocksize, cols)
+        W1, Q1, Err1 = W[:, c0:c1].copy(), np.zeros((rows, c1 - c0)), np.zeros((rows, c1 - c0))
+        L1 = np.zeros_like(W1)
+        Hinv1 = Hinv[c0:c1, c0:c1]
+        for i in range(c1 - c0):
+            w, d = W1[:, i], Hinv1[i, i]
+            low = np.sign(w - mean[:, 0]) * alpha[:, 0] + mean[:, 0]
+            q = np.where(mask[:, c0 + i], low, q_high(w))
+            Q1[:, i] = q
+            L1[:, i] = (w - q) ** 2 / d ** 2
+            err = (w - q) / d
+            W1[:, i:] -= np.outer(err, Hinv1[i, i:])
+            Err1[:, i] = err
+        W[:, c0:c1] = Q1
+        losses += L1.sum(1) / 2
+        W[:, c1:] -= Err1 @ Hinv[c0:c1, c1:]
+    return W, mask, losses.sum()
+
+
+@pytest.mark.parametrize("saliency", ["magnitude", "hessian"])
+def test_gptq_pb_hessian_over_samples_and_dead_features_match_reference(saliency):
+    n_in, n_out, samples, seq = 32, 6, 5, 7
+    kernel = RNG.normal(size=(n_in, n_out)).astype(f32)
+    x = RNG.normal(size=(samples, seq, n_in)).astype(f32)
+    x[..., [3, 17]] = 0  # dead input features: H_dd = 0
+    H = ref_hessian(x)
+    np.testing.assert_allclose(pbllm.pb_hessian(x), H, rtol=1e-10, atol=1e-12)
+    fraction = 0.25
+    hat, salient, loss = q.gptq_pb(kernel, x, salient_fraction=fraction, saliency=saliency,
+                                   blocksize=8, count_rule="code", binarizer_stats="code")
+    ew, emask, eloss = ref_fasterquant(kernel.T, H, 1 - fraction, 8, salient_metric=saliency)
+    np.testing.assert_array_equal(salient, ~emask.T)
+    np.testing.assert_allclose(hat, ew.T.astype(f32), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss, eloss, rtol=1e-6)
+    # Averaging over tokens instead divides H, and so the loss, by about seq.
+    tok = q.gptq_pb(kernel, x, salient_fraction=fraction, saliency=saliency, blocksize=8,
+                    count_rule="code", hessian_norm="tokens")[2]
+    np.testing.assert_allclose(pbllm.pb_hessian(x, hessian_norm="tokens"), H / seq, rtol=1e-10,
+                               atol=1e-12)
+    assert abs(tok * seq / loss - 1) < 0.2
+
+
+def test_pb_hessian_rejects_ambiguous_shapes():
+    with pytest.raises(ValueError, match="samples, seq, in"):
+        pbllm.pb_hessian(np.ones((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="hessian_norm"):
+        pbllm.pb_hessian(np.ones((3, 4)), hessian_norm="rows")

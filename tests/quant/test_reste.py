@@ -66,8 +66,24 @@ def test_reste_weight_scale(scale_gradient):
         np.testing.assert_allclose(y, s * np_sign(w), rtol=1e-6)
         expect = s * g * np_reste_grad(w, o)
         if scale_gradient:  # d mean|W| / dW = sign(W) / N, as the reference (no detach)
-            expect = expect + np_sign(w) * np.sum(g * np_sign(w)) / w.size
+            expect = expect + np.sign(w) * np.sum(g * np_sign(w)) / w.size
         np.testing.assert_allclose(dw, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_reste_weight_scale_gradient_at_exact_zeros():
+    """binarized_modules.py line 41 differentiates torch.mean(torch.abs(w0)); torch's
+    d|w|/dw is sign(w), 0 at w = 0, so zero weights get no gradient through the scale."""
+    o = 3.0
+    w = rand((4, 6), 5, scale=0.6)
+    w.reshape(-1)[[0, 7, 13]] = 0.0
+    y, (dw,), g = vjp(q.get("reste_weight", o=o), w)
+    b = np_sign(w)  # the framework's forward sign (sign(0) = +1, see the reste docstring)
+    s = np.mean(np.abs(w.astype(np.float64)))
+    expect = s * g * np_reste_grad(w, o) + np.sign(w) * np.sum(g * b) / w.size
+    np.testing.assert_allclose(y, s * b, rtol=1e-6)
+    np.testing.assert_allclose(dw, expect, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dw.reshape(-1)[[0, 7, 13]], (s * g * np_reste_grad(w, o))
+                               .reshape(-1)[[0, 7, 13]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [dict(o=0.5), dict(t=-1.0), dict(interval=2.0)])
