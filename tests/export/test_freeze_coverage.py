@@ -112,3 +112,24 @@ def test_frozen_attention_projections_take_flax_keywords():
     sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     out = nnx.jit(lambda f, v: f.attn(v, out_sharding=sh, qkv_sharding=sh))(frozen, x)
     np.testing.assert_allclose(out, m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_freeze_linen_packs_and_falls_back():
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(40, (3, 3), padding=[(1, 1), (1, 1)], name="conv")(x)
+            x = nn.Einsum((40, 8), "bhwc,cd->bhwd", name="mix")(x)
+            return nn.Dense(5, name="fc")(x.mean((1, 2)))
+
+    q = bnn.quantize_linen(Net(), [(".*", "ste_sign", "ste_sign")])
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 5, 5, 3)).astype(np.float32))
+    v = q.init(jax.random.key(0), x)
+    frozen, fv, records = export.freeze_linen(q, v, x)
+    rec = {r.path: r for r in records}
+    assert rec["conv"].frozen and rec["fc"].frozen and not rec["mix"].frozen
+    assert "Einsum is not packed" in rec["mix"].reason
+    assert "conv" not in fv["params"] and "kernel" in fv["params"]["mix"]  # packed copy only
+    np.testing.assert_allclose(frozen.apply(fv, x), q.apply(v, x), rtol=1e-5, atol=1e-5)

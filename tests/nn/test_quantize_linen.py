@@ -9,6 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
+from bnn_jax import export
 from bnn_jax import nn as bnn
 
 
@@ -158,9 +159,9 @@ def _train(module, variables, loss_of, steps=6, lr=3e-3):
     return params, losses
 
 
-@pytest.mark.slow  # compiles two training steps (~20 s on a shared CPU)
+@pytest.mark.slow  # compiles a training step and the packed model (~30 s on a shared CPU)
 @pytest.mark.parametrize("which", ["cnn", "lm"])
-def test_unmodified_linen_models_train(which):
+def test_unmodified_linen_models_train_freeze_save_load(which, tmp_path):
     if which == "cnn":
         x, y = _images()
         q = bnn.quantize_linen(LinenCNN(), CNN_RULES)
@@ -180,6 +181,20 @@ def test_unmodified_linen_models_train(which):
     for k in watched:
         before, after = before[k], after[k]
     assert not np.array_equal(np.asarray(before["kernel"]), np.asarray(after["kernel"]))
+
+    # freeze -> the packed model computes the fake-quant output -> save/load.
+    trained = {**v, "params": params}
+    kw = dict(train=False) if which == "cnn" else {}
+    fake = np.asarray(q.apply(trained, x, **kw))
+    frozen, frozen_vars, records = export.freeze_linen(q, trained, x, **kw)
+    assert records and all(r.frozen for r in records), [(r.path, r.reason) for r in records]
+    out = np.asarray(frozen.apply(frozen_vars, x, **kw))
+    np.testing.assert_allclose(out, fake, rtol=1e-5, atol=1e-4)
+    assert np.any(np.abs(fake) > 1e-3)
+    path = str(tmp_path / "frozen.npz")
+    export.save(frozen.layers, path, records)
+    loaded = export.load_linen(path, q, trained, x, **kw)
+    np.testing.assert_array_equal(np.asarray(loaded.apply(frozen_vars, x, **kw)), out)
 
 
 class _Closed:
