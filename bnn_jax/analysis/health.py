@@ -1,12 +1,13 @@
 """Binarization health: what every quantizer of a model outputs on a real batch.
 
 ``check(model, *args)`` runs the model once (on a copy: BatchNorm statistics, learned arrays and
-RNG counters of ``model`` are untouched) while each quantizer reports its operand, and gives per
-quantized layer and role (``input``/``weight``) the fractions of positive, negative and zero
-outputs (+1/-1/0 for a sign), the share of operands inside the estimator's gradient window
-(where the surrogate derivative is not 0), and a warning when a binary quantizer is constant or
-nearly so: a sign after a ReLU sees only values >= 0 and gives +1 everywhere, so the layer
-passes no information and gets no useful gradient. ``format_report`` prints it.
+RNG counters of ``model`` are untouched; ``check_linen`` for ``quantize_linen`` models) while
+each quantizer reports its operand, and gives per quantized layer and role (``input``/
+``weight``) the fractions of positive, negative and zero outputs (+1/-1/0 for a sign), the
+share of operands inside the estimator's gradient window (where the surrogate derivative is not
+0), and a warning when a binary quantizer is constant or nearly so: a sign after a ReLU sees
+only values >= 0 and gives +1 everywhere, so the layer passes no information and gets no useful
+gradient. ``format_report`` prints it.
 
 ``flip_ratios`` is the per-layer sign-flip share of the binary weights between two parameter
 trees (larq's FlipRatio metric, see :mod:`bnn_jax.analysis.flip_ratio`), for training metrics.
@@ -75,7 +76,6 @@ def check(model: nnx.Module, *args, **kwargs) -> list[QuantizerHealth]:
     """Per quantized layer and role, the output statistics of its quantizer on
     ``model(*args, **kwargs)`` (run on a copy of ``model``, in its current mode)."""
     from bnn_jax.nn.intercept import module_references
-    from bnn_jax.nn.layers import observe_quantizers
 
     copy = nnx.clone(model)
     for path, _, _, child in module_references(copy):
@@ -84,6 +84,22 @@ def check(model: nnx.Module, *args, **kwargs) -> list[QuantizerHealth]:
             # A static attribute of the copy: it survives the split/merge of nnx.scan/vmap,
             # whose steps see new module objects.
             child.health_path = "/".join(map(str, path))
+    # One compiled call (the arguments are closed over, so Python flags stay static).
+    return _observe(lambda: jax.block_until_ready(
+        nnx.jit(lambda m: m(*args, **kwargs))(copy)))
+
+
+def check_linen(qmodel, variables, *args, **kwargs) -> list[QuantizerHealth]:
+    """:func:`check` for a Linen model made by ``bnn_jax.nn.quantize_linen``:
+    ``qmodel.apply(variables, *args, **kwargs)`` (every collection mutable, result dropped)."""
+    return _observe(lambda: jax.block_until_ready(jax.jit(
+        lambda v: qmodel.apply(v, *args, mutable=True, **kwargs))(variables)))
+
+
+def _observe(run) -> list[QuantizerHealth]:
+    """The statistics every quantizer reports while ``run()`` runs."""
+    from bnn_jax.nn.layers import observe_quantizers
+
     stats: dict[tuple[str, str], dict[str, Any]] = {}
 
     def record(path, role, q, x, out, grad):
@@ -106,9 +122,7 @@ def check(model: nnx.Module, *args, **kwargs) -> list[QuantizerHealth]:
                            x, fn(x), _window(fn, x))
 
     with observe_quantizers(probe):
-        jax.block_until_ready(jax.tree.leaves(nnx.state(copy)))
-        out = copy(*args, **kwargs)
-        jax.block_until_ready(out)
+        run()
     jax.effects_barrier()
     rows = []
     for (path, role), s in stats.items():
@@ -131,6 +145,8 @@ def format_report(rows: list[QuantizerHealth]) -> str:
     for r in rows:
         lines.append(f"{r.path:<32} {r.role:<6} {r.quantizer:<14} {r.positive:>6.1%} "
                      f"{r.negative:>6.1%} {r.zero:>6.1%} {r.in_window:>14.1%}")
+    if not rows:
+        return "binarization health: no quantizer ran"
     warns = warnings_of(rows)
     lines += [f"WARNING {w}" for w in warns]
     if rows and not warns:

@@ -126,3 +126,18 @@ def test_flip_ratios_per_layer():
     assert float(got["flip_ratio/blocks/0"]) == pytest.approx(100 / n, rel=1e-6)
     assert float(got["flip_ratio/blocks/1"]) == 0.0
     assert float(got["flip_ratio"]) == pytest.approx(100 / (2 * n), rel=1e-6)
+
+
+def test_linen_model_relu_then_sign():
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3, name="fc2")(nn.relu(nn.Dense(8, name="fc1")(x)))
+
+    q = bnn.quantize_linen(Net(), [("fc2", "ste_sign", "ste_sign")])
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32))
+    rows = health.check_linen(q, q.init(jax.random.key(0), x), x)
+    assert {(r.path, r.role) for r in rows} == {("fc2", "input"), ("fc2", "weight")}
+    assert health.warnings_of(rows)[0].startswith("inputs of fc2 are all >= 0")
