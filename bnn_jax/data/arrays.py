@@ -31,15 +31,8 @@ class ArrayDataset:
     process_count: int = 1
 
     def __post_init__(self):
-        n = len(self.train_images)
-        if self.global_batch_size > n:
-            raise ValueError(f"data.batch_size={self.global_batch_size} exceeds the "
-                             f"{n} training examples of {self.name!r}")
-        for what, size in (("data.batch_size", self.global_batch_size),
-                           ("data.eval_batch_size", self.eval_batch_size)):
-            if size % self.process_count:
-                raise ValueError(f"{what}={size} is not divisible by the {self.process_count} "
-                                 "processes")
+        check_batch_sizes(self.name, self.global_batch_size, self.eval_batch_size,
+                          self.process_count, num_train=len(self.train_images))
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -58,16 +51,11 @@ class ArrayDataset:
         # Drop the remainder: every step sees a full global batch (same shapes, one compile).
         return self.num_train // self.global_batch_size
 
-    def _local(self, rows: np.ndarray, batch: int) -> np.ndarray:
-        local = batch // self.process_count
-        return rows[self.process_index * local:(self.process_index + 1) * local]
-
     def train_batch(self, step: int) -> dict[str, np.ndarray]:
         """This process's share of the global training batch of ``step``."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_train)
-        rows = order[i * self.global_batch_size:(i + 1) * self.global_batch_size]
-        rows = self._local(rows, self.global_batch_size)
+        rows = train_rows(step, seed=self.seed, num_rows=self.num_train,
+                          batch_size=self.global_batch_size, process_index=self.process_index,
+                          process_count=self.process_count)
         return {"image": self.train_images[rows], "label": self.train_labels[rows]}
 
     def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -79,14 +67,49 @@ class ArrayDataset:
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
         """The test split once, in order; the last batch is padded, ``mask`` marks real rows."""
-        b = self.eval_batch_size
-        for start in range(0, self.num_test, b):
-            rows = np.arange(start, start + b)
-            mask = rows < self.num_test
-            rows = np.where(mask, rows, 0)
-            rows, mask = self._local(rows, b), self._local(mask, b)
+        for rows, mask in eval_rows(self.num_test, self.eval_batch_size, self.process_index,
+                                    self.process_count):
             yield {"image": self.test_images[rows], "label": self.test_labels[rows],
-                   "mask": mask.astype(np.float32)}
+                   "mask": mask}
+
+
+def check_batch_sizes(name: str, batch_size: int, eval_batch_size: int, process_count: int,
+                      num_train: int | None = None) -> None:
+    """Batches that split evenly over the processes and fit the training set."""
+    if num_train is not None and batch_size > num_train:
+        raise ValueError(f"data.batch_size={batch_size} exceeds the {num_train} training "
+                         f"examples of {name!r}")
+    for what, size in (("data.batch_size", batch_size), ("data.eval_batch_size",
+                                                         eval_batch_size)):
+        if size % process_count:
+            raise ValueError(f"{what}={size} is not divisible by the {process_count} processes")
+
+
+def train_rows(step: int, *, seed: int, num_rows: int, batch_size: int, process_index: int = 0,
+               process_count: int = 1) -> np.ndarray:
+    """Row indices of this process's share of the global batch of ``step``.
+
+    Epoch ``e`` visits the rows in the order of a (seed, e) permutation, dropping the remainder
+    (every step a full batch: one shape, one compile); process ``p`` of ``n`` takes slice
+    ``[p*b, (p+1)*b)`` of the global batch, ``b = batch_size / n``.
+    """
+    epoch, i = divmod(step, num_rows // batch_size)
+    order = np.random.default_rng([seed, epoch]).permutation(num_rows)
+    local = batch_size // process_count
+    start = i * batch_size + process_index * local
+    return order[start:start + local]
+
+
+def eval_rows(num_rows: int, batch_size: int, process_index: int = 0, process_count: int = 1
+              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows, mask) of this process's share of each eval batch, in order; the last batch is
+    padded with row 0 and ``mask`` (float32) 0, so every process runs the same steps."""
+    local = batch_size // process_count
+    for start in range(0, num_rows, batch_size):
+        rows = np.arange(start, start + batch_size)[process_index * local:
+                                                    (process_index + 1) * local]
+        mask = rows < num_rows
+        yield np.where(mask, rows, 0), mask.astype(np.float32)
 
 
 def _split(images, labels, num_test, seed=0):

@@ -21,6 +21,7 @@ from typing import Any
 MODELS = {
     "mlp": "mlp",
     "digits_cnn": "digits_cnn",
+    "llama": "llama",
 }
 
 
