@@ -32,7 +32,12 @@ def defaults() -> ml_collections.ConfigDict:
     c.data = dict(name="digits", batch_size=128, eval_batch_size=360, data_dir="")
     # What is trained for (bnn_jax.tasks): name + that task's fields (tasks.get(name).fields).
     c.task = dict(name="classification")
-    c.model = dict(name="mlp")
+    c.model = dict(name="mlp")    # a zoo name, a registered one, or "pkg.module:Class"
+    # Quantization of whatever model.name builds, applied before training (any NNX model):
+    # rules = [(regex on layer path, weight quantizer, input quantizer[, params])] or dicts,
+    # first match wins; then a precision policy (bnn_jax.nn.precision_policy): overrides
+    # [dict(pattern=, bits=, ...)] and a default (dict(bits=1)) for every other layer.
+    c.quant = dict(rules=[], overrides=[], default=None, presets=None)
     c.loss = dict(name="softmax_xent", label_smoothing=0.0)  # the classification loss
     # Knowledge distillation: teacher = a model config + the workdir of its trained run, or a
     # Hugging Face directory (teacher_import). `terms`: [{name, weight, ...}] composed with
@@ -203,7 +208,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     base = defaults()
     _check_fields("the config", config, base)
-    for section in ("loss", "mesh", "distributed", "kd", "schedules"):
+    for section in ("loss", "mesh", "distributed", "kd", "schedules", "quant"):
         if section in config:
             _check_fields(f"config.{section}", config[section], base[section])
     # Intervals are used as `step % every` in the loop: a zero would fail only after compiling.
@@ -220,6 +225,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     data.validate(config.data)
     tasks.validate(config.get("task", {"name": "classification"}))
     models.validate(config.model)
+    from bnn_jax.nn.policy import config_rules
+
+    config_rules(config.get("quant"))  # bad quantizer names and rule shapes list valid ones
     for key, value in _fields(config.model).items():
         if key.endswith("quantizer") or key.endswith("constraint"):
             _check_quantizers(f"config.model.{key}", value)

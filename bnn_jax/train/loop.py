@@ -26,7 +26,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from bnn_jax import data as data_lib
 from bnn_jax import models
 from bnn_jax import tasks as tasks_lib
+from bnn_jax.analysis import health
 from bnn_jax.nn import apply_constraints, initialize, pending_learned, quant_params
+from bnn_jax.nn.policy import quantize_config
 from bnn_jax.train import checkpoint as ckpt_lib
 from bnn_jax.train import config as config_lib
 from bnn_jax.train import distill as distill_lib
@@ -166,6 +168,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
         model = models.build(config.model, rngs=nnx.Rngs(config.seed), **ds.spec)
     except ValueError as e:
         raise ConfigError(f"config.model: {e}") from e
+    try:  # config.quant binarizes any model, the user's too; a rule matching nothing stops here
+        quantized = quantize_config(model, config.quant)
+    except ValueError as e:
+        raise ConfigError(f"config.quant: {e}") from e
+    if quantized is not None:
+        say(str(quantized))
     try:
         task.check_batch(next(iter(ds.train_batches(0))), model)
     except ValueError as e:
@@ -181,6 +189,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
 
             nnx.update(model, multihost_utils.broadcast_one_to_all(nnx.state(model, nnx.Param)))
         say(f"Initialized learned quantizer arrays from the first batch: {', '.join(created)}")
+    h_args, h_kwargs = _sample_inputs(task, ds, config.seed)
+    say(health.format_report(health.check(model, *h_args, **h_kwargs)))
+    flip_paths = health.binary_kernel_paths(model)
     graph_train, params, rest = _split(model)
     model.eval()
     graph_eval = nnx.split(model, nnx.Param, ...)[0]
@@ -276,7 +287,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
         apply_constraints(m)
         params = constrain(nnx.to_pure_dict(nnx.split(m, nnx.Param, ...)[1]))
         out = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
-               "param_norm": optax.tree.norm(params), "learning_rate": lr_fn(state["step"])}
+               "param_norm": optax.tree.norm(params), "learning_rate": lr_fn(state["step"]),
+               **health.flip_ratios(flip_paths, state["params"], params)}
         new_state = {"params": params, "rest": new_rest, "opt_state": opt_state,
                      "step": state["step"] + 1, "rng": state["rng"]}
         return new_state, out

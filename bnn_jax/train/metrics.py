@@ -53,7 +53,9 @@ class TensorBoardWriter:
 
         # A resumed run repeats the steps after its checkpoint: purge_step hides the earlier
         # events of those steps in TensorBoard, as JsonlWriter drops their lines.
-        self._w = SummaryWriter(logdir, flush_secs=30,
+        # Event file names hold the time in whole seconds: a run resumed within the same second
+        # would reuse (and overwrite) the previous file without a finer, ordered suffix.
+        self._w = SummaryWriter(logdir, flush_secs=30, filename_suffix=f".{time.time_ns():020d}",
                                 purge_step=start_step + 1 if start_step else None)
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
