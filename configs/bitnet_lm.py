@@ -25,7 +25,7 @@ def get_config(arg=None):
     c.checkpoint_every = 200
     c.task = dict(name="causal_lm")
     c.data = dict(name="pydoc", batch_size=32, eval_batch_size=256, seq_len=64,
-                  tokenizer="byte", packing="stream")
+                  tokenizer="byte", packing="stream", data_dir="")
     quant = {} if arg.float else dict(kernel_quantizer=dict(name="bitnet_weight"),
                                       input_quantizer=dict(name="bitnet_act", bits=8))
     c.model = dict(name="llama", hidden=64 if arg.quick else 128,

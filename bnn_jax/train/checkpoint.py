@@ -243,33 +243,6 @@ class Checkpointer:
                 "It is kept as it is; use a new --workdir (init_from can start from its "
                 "parameters) or restore the config that wrote it")
 
-    def check_shapes(self, abstract_state: Any) -> None:
-        """The newest checkpoint's arrays have the paths and shapes of ``abstract_state``
-        (ValueError naming the differences: the config no longer builds the saved model)."""
-        from bnn_jax.train.sharding import path_str
-
-        steps = self.all_steps()
-        if not steps:
-            return
-        try:
-            saved = self._saved_shapes(steps[-1])
-        except Exception:  # unreadable metadata: restore_latest reports and sets it aside
-            return
-
-        def shapes(tree):
-            return {path_str(p): tuple(np.shape(v))
-                    for p, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-        got, want = shapes(saved), shapes(abstract_state)
-        diff = [f"{k}: saved {got.get(k, 'missing')}, config builds {want.get(k, 'nothing')}"
-                for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)]
-        if diff:
-            more = f" (and {len(diff) - 8} more)" if len(diff) > 8 else ""
-            raise ValueError(
-                f"checkpoint {steps[-1]} in {self.directory} does not match the model this "
-                f"config builds: {'; '.join(diff[:8])}{more}. Resume with the config the run "
-                "was started with (its config.json), or use a new workdir")
-
     def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         if abstract_state is None:
             abstract_state = self._saved_shapes(step)

@@ -317,10 +317,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
     # ---------------------------------------------------------------------------- resume --
     ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                  async_save=config.async_checkpoint)
-    try:  # a config that builds other shapes than the saved run: an error, nothing touched
-        ckpt.check_shapes(abstract)
+    try:
         restored = ckpt.restore_latest(abstract)
-    except (ValueError, ckpt_lib.CheckpointMismatch) as e:  # another config's state: unmoved
+    except ckpt_lib.CheckpointMismatch as e:  # another config's state: nothing was moved
         ckpt.close()
         raise ConfigError(str(e)) from e
     except ckpt_lib.CorruptCheckpoint:
