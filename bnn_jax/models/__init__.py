@@ -17,6 +17,9 @@ MODELS = {
     "mlp": "mlp",
     "digits_cnn": "digits_cnn",
     "llama": "llama",
+    "bart": "bart",
+    "mbart": "mbart",
+    "bert": "bert",
 }
 
 
