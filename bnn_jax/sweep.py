@@ -123,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         if not m:
             parser.error(f"unrecognized argument {item!r} (expected --config.<field>=<value>)")
         overrides[m.group(1)] = _parse_value(m.group(2))
+    from bnn_jax.train.checkpoint import CorruptCheckpoint
+
     try:
         run_sweep(args.config, args.workdir, overrides)
-    except ValueError as e:  # config errors (ConfigError) and a bad sweep declaration
+    except (ValueError, CorruptCheckpoint) as e:
+        # Config errors (ConfigError), a busy or foreign trial workdir (WorkdirError), a trial
+        # without a good checkpoint left, and a bad sweep declaration.
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

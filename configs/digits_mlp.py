@@ -14,7 +14,7 @@ def get_config(arg=None):
     c.total_steps = 60 if arg.quick else 1500
     c.log_every = 20 if arg.quick else 250
     c.checkpoint_every = 500
-    c.data = dict(name="digits", batch_size=64, eval_batch_size=120)
+    c.data = dict(name="digits", batch_size=64, eval_batch_size=120, data_dir="")
     binary = None if arg.float else "ste_sign"
     c.model = dict(name="mlp", hidden=(64, 64) if arg.quick else (512, 512),
                    input_quantizer=binary, kernel_quantizer=binary,

@@ -21,11 +21,39 @@ DATA = pathlib.Path(__file__).parent / "data"
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
+def readme_fenced_blocks(start: str | None = None, end: str | None = None
+                         ) -> list[tuple[str, str, int]]:
+    """(language, code, line number) of every fenced block of README.md, or of those between
+    two markers."""
+    text = README.read_text()
+    lo = text.index(start) if start else 0
+    hi = text.index(end) if end else len(text)
+    return [(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1)
+            for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
+            if lo <= m.start() < hi]
+
+
 def readme_python_blocks(start: str, end: str) -> list[str]:
     """The ```python blocks of README.md between two markers, for tests that run them."""
-    text = README.read_text()
-    return re.findall(r"```python\n(.*?)```", text[text.index(start):text.index(end)],
-                      flags=re.S)
+    return [code for lang, code, _ in readme_fenced_blocks(start, end) if lang == "python"]
+
+
+def read_events(logdir) -> list:
+    """Every Event of a TensorBoard log directory, file by file in name order: the TFRecord
+    framing (length, its crc, record, its crc) read here, records parsed with tensorboardX's
+    Event proto."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in sorted(pathlib.Path(logdir).glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + n]))
+            pos += 12 + n + 4
+    return events
 
 
 def _load_oracle():

@@ -20,11 +20,13 @@ from bnn_jax.data import arrays, text, text_sources
 IN_MEMORY = {"digits": arrays.digits, "mnist5k": arrays.mnist5k, "synthetic": arrays.synthetic,
              "pydoc": text.pydoc}
 TFDS = ("mnist", "cifar10", "cifar100", "imagenet2012")
-COMMON_FIELDS = ("name", "batch_size", "eval_batch_size")
+# data_dir is accepted by every dataset (the in-memory ones need none), so that a config can
+# switch to a tfds dataset with --config.data.name=... --config.data.data_dir=...
+COMMON_FIELDS = ("name", "batch_size", "eval_batch_size", "data_dir")
 EXTRA_FIELDS = {"digits": (), "mnist5k": (),
                 "synthetic": ("image_shape", "num_classes", "num_train", "num_test"),
                 "pydoc": ("seq_len", "tokenizer", "packing"),
-                **{n: ("data_dir", "shuffle_buffer", "image_size") for n in TFDS},
+                **{n: ("shuffle_buffer", "image_size") for n in TFDS},
                 **{n: text_sources.fields(n) for n in text_sources.NAMES}}
 
 
@@ -77,13 +79,14 @@ def build(cfg: Any, *, seed: int = 0, process_index: int = 0, process_count: int
     validate(cfg)
     cfg = dict(cfg)
     name = cfg.pop("name")
+    data_dir = cfg.pop("data_dir", None) or None  # "" in a config: the tfds default location
     common = dict(global_batch_size=cfg.pop("batch_size"),
                   eval_batch_size=cfg.pop("eval_batch_size"), seed=seed,
                   process_index=process_index, process_count=process_count)
     if name in IN_MEMORY:
         return IN_MEMORY[name](**cfg, **common)
     if name in text_sources.NAMES:
-        return text_sources.build(name, **cfg, **common)
+        return text_sources.build(name, data_dir=data_dir, **cfg, **common)
     from bnn_jax.data import tfds_pipeline  # TensorFlow only when asked for
 
-    return tfds_pipeline.TfdsDataset(name, **cfg, **common)
+    return tfds_pipeline.TfdsDataset(name, data_dir=data_dir, **cfg, **common)

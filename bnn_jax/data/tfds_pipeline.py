@@ -77,8 +77,15 @@ class TfdsDataset:
         info = self.builder.info
         self.num_classes = info.features["label"].num_classes
         self.test_split = _TEST_SPLIT.get(name, "test")
-        self.num_train = self._num_examples("train")
-        self.num_test = self._num_examples(self.test_split)
+        try:
+            self.num_train = self._num_examples("train")
+            self.num_test = self._num_examples(self.test_split)
+        except (KeyError, OSError, tf.errors.OpError) as e:  # e.g. a build that did not finish
+            raise ValueError(
+                f"dataset {name!r} under data_dir={self.builder.data_dir!r} is incomplete "
+                f"({type(e).__name__}: {str(e).strip(chr(34))[:160]}). Rebuild it with `tfds "
+                f"build {name} --data_dir=DIR --overwrite` and pass --config.data.data_dir=DIR"
+            ) from None
         if global_batch_size > self.num_train:
             raise ValueError(f"data.batch_size={global_batch_size} exceeds the {self.num_train} "
                              f"training examples of {name!r}")

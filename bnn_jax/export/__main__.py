@@ -6,8 +6,9 @@ after and one line per quantized layer (with the reason for every layer kept flo
 frozen logits against the fake-quant logits on a batch of evaluation data, writes
 ``DIR/frozen.npz`` (or ``--out``) with the architecture recorded in it, loads that file back on
 its own and prints the test-split accuracy of the loaded frozen model next to the fake-quant
-model's. Method schedules (``config.schedules``) are frozen at their values at the checkpoint's
-step, the values the training loop's evaluation used.
+model's; the same numbers go to ``frozen.json`` next to the .npz file. Method schedules
+(``config.schedules``) are frozen at their values at the checkpoint's step, the values the
+training loop's evaluation used.
 """
 
 from __future__ import annotations
@@ -149,6 +150,20 @@ def main(argv=None) -> int:
     frozen_acc, _ = accuracy(loaded, ds)
     print(f"test accuracy on {n} images: fake-quant {fake_acc:.4f}, frozen (loaded from "
           f"{os.path.basename(path)}) {frozen_acc:.4f}")
+    kinds: dict[str, int] = {}
+    for r in records:
+        key = f"W:{r.encoding} A:{r.activations}" if r.frozen else "kept float"
+        kinds[key] = kinds.get(key, 0) + 1
+    summary = dict(step=step, bytes_before=before, bytes_after=after, file_bytes=size,
+                   plane_bytes=sum(r.plane_bytes for r in records),
+                   max_logit_diff=diff, same_argmax=agree, fake_quant_top1=fake_acc,
+                   frozen_top1=frozen_acc, test_examples=n, frozen_kinds=kinds,
+                   layers=[dict(r.__dict__, bits_per_weight=r.bits_per_weight,
+                                overhead_bytes=r.overhead_bytes) for r in records])
+    report_path = os.path.splitext(path)[0] + ".json"
+    with open(report_path, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    print(f"wrote {report_path}")
     return 0
 
 

@@ -31,11 +31,17 @@ class LayerRecord:
     encoding: str = ""   # binary / ternary weights; "" if kept float
     activations: str = ""  # binary / bool / ternary (integer kernel) or float
     reason: str = ""     # why a layer was kept float
+    plane_bytes: int = 0  # the packed weight planes alone (0 if kept float)
 
     @property
     def bits_per_weight(self) -> float:
-        """Storage of the layer's kernel-related arrays per kernel entry."""
-        return 8 * self.bytes_after / self.weights
+        """Bits of the packed weight planes per kernel entry (word padding included)."""
+        return 8 * self.plane_bytes / self.weights
+
+    @property
+    def overhead_bytes(self) -> int:
+        """What the layer stores besides its weight planes: scales and bias (all if float)."""
+        return self.bytes_after - self.plane_bytes
 
 
 def _nbytes(x) -> int:
@@ -94,9 +100,9 @@ def _frozen_layer(layer, backend: str):
     packed = pack(jnp.asarray(levels), axis=axis, encoding=encoding)
     new = cls(layer, packed, scale, act, backend=backend, input_params=input_params,
               kernel_params=kernel_params)
-    after = sum(_nbytes(v[...]) for v in (new.w_sign, new.w_mask, new.scale, new.bias)
-                if v is not None)
-    return new, dict(rec, frozen=True, bytes_after=after, encoding=encoding,
+    planes = sum(_nbytes(v[...]) for v in (new.w_sign, new.w_mask) if v is not None)
+    after = planes + sum(_nbytes(v[...]) for v in (new.scale, new.bias) if v is not None)
+    return new, dict(rec, frozen=True, bytes_after=after, plane_bytes=planes, encoding=encoding,
                      activations=new.act_encoding or "float")
 
 
@@ -156,16 +162,34 @@ def is_frozen_layer(x) -> bool:
 
 def report(records: list[LayerRecord], before_bytes: int | None = None,
            after_bytes: int | None = None) -> str:
-    """A plain-text table of the layers and the model size before/after freezing."""
+    """A plain-text table of the quantized layers and the model size before/after freezing.
+
+    ``bits/w`` counts the packed weight planes alone (1 for ±1, 2 for ternary, more where an
+    axis pads to a 32-bit word); ``overhead`` is the rest of the layer: float32 scales and bias.
+    With the model sizes, the last lines split the frozen model into weight planes and
+    everything else (those scales and biases, float layers, BatchNorm, layers kept float).
+    """
     lines = [f"{'layer':<32} {'kind':<12} {'weights':>9} {'before':>11} {'after':>11} "
-             f"{'bits/w':>7}  encoding"]
+             f"{'bits/w':>7} {'overhead':>9}  encoding"]
     for r in records:
         enc = (f"W:{r.encoding} A:{r.activations}" if r.frozen else f"kept float ({r.reason})")
+        bits = f"{r.bits_per_weight:>7.3f}" if r.frozen else f"{'-':>7}"
         lines.append(f"{r.path:<32} {r.kind:<12} {r.weights:>9} {r.bytes_before:>11} "
-                     f"{r.bytes_after:>11} {r.bits_per_weight:>7.3f}  {enc}")
+                     f"{r.bytes_after:>11} {bits} {r.overhead_bytes:>9}  {enc}")
+    frozen = [r for r in records if r.frozen]
+    planes = sum(r.plane_bytes for r in frozen)
+    n = sum(r.weights for r in frozen)
+    lines.append("(bytes; bits/w: packed weight planes per weight; overhead: float32 scales "
+                 "and bias)")
+    if frozen:
+        lines.append(f"frozen layers: {n} weights in {planes} bytes of planes "
+                     f"({8 * planes / n:.3f} bits/weight) + {sum(r.overhead_bytes for r in frozen)}"
+                     " bytes of scales and biases")
     if before_bytes is not None and after_bytes is not None:
         lines.append(f"model: {before_bytes} bytes before, {after_bytes} bytes after "
-                     f"({before_bytes / max(after_bytes, 1):.1f}x smaller)")
+                     f"({before_bytes / max(after_bytes, 1):.1f}x smaller) = {planes} bytes of "
+                     f"weight planes + {after_bytes - planes} bytes of overhead (scales, biases, "
+                     "float layers and state)")
     return "\n".join(lines)
 
 

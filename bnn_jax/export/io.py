@@ -78,6 +78,10 @@ def save(model: nnx.Module, path: str, records: list[LayerRecord] | None = None,
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+            # mkstemp creates the file 0600; give it what any new file gets (0666 - umask).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -24,6 +24,13 @@ class Model(nnx.Module):
                  width: int = 64, depth: int = 3, pool_after: Sequence[int] = (0,),
                  input_quantizer: Any = None, kernel_quantizer: Any = None,
                  kernel_constraint: Any = None, bn_momentum: float = 0.9):
+        for name, value, least in (("width", width, 1), ("depth", depth, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"digits_cnn: {name} must be an integer >= {least}, got "
+                                 f"{value!r}")
+        if not all(isinstance(i, int) and 0 <= i < depth for i in pool_after):
+            raise ValueError(f"digits_cnn: pool_after lists block indices in [0, {depth}), got "
+                             f"{tuple(pool_after)!r}")
         channels = int(input_shape[-1])
         self.binary_activations = input_quantizer is not None
         self.pool_after = tuple(pool_after)

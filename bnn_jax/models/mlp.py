@@ -23,6 +23,10 @@ class Model(nnx.Module):
                  hidden: Sequence[int] = (256, 256), input_quantizer: Any = None,
                  kernel_quantizer: Any = None, kernel_constraint: Any = None,
                  bn_momentum: float = 0.9):
+        if not hidden or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0
+                                 for w in hidden):
+            raise ValueError(f"mlp: hidden must be one or more positive integer widths, got "
+                             f"{hidden!r}")
         widths = [int(np.prod(input_shape)), *hidden]
         self.binary_activations = input_quantizer is not None
         self.stem = nnx.Linear(widths[0], widths[1], rngs=rngs)

@@ -8,6 +8,7 @@ fields, models, datasets, quantizers and optimizers before anything is built or 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import ml_collections
@@ -27,8 +28,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500      # checkpoint interval (steps); a final one is always written
     c.keep_checkpoints = 3        # orbax keeps the newest N
     c.async_checkpoint = True     # write checkpoints in the background
-    c.tensorboard = True          # event files when TensorFlow + tensorboard are installed
-    c.data = dict(name="digits", batch_size=128, eval_batch_size=360)
+    c.tensorboard = True          # TensorBoard event files in <workdir>/tensorboard
+    c.data = dict(name="digits", batch_size=128, eval_batch_size=360, data_dir="")
     c.model = dict(name="mlp")
     c.loss = dict(name="softmax_xent", label_smoothing=0.0)
     # Knowledge distillation: teacher = a model config + the workdir of its trained run.
@@ -39,10 +40,33 @@ def defaults() -> ml_collections.ConfigDict:
     # Method schedules fed to the quantizers every step: {"kernel": {"o": {kind, start, end}}}.
     c.schedules = dict(input={}, kernel={})
     c.init_from = ""              # workdir whose newest checkpoint initializes the params
+    # Resume a workdir whose run had another config (e.g. a longer total_steps): without it a
+    # different model/optimizer/data/seed/... is refused (bnn_jax.train.workdir).
+    c.allow_config_change = False
     c.mesh = dict(data=-1, fsdp=1, model=1, num_devices=0)  # num_devices 0: all devices
     c.partition_rules = [(".*", "replicate")]
     c.distributed = dict(enabled=False, coordinator_address="", num_processes=1, process_id=0)
     return c
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+MAX_STEPS_ENV = "BNN_JAX_MAX_STEPS"
+
+
+def cap_steps_from_env(config: ml_collections.ConfigDict) -> str | None:
+    """Lower ``total_steps`` to ``$BNN_JAX_MAX_STEPS`` when set (smoke runs of any command).
+
+    Returns the console note, or None when the variable is unset. The cap is recorded in the
+    run's config.json like any other field.
+    """
+    raw = os.environ.get(MAX_STEPS_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{MAX_STEPS_ENV}={raw!r} must be a positive integer (or unset)")
+    before = config.total_steps
+    config.total_steps = min(int(before), int(raw))
+    return f"{MAX_STEPS_ENV}={raw}: total_steps {before} -> {config.total_steps}"
 
 
 def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
@@ -61,11 +85,19 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
                 raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
             out[key] = True
         elif isinstance(default, bool):
+            if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ValueError(f"config argument {item!r}: {key} is a switch, give true or "
+                                 f"false (or just {key!r})")
             out[key] = value.lower() in ("1", "true", "yes")
         elif default is None:
             out[key] = value
         else:
-            out[key] = type(default)(value)
+            try:
+                out[key] = type(default)(value)
+            except ValueError:
+                raise ValueError(f"config argument {item!r}: {key} takes "
+                                 f"{_TYPE_WORDS.get(type(default), type(default).__name__)} "
+                                 f"(default {default!r}), got {value!r}") from None
     return out
 
 
@@ -85,7 +117,54 @@ def _check_quantizers(where: str, spec: Any) -> None:
 
     if spec is None:
         return
-    quant.get(spec)  # ValueError listing the valid names/parameters
+    q = quant.get(spec)  # ValueError listing the valid names/parameters
+    # A constraint in a quantizer slot would leave the layer unquantized (and the reverse
+    # fails only inside the first compiled step).
+    want_constraint = where.endswith("constraint")
+    if (q.kind == "constraint") != want_constraint:
+        valid = quant.names("constraint") if want_constraint else \
+            [n for n in quant.names() if n not in quant.names("constraint")]
+        what = "a constraint" if want_constraint else "a quantizer"
+        raise ValueError(f"{where}={q.name!r} is a {q.kind}, but this field takes {what}; "
+                         f"valid: {valid}")
+
+
+def _number(where: str, value: Any, *, least: float = 0.0, below: float | None = None,
+            strict: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > least if strict else value >= least)
+    ok = ok and (below is None or value < below)
+    if not ok:
+        bound = f"> {least:g}" if strict else f">= {least:g}"
+        bound += f" and < {below:g}" if below is not None else ""
+        raise ValueError(f"{where} must be a finite number {bound}, got {value!r}")
+
+
+# Ranges of the optimizer's numbers: (least, below, strict).
+_OPTIMIZER_NUMBERS = {"learning_rate": (0, None, False), "end_factor": (0, None, False),
+                      "weight_decay": (0, None, False), "momentum": (0, 1, False),
+                      "b1": (0, 1, False), "b2": (0, 1, False), "eps": (0, None, True),
+                      "decay_factor": (0, None, True), "decay_rate": (0, None, True),
+                      "threshold": (0, None, False), "gamma": (0, None, False)}
+
+
+def _check_optimizer_values(cfg: Any) -> None:
+    cfg = _fields(cfg)
+    groups = cfg.get("groups") or ()
+    for where, settings in [("config.optimizer", cfg)] + [
+            (f"optimizer group {g[0]!r}", _fields(g[1])) for g in groups]:
+        for key, (least, below, strict) in _OPTIMIZER_NUMBERS.items():
+            if settings.get(key) is not None:
+                _number(f"{where}.{key}", settings[key], least=least, below=below,
+                        strict=strict)
+        w = settings.get("warmup_steps")
+        if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 0):
+            raise ValueError(f"{where}.warmup_steps must be a non-negative integer, got {w!r}")
+        for b in settings.get("boundaries") or ():
+            _number(f"{where}.boundaries", b)
+    clip = cfg.get("grad_clip_norm")
+    if clip:  # None or 0: no clipping
+        _number("config.optimizer.grad_clip_norm", clip, strict=True)
 
 
 def schedule_value(spec: Any, progress: Any) -> Any:
@@ -122,17 +201,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _check_fields(f"config.{section}", config[section], base[section])
     # Intervals are used as `step % every` in the loop: a zero would fail only after compiling.
     for field, least in (("total_steps", 1), ("log_every", 1), ("checkpoint_every", 1),
-                         ("keep_checkpoints", 1), ("eval_every", 0)):
+                         ("keep_checkpoints", 1), ("eval_every", 0), ("seed", 0)):
         value = config[field]
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             kind = "a positive" if least else "a non-negative"
             raise ValueError(f"config.{field} must be {kind} integer, got {value!r}")
+    for field in ("allow_config_change", "async_checkpoint", "tensorboard"):
+        if not isinstance(config.get(field, False), bool):
+            raise ValueError(f"config.{field} must be True or False, got {config[field]!r}")
+    _number("config.loss.label_smoothing", config.loss.label_smoothing, below=1)
     data.validate(config.data)
     models.validate(config.model)
     for key, value in _fields(config.model).items():
         if key.endswith("quantizer") or key.endswith("constraint"):
             _check_quantizers(f"config.model.{key}", value)
     optimizers.validate(config.optimizer)
+    _check_optimizer_values(config.optimizer)
     optimizers.build_constraints(config.constraints)  # unknown names list the valid ones
     sharding.validate_rules(config.partition_rules)
     for role, params in _fields(config.get("schedules", {})).items():
@@ -168,8 +252,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"unknown loss {config.loss.name!r}; valid losses: {list(LOSSES)}")
 
 
-def check_field_path(config: ml_collections.ConfigDict, dotted: str) -> None:
-    """Reject ``a.b.c`` unless it names an existing field (for ``--config.a.b.c=`` overrides)."""
+def check_field_path(config: ml_collections.ConfigDict, dotted: str,
+                     value: str | None = None) -> None:
+    """Reject ``a.b.c`` unless it names an existing field (for ``--config.a.b.c=`` overrides),
+    and a ``value`` (the override's text) that the field's number or switch type cannot take."""
     node, walked = config, []
     for part in dotted.split("."):
         keys = sorted(node.keys()) if hasattr(node, "keys") else []
@@ -178,3 +264,17 @@ def check_field_path(config: ml_collections.ConfigDict, dotted: str) -> None:
             raise ValueError(f"unknown config field {dotted!r}: {where} has no field {part!r}; "
                              f"valid fields there: {keys}")
         node, walked = node[part], walked + [part]
+    kind = type(node)
+    if value is None or kind not in (int, float, bool):
+        return
+    try:
+        if kind is bool:
+            ok = value.lower() in ("true", "false", "1", "0")
+        else:
+            kind(value) if kind is int else float(value)
+            ok = True
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"--config.{dotted}={value}: {dotted} takes {_TYPE_WORDS[kind]} "
+                         f"(now {node!r})")

@@ -29,6 +29,7 @@ from bnn_jax.train import config as config_lib
 from bnn_jax.train import metrics as metrics_lib
 from bnn_jax.train import optimizers
 from bnn_jax.train import sharding as sharding_lib
+from bnn_jax.train import workdir as workdir_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -81,16 +82,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ---------------------------------------------------------------- config and processes --
     config = ml_collections.ConfigDict(config.to_dict())
     try:
+        capped = config_lib.cap_steps_from_env(config)  # None unless $BNN_JAX_MAX_STEPS is set
         config_lib.validate(config)  # every config error before anything is built or compiled
+        workdir_lib.check_usable(workdir)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     _initialize_distributed(config)
+    # One run per workdir, and only the run the workdir holds (see bnn_jax.train.workdir).
+    with workdir_lib.claim(workdir, config) as claim:
+        if claim.finished is not None:
+            if jax.process_index() == 0:
+                print(f"The run in {workdir} is finished (step {config.total_steps}); its results "
+                      "are in result.json and summary.md", flush=True)
+            return claim.finished
+        return _run(config, workdir, claim, capped)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Claim,
+         capped: str | None = None) -> dict[str, Any]:
     pid, nproc = jax.process_index(), jax.process_count()
-    os.makedirs(workdir, exist_ok=True)
     say = print if pid == 0 else (lambda *a, **k: None)
     if pid == 0:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        print(metrics_lib.describe_outputs(workdir, tensorboard=config.tensorboard, note=capped))
     total = config.total_steps
 
     # ------------------------------------------------------------------------------ mesh --
@@ -113,8 +126,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise ConfigError(str(e)) from e
 
     # ----------------------------------------------------------------------------- model --
-    model = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
-                         rngs=nnx.Rngs(config.seed))
+    try:  # the model's own checks of its field values (a width of 0, ...)
+        model = models.build(config.model, num_classes=ds.num_classes,
+                             input_shape=ds.image_shape, rngs=nnx.Rngs(config.seed))
+    except ValueError as e:
+        raise ConfigError(f"config.model: {e}") from e
     # Learned quantizer arrays with a data-dependent first-call rule (LSQ steps, elastic scales)
     # are created from the first training batch *before* the split: created inside the jitted
     # step they would be re-initialized every step and never trained.
@@ -152,7 +168,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if config.kd.enabled:
         from bnn_jax.train import losses
 
-        teacher = load_teacher(config.kd, ds, replicated)
+        try:
+            teacher = load_teacher(config.kd, ds, replicated)
+        except (ValueError, ckpt_lib.CorruptCheckpoint) as e:
+            raise ConfigError(f"config.kd.teacher_workdir={config.kd.teacher_workdir}: {e}") from e
         # "distributional": ReActNet's loss as its code computes it (cross-entropy to the
         # teacher's softmax); "logit": Hinton's T^2-scaled KL at config.kd.temperature.
         kd_fn = {"logit": lambda s, t: losses.kd_loss(s, t, temperature=config.kd.temperature),
@@ -229,21 +248,36 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ---------------------------------------------------------------------------- resume --
     ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                  async_save=config.async_checkpoint)
-    restored = ckpt.restore_latest(abstract)
+    try:
+        restored = ckpt.restore_latest(abstract)
+    except ckpt_lib.CheckpointMismatch as e:  # another config's state: nothing was moved
+        ckpt.close()
+        raise ConfigError(str(e)) from e
+    except ckpt_lib.CorruptCheckpoint:
+        ckpt.close()
+        raise
+    seconds_before = 0.0  # training time of the sessions before this one
     if restored is not None:
         state, record = restored
         start = int(record["data_position"])
+        seconds_before = float(record.get("seconds", 0.0))
         say(f"Resuming from checkpoint at step {int(record['step'])} in {ckpt.directory}")
     else:
         state = jax.jit(init_state, out_shardings=state_sh)()
         start = 0
         if config.init_from:
-            saved = ckpt_lib.restore_params(config.init_from, {"params": params, "rest": rest})
+            try:
+                saved = ckpt_lib.restore_params(config.init_from,
+                                                {"params": params, "rest": rest})
+            except (ValueError, ckpt_lib.CorruptCheckpoint) as e:
+                ckpt.close()
+                raise ConfigError(f"config.init_from={config.init_from}: {e}") from e
             # A Bop stage 2 starts from the signs of the stage-1 latent weights.
             loaded = optimizers.binarize_bop_params(config.optimizer, saved["params"])
             state["params"] = jax.device_put(loaded, state_sh["params"])
             state["rest"] = jax.device_put(saved["rest"], state_sh["rest"])
             say(f"Initialized parameters from {config.init_from}")
+    claim.write_config(config)  # only now: everything above has been checked
 
     from bnn_jax.analysis import summary as summary_lib
 
@@ -254,6 +288,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------------------------ loop --
     writers = metrics_lib.Writers(workdir, tensorboard=config.tensorboard, start_step=start)
+    writers.write_run_info(summary_lib.format_table(model_summary), ds, start)
     progress = metrics_lib.Progress(total, config.data.batch_size, start)
     batches = ds.train_batches(start)
     pending: list[tuple[int, dict]] = []  # per-step metrics not yet fetched from the device
@@ -265,12 +300,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         """Fetch pending step metrics; stop at the first non-finite loss or gradient."""
         fetched = jax.device_get([m for _, m in pending])
         for (s, _), m in zip(pending, fetched):
-            if not all(np.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
+            names = {"loss": "loss", "grad_norm": "gradient norm", "param_norm": "parameter norm"}
+            bad = [n for k, n in names.items() if not np.isfinite(m[k])]
+            if bad:
                 ckpt.wait()
                 good = ckpt.all_steps()
                 raise NonFiniteLossError(
-                    f"non-finite loss {float(m['loss'])} (gradient norm {float(m['grad_norm'])}, "
-                    f"parameter norm {float(m['param_norm'])}) at step {s}; training stopped. "
+                    f"non-finite {' and '.join(bad)} at step {s} ("
+                    + ", ".join(f"{n} {float(m[k])}" for k, n in names.items())
+                    + "); training stopped. "
                     "The last good checkpoint is "
                     f"{'step ' + str(good[-1]) if good else 'none'} in {ckpt.directory}")
         pending.clear()
@@ -299,11 +337,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     f"{eval_metrics['top1']:.4f} | top-5 {eval_metrics['top5']:.4f}", flush=True)
             if step % config.checkpoint_every == 0 or step == total:
                 drain()  # never checkpoint a state that followed a non-finite step
-                ckpt.save(step, state, {"data_position": step})
+                ckpt.save(step, state, {"data_position": step,
+                                        "seconds": seconds_before + progress.elapsed()})
                 last_saved = step
         # ----------------------------------------------------------------- final eval --
         eval_metrics = evaluate(state)
-        writers.write(total, "test", eval_metrics)
+        if start < total or not workdir_lib.has_line(workdir, total, "test"):
+            writers.write(total, "test", eval_metrics)
         say(f"final | test loss {eval_metrics['loss']:.4f} | top-1 {eval_metrics['top1']:.4f} "
             f"| top-5 {eval_metrics['top5']:.4f} | {progress.elapsed():.1f}s", flush=True)
     finally:
@@ -311,10 +351,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         writers.close()
 
     # ---------------------------------------------------------------------------- summary --
+    if start == total:  # resumed at the end: the train metrics are those the run logged
+        train_metrics = workdir_lib.finished_train_metrics(workdir, total)
     result = {"step": total, "test_loss": eval_metrics["loss"], "test_top1": eval_metrics["top1"],
               "test_top5": eval_metrics["top5"], "train_loss": train_metrics.get("loss"),
-              "train_accuracy": train_metrics.get("accuracy"), "seconds": progress.elapsed(),
-              "last_checkpoint": last_saved}
+              "train_accuracy": train_metrics.get("accuracy"),
+              "seconds": seconds_before + progress.elapsed(), "last_checkpoint": last_saved}
     if pid == 0:
         with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
             f.write(summary_lib.run_summary_markdown(config, result, model_summary))

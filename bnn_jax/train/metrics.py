@@ -1,8 +1,8 @@
-"""Metric writers and progress: console lines, ``metrics.jsonl``, TensorBoard when available.
+"""Metric writers and progress: console lines, ``metrics.jsonl`` and TensorBoard event files.
 
-The core install has no TensorFlow, and clu's ``metric_writers``/``periodic_actions`` import it,
-so the console and JSONL writers here are self-contained; with TensorFlow and tensorboard
-installed (extra ``bnn_jax[tf]``) clu's summary writer adds TensorBoard event files. Aggregation
+TensorBoard files come from ``tensorboardX`` (a core dependency: numpy + protobuf, no
+TensorFlow), so ``tensorboard --logdir WORKDIR`` works on the default install. clu's
+``metric_writers`` would import TensorFlow, so the writers here are self-contained; aggregation
 of per-step values uses ``clu.metrics.Average``, which needs no TensorFlow.
 """
 
@@ -46,46 +46,101 @@ class JsonlWriter:
 
 
 class TensorBoardWriter:
-    """clu's TensorFlow summary writer (event files under ``<workdir>/tensorboard``)."""
+    """Event files under ``<workdir>/tensorboard``: scalars, the model summary, sample images."""
 
-    def __init__(self, logdir: str):
-        from clu.metric_writers import SummaryWriter  # imports TensorFlow
+    def __init__(self, logdir: str, *, start_step: int = 0):
+        from tensorboardX import SummaryWriter
 
-        self._w = SummaryWriter(logdir)
+        # A resumed run repeats the steps after its checkpoint: purge_step hides the earlier
+        # events of those steps in TensorBoard, as JsonlWriter drops their lines.
+        # Event file names hold the time in whole seconds: a run resumed within the same second
+        # would reuse (and overwrite) the previous file without a finer, ordered suffix.
+        self._w = SummaryWriter(logdir, flush_secs=30, filename_suffix=f".{time.time_ns():020d}",
+                                purge_step=start_step + 1 if start_step else None)
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
-        self._w.write_scalars(int(step), {f"{split}/{k}": _scalar(v) for k, v in scalars.items()})
+        for k, v in scalars.items():
+            self._w.add_scalar(f"{split}/{k}", _scalar(v), int(step))
         self._w.flush()
+
+    def write_text(self, tag: str, text: str, step: int = 0) -> None:
+        # TensorBoard renders text as Markdown: indent it so the table stays monospaced.
+        self._w.add_text(tag, "\n".join("    " + line for line in text.splitlines()), step)
+
+    def write_images(self, tag: str, images: Any, step: int = 0) -> None:
+        """NHWC images of any range, each rescaled to [0, 1] for display."""
+        x = np.asarray(images, np.float32)
+        lo = x.min(axis=(1, 2, 3), keepdims=True)
+        hi = x.max(axis=(1, 2, 3), keepdims=True)
+        self._w.add_images(tag, (x - lo) / np.maximum(hi - lo, 1e-12), step,
+                           dataformats="NHWC")
 
     def close(self) -> None:
         self._w.close()
 
 
 def tensorboard_available() -> bool:
-    """True when TensorFlow and tensorboard are importable (clu's writers need both)."""
+    """True when the event-file writer (``tensorboardX``) is importable."""
     try:
-        import tensorboard  # noqa: F401
-        import tensorflow  # noqa: F401
+        import tensorboardX  # noqa: F401
     except ImportError:
         return False
     return True
 
 
+def output_paths(workdir: str) -> dict[str, str]:
+    """Where a run writes each of its outputs (absolute paths)."""
+    w = os.path.abspath(workdir)
+    return {"config": os.path.join(w, "config.json"), "metrics": os.path.join(w, "metrics.jsonl"),
+            "checkpoints": os.path.join(w, "checkpoints"),
+            "tensorboard": os.path.join(w, "tensorboard"),
+            "summary": os.path.join(w, "summary.md"), "result": os.path.join(w, "result.json")}
+
+
+def describe_outputs(workdir: str, *, tensorboard: bool = True, note: str | None = None) -> str:
+    """The console's first lines: where config, metrics, checkpoints, TensorBoard, summary go."""
+    p = output_paths(workdir)
+    if not tensorboard:
+        tb = "off (config.tensorboard=False)"
+    elif tensorboard_available():
+        tb = f"{p['tensorboard']}/  (view: tensorboard --logdir {os.path.abspath(workdir)})"
+    else:
+        tb = "not written: tensorboardX is not installed (pip install tensorboardX)"
+    return "\n".join(([note] if note else []) + [
+        f"Outputs of this run in {os.path.abspath(workdir)}:",
+        f"  config       {p['config']}",
+        f"  metrics      {p['metrics']}",
+        f"  checkpoints  {p['checkpoints']}/",
+        f"  tensorboard  {tb}",
+        f"  summary      {p['summary']} and {p['result']} (at the end)"])
+
+
 class Writers:
-    """Fan-out to the JSONL file and, if possible and wanted, TensorBoard; only process 0 writes."""
+    """Fan-out to the JSONL file and, if wanted, TensorBoard; only process 0 writes."""
 
     def __init__(self, workdir: str, *, tensorboard: bool = True, start_step: int = 0):
         self.writers = []
+        self.tensorboard = None
         if jax.process_index() != 0:
             return
-        self.writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl"),
-                                        start_step=start_step))
+        paths = output_paths(workdir)
+        self.writers.append(JsonlWriter(paths["metrics"], start_step=start_step))
         if tensorboard and tensorboard_available():
-            self.writers.append(TensorBoardWriter(os.path.join(workdir, "tensorboard")))
+            self.tensorboard = TensorBoardWriter(paths["tensorboard"], start_step=start_step)
+            self.writers.append(self.tensorboard)
 
     def write(self, step: int, split: str, scalars: dict[str, Any]) -> None:
         for w in self.writers:
             w.write(step, split, scalars)
+
+    def write_run_info(self, summary_text: str, ds: Any, step: int = 0) -> None:
+        """The model summary as TensorBoard text and, for image data, a few test images."""
+        if self.tensorboard is None:
+            return
+        self.tensorboard.write_text("model_summary", summary_text, step)
+        batch = next(iter(ds.eval_batches()), None) if hasattr(ds, "eval_batches") else None
+        if batch is not None and np.ndim(batch.get("image")) == 4:
+            self.tensorboard.write_images("test_images", batch["image"][:16], step)
 
     def close(self) -> None:
         for w in self.writers:

@@ -62,11 +62,12 @@ def _write_run(workdir, step, scheduled=False, act="ste_sign"):
     return config, ds, params, nnx.to_pure_dict(rest)
 
 
-def test_cli_freezes_latest_checkpoint(tmp_path, capsys):
+def test_cli_freezes_latest_checkpoint(tmp_path, capsys, caplog):
     workdir = str(tmp_path)
     config, ds, params, rest = _write_run(workdir, 7)
     assert main(["--workdir", workdir]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "checkpoint step 7" in out and "convs/0" in out and "W:binary A:binary" in out
     assert "bytes before" in out and "same argmax 100.0%" in out
     path = os.path.join(workdir, "frozen.npz")
@@ -91,6 +92,19 @@ def test_cli_freezes_latest_checkpoint(tmp_path, capsys):
     frozen_acc, _ = _accuracy(alone, ds)
     assert n == 360 and f"test accuracy on {n} images: fake-quant {acc:.4f}, frozen (loaded " \
         f"from frozen.npz) {frozen_acc:.4f}" in out
+    # The same numbers in frozen.json; the files get the usual permissions; orbax's notices
+    # about the deliberately read-only checkpoint directory are not shown.
+    report = json.loads((tmp_path / "frozen.json").read_text())
+    assert (report["fake_quant_top1"], report["frozen_top1"], report["test_examples"]) == \
+        (acc, frozen_acc, 360)
+    assert report["step"] == 7 and report["file_bytes"] == os.path.getsize(path)
+    assert report["plane_bytes"] == sum(r["plane_bytes"] for r in report["layers"]) > 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("frozen.npz", "frozen.json"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name
+    shown = captured.err + "".join(r.getMessage() for r in caplog.records)
+    assert "read only" not in shown and "read_only" not in shown
 
 
 def test_cli_freezes_at_the_checkpoint_schedule_values(tmp_path, capsys):

@@ -34,3 +34,26 @@ def test_parse_arg_converts_types_and_rejects_unknown_keys():
         config_lib.parse_arg("quik", quick=False)
     with pytest.raises(ValueError, match=r"config argument 'steps' needs a value"):
         config_lib.parse_arg("steps", steps=0)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_config_takes_a_data_dir_and_can_switch_to_a_tfds_dataset(path):
+    config = _module(path).get_config("quick")
+    config_lib.check_field_path(config, "data.data_dir", "/data/tfds")  # --config.data.data_dir=
+    config.data.data_dir = "/data/tfds"
+    config_lib.validate(config)
+    config.data.name = "mnist"
+    config_lib.validate(config)
+
+
+def test_config_arguments_and_overrides_of_the_wrong_type_name_the_argument():
+    with pytest.raises(ValueError, match=r"config argument 'steps=abc': steps takes an integer "
+                                         r"\(default 0\), got 'abc'"):
+        config_lib.parse_arg("steps=abc", steps=0)
+    with pytest.raises(ValueError, match=r"config argument 'quick=maybe': quick is a switch"):
+        config_lib.parse_arg("quick=maybe", quick=False)
+    c = config_lib.defaults()
+    with pytest.raises(ValueError, match=r"--config.optimizer.learning_rate=fast: "
+                                         r"optimizer.learning_rate takes a number"):
+        config_lib.check_field_path(c, "optimizer.learning_rate", "fast")
+    config_lib.check_field_path(c, "optimizer.learning_rate", "1e-4")

@@ -89,9 +89,12 @@ def test_a_corrupt_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(
             damaged += 1
     assert damaged
     capsys.readouterr()
-    run(tiny_config(), str(tmp_path))
+    longer = tiny_config()
+    longer.allow_config_change = True  # 4 -> 6 steps (a constant learning rate: same run)
+    run(longer, str(tmp_path))
     out = capsys.readouterr().out
     assert "checkpoint 4 cannot be read" in out and "Resuming from checkpoint at step 2" in out
+    assert f"moved aside from {tmp_path}/checkpoints/4 to {tmp_path}/checkpoints/4.corrupt" in out
     assert (tmp_path / "checkpoints" / "4.corrupt").is_dir()  # kept for inspection, not deleted
     # Resuming from 2 reproduces the uninterrupted run exactly.
     assert_trees_equal(saved_state(tmp_path, 6), saved_state(straight_run, 6))
@@ -102,7 +105,10 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     # The learning rate becomes 1e38 x 1e-2 at step 5 (index 4): parameters overflow there.
     c.optimizer = dict(name="sgd", learning_rate=1e-2, schedule="step", boundaries=(4,),
                        decay_factor=1e38)
-    with pytest.raises(NonFiniteLossError, match=r"at step 5; training stopped.*checkpoint is "
+    # Only the updated parameters overflow: the message names what was not finite.
+    with pytest.raises(NonFiniteLossError, match=r"non-finite parameter norm at step 5 \(loss "
+                                                 r"\d[^,]*, gradient norm \d[^,]*, parameter "
+                                                 r"norm inf\); training stopped.*checkpoint is "
                                                  r"step 4"):
         run(c, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
@@ -158,6 +164,7 @@ def test_a_partial_latest_checkpoint_is_skipped(straight_run, tmp_path, capsys):
     wd = tmp_path / "run"
     shutil.copytree(straight_run, wd)
     shutil.rmtree(wd / "checkpoints" / "6" / "state")  # a step directory without its arrays
+    (wd / "result.json").unlink()  # ... of a run that died before it finished
     # ... and what a save interrupted before its rename leaves behind.
     shutil.copytree(wd / "checkpoints" / "4", wd / "checkpoints" / "8.orbax-checkpoint-tmp-99")
     capsys.readouterr()
