@@ -188,3 +188,15 @@ def test_bad_fields_are_clear_errors(kw, msg):
 def test_registered_by_name():
     assert models.get("bart") is bart.Model and models.get("mbart") is mbart.Model
     assert "bits" in models.fields("bart")
+
+
+def test_unsupported_checkpoint_configs_are_clear_errors():
+    cfg = hub.read_config(FIXTURES / "hf_bart")
+    with pytest.raises(ValueError, match="tie_word_embeddings=false is not supported"):
+        hub.model_fields({**cfg, "tie_word_embeddings": False})
+    with pytest.raises(ValueError, match="activation_function='silu' is not supported"):
+        hub.model_fields({**cfg, "activation_function": "silu"})
+    tensors = hub.read_safetensors(FIXTURES / "hf_bart")
+    tensors["model.encoder.layers.0.extra.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="no bart rule maps.*extra.weight"):
+        hub.map_tensors(tensors, hub.BART)

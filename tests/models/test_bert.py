@@ -165,4 +165,4 @@ def test_bad_fields_are_clear_errors(kw, msg):
 
 def test_registered_by_name():
     assert models.get("bert") is bert.Model
-    assert {"num_labels", "method", "head"} <= set(models.fields("bert"))
+    assert {"method", "head", "bool_rule", "estimators"} <= set(models.fields("bert"))
