@@ -19,6 +19,7 @@ import dataclasses
 import json
 import pathlib
 import re
+import warnings
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -47,6 +48,10 @@ class Family:
     check_config: Callable[[dict], None] | None = None
     derived: Callable[[dict], dict] | None = None  # extra fields computed from config.json
     tied: tuple[str, ...] = ()       # targets a model with tied weights lacks (then dropped)
+    # Regexes of task-head parameter paths: a head the model lacks is dropped from the
+    # checkpoint, a head the checkpoint lacks keeps its fresh initialization (with a warning),
+    # so e.g. a pretraining checkpoint loads under a new classification head.
+    heads: tuple[str, ...] = ()
 
 
 def _check_llama(cfg: dict) -> None:
@@ -214,6 +219,7 @@ BERT = Family(
     ignore=(r"cls\.predictions\.decoder\.(weight|bias)", _BERT + r"embeddings\.position_ids"),
     check_config=_check_act("hidden_act", _ACTS),
     derived=_bert_derived,
+    heads=(r"pooler/.*", r"classifier/.*", r"mlm_.*", r"nsp/.*"),
 )
 
 FAMILIES: dict[str, Family] = {"llama": LLAMA, "bart": BART, "mbart": MBART, "bert": BERT}
@@ -330,6 +336,8 @@ def _check(model: nnx.Module, mapped: dict, family: Family) -> dict[str, Any]:
     for p in family.tied:
         if p not in params:
             mapped.pop(p, None)
+    for p in [p for p in mapped if p not in params and _is_head(family, p)]:
+        mapped.pop(p)
     absent = sorted(p for p in mapped if p not in params)
     if absent:
         raise ValueError(f"checkpoint tensors {[mapped[p][0] for p in absent]} map to "
@@ -342,14 +350,23 @@ def _check(model: nnx.Module, mapped: dict, family: Family) -> dict[str, Any]:
         raise ValueError("checkpoint shapes do not match the model built from config.json: "
                          + "; ".join(bad))
     targets = {p for p in params if any(_may_target(r, p) for r in family.rules)}
-    unfilled = sorted(targets - set(mapped))
+    unfilled = sorted(p for p in targets - set(mapped) if not _is_head(family, p))
     if unfilled:
         raise ValueError(f"the checkpoint has no tensor for model parameters {unfilled}")
     return params
 
 
+def _is_head(family: Family, path: str) -> bool:
+    return any(re.fullmatch(h, path) for h in family.heads)
+
+
 def _fill(model: nnx.Module, mapped: dict, family: Family) -> nnx.Module:
     params = _check(model, mapped, family)
+    fresh = sorted(p for p in params if _is_head(family, p) and p not in mapped)
+    if fresh:
+        warnings.warn(f"the checkpoint has no tensors for the task-head parameters {fresh}; "
+                      "they keep their random initialization (train them before use)",
+                      stacklevel=3)
     for p, (_, value) in mapped.items():
         var = params[p]
         var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))

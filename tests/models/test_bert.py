@@ -166,3 +166,27 @@ def test_bad_fields_are_clear_errors(kw, msg):
 def test_registered_by_name():
     assert models.get("bert") is bert.Model
     assert {"method", "head", "bool_rule", "estimators"} <= set(models.fields("bert"))
+
+
+def test_pretraining_checkpoint_loads_under_a_new_classification_head():
+    ref, args = _ref("hf_bert")
+    pre = hub.load(FIXTURES / "hf_bert")
+    with pytest.warns(UserWarning, match=r"task-head parameters \['classifier/bias', "
+                                         r"'classifier/kernel'\]"):
+        cls = hub.load(FIXTURES / "hf_bert", head="classification", num_labels=3)
+    # The encoder and the pooler come from the checkpoint; MLM/NSP tensors are dropped.
+    np.testing.assert_array_equal(cls.pooler.kernel[...], pre.pooler.kernel[...])
+    np.testing.assert_array_equal(cls.layers[1].output.kernel[...],
+                                  pre.layers[1].output.kernel[...])
+    assert not hasattr(cls, "nsp") and _forward(cls, *args).shape == (2, 3)
+    # Encoder tensors are never optional: a missing one is still an error.
+    tensors = hub.read_safetensors(FIXTURES / "hf_bert")
+    del tensors["bert.encoder.layer.0.output.dense.weight"]
+    mapped = hub.map_tensors(tensors, hub.BERT)
+    with pytest.raises(ValueError, match=r"no tensor for model parameters \['layers/0/output"):
+        hub._check(_tiny_like_fixture(), mapped, hub.BERT)
+
+
+def _tiny_like_fixture():
+    fields = hub.model_fields(hub.read_config(FIXTURES / "hf_bert"))
+    return nnx.eval_shape(lambda: bert.Model(rngs=nnx.Rngs(0), **fields))
