@@ -200,3 +200,23 @@ def test_unsupported_checkpoint_configs_are_clear_errors():
     tensors["model.encoder.layers.0.extra.weight"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match="no bart rule maps.*extra.weight"):
         hub.map_tensors(tensors, hub.BART)
+
+
+@pytest.mark.slow
+def test_binary_student_has_gradients_for_latent_weights_and_alphas():
+    model = bart.Model(vocab_size=30, max_len=8, hidden=16, ffn=16, encoder_layers=1,
+                       decoder_layers=1, encoder_heads=2, rngs=nnx.Rngs(0), bits="W1E1A1")
+    src = jax.random.randint(jax.random.key(0), (2, 6), 3, 30)
+    dec = jax.random.randint(jax.random.key(1), (2, 5), 3, 30)
+    initialize(model, src, dec)
+
+    def loss(m):
+        logp = jax.nn.log_softmax(m(src, dec))
+        return -jnp.take_along_axis(logp, dec[..., None], axis=-1).mean()
+
+    grads = nnx.grad(loss)(model)
+    flat = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(grads)}
+    for p in ("encoder/layers/0/self_attn/query/kernel", "decoder/layers/0/mlp/fc2/kernel",
+              "encoder/layers/0/mlp/fc1/input_alpha", "decoder/layers/0/self_attn/attn_quant/alpha",
+              "shared/embedding"):
+        assert np.isfinite(flat[p]).all() and np.abs(flat[p]).sum() > 0, p
