@@ -35,6 +35,9 @@ MODELS = {
     "encoder_decoder": "encoder_decoder",
     "llama": "llama",
     "text_encoder": "text_encoder",
+    "bart": "bart",
+    "mbart": "mbart",
+    "bert": "bert",
 }
 
 
