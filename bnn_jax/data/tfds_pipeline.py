@@ -96,6 +96,11 @@ class TfdsDataset:
         mean, std = _MEAN_STD[name]
         self._mean, self._std = tf.constant(mean), tf.constant(std)
 
+    @property
+    def spec(self) -> dict:
+        """What the data says to the model: ``num_classes`` and ``input_shape``."""
+        return {"num_classes": int(self.num_classes), "input_shape": tuple(self.image_shape)}
+
     def _num_examples(self, split: str) -> int:
         try:
             return int(self.builder.info.splits[split].num_examples)

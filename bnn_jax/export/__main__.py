@@ -68,8 +68,9 @@ def restore_model(workdir: str):
 
     config = read_config(workdir)
     ds = data_lib.build(config.data, seed=config.seed)
-    model = models.build(config.model, num_classes=ds.num_classes, input_shape=ds.image_shape,
+    model = models.build(config.model, **ds.spec,
                          rngs=nnx.Rngs(config.seed))
+    nn.quantize_config(model, config.get("quant"))  # as the training loop quantized it
     if nn.pending_learned(model):
         # Learned input-quantizer arrays (RSign shifts, LSQ steps) appear on the first call, as
         # in the training loop; create them so the checkpoint's trained values have a place.
@@ -141,7 +142,8 @@ def main(argv=None) -> int:
           f"same argmax {agree:.1%}")
     path = args.out or os.path.join(args.workdir, "frozen.npz")
     spec = dict(model=config.model.to_dict(), num_classes=int(ds.num_classes),
-                input_shape=[int(d) for d in ds.image_shape])
+                input_shape=[int(d) for d in ds.image_shape],
+                quant=config.quant.to_dict() if "quant" in config else None)
     size = export.save(frozen, path, records, model_spec=spec)
     print(f"wrote {path}: {size} bytes")
     # The file alone (architecture from its model_spec) against the fake-quant model.

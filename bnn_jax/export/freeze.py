@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bnn_jax.export.frozen import (FrozenConv, FrozenEinsum, FrozenLinear, PackedBits, Scale,
-                                   _Frozen, concrete_params, conv_pack_axis, conv_supported,
-                                   einsum_unsupported, kernel_matrix, layer_input_encoding,
-                                   split_levels)
-from bnn_jax.kernels import pack
+from bnn_jax.export.frozen import (FrozenConv, FrozenEinsum, FrozenEmbed, FrozenLinear,
+                                   PackedBits, Scale, _Frozen, concrete_params, conv_pack_axis,
+                                   conv_supported, einsum_unsupported, kernel_matrix,
+                                   layer_input_encoding, split_levels)
+from bnn_jax.kernels import Packed, pack
 from bnn_jax.kernels.backend import resolve
 from bnn_jax.nn.intercept import module_references, set_child
 
@@ -52,52 +52,89 @@ def _reject(rec: dict, reason: str):
     return None, dict(rec, reason=reason)
 
 
+def _matrix(layer, wq: np.ndarray) -> np.ndarray:
+    """One layer's quantized kernel in the form whose last axis holds the scales' channels."""
+    from bnn_jax.nn import QuantEinsum, QuantEmbed
+
+    if isinstance(layer, QuantEinsum):
+        return np.asarray(kernel_matrix(wq, layer.einsum_str))
+    if isinstance(layer, QuantEmbed):
+        return wq.T  # one scale per row (token)
+    return wq
+
+
+def _pack_stack(layer, wq: np.ndarray):
+    """(Packed with stacked planes, stacked scales, encoding) of a (possibly stacked) quantized
+    kernel, or None when a layer's kernel is not levels times a per-channel scale."""
+    from bnn_jax.nn import QuantConv, QuantEmbed
+
+    stack = tuple(getattr(layer, "stack_shape", ()))
+    splits = [split_levels(_matrix(layer, w))
+              for w in wq.reshape((-1, *wq.shape[len(stack):]))]
+    if any(sp is None for sp in splits):
+        return None
+    encoding = "ternary" if any(e == "ternary" for *_, e in splits) else "binary"
+    if isinstance(layer, QuantConv):
+        axis = conv_pack_axis(layer)
+    elif isinstance(layer, QuantEmbed):
+        axis = 1  # the feature axis: rows are read whole, attend contracts over it
+    else:
+        axis = 0
+    packs = [pack(jnp.asarray(lv.T if isinstance(layer, QuantEmbed) else lv), axis=axis,
+                  encoding=encoding) for lv, _, _ in splits]
+
+    def stacked(planes):
+        if planes[0] is None:
+            return None
+        return jnp.reshape(jnp.stack(planes), (*stack, *planes[0].shape))
+
+    packed = Packed(stacked([p.sign for p in packs]), stacked([p.mask for p in packs]),
+                    length=packs[0].length, axis=axis)
+    scale = np.stack([sc for _, sc, _ in splits]).reshape((*stack, -1))
+    return packed, scale, encoding
+
+
 def _frozen_layer(layer, backend: str):
     """(frozen module or None, LayerRecord fields) for one quantized layer."""
-    from bnn_jax.nn import QuantConv, QuantEinsum, QuantLinear, QuantLinearGeneral
+    from bnn_jax.nn import (QuantConv, QuantEinsum, QuantEmbed, QuantLinear,
+                            QuantLinearGeneral)
     from bnn_jax.nn.layers import active_quant_params
 
     kind = type(layer).__name__
-    kernel = np.asarray(layer.kernel[...])
-    before = _nbytes(kernel) + (_nbytes(layer.bias[...]) if layer.bias is not None else 0)
+    kernel = np.asarray(layer.kernel_variable()[...])
+    before = _nbytes(kernel) + (_nbytes(layer.bias[...]) if getattr(layer, "bias", None)
+                                is not None else 0)
     rec = dict(kind=kind, weights=int(kernel.size), bytes_before=before, bytes_after=before)
     if isinstance(layer, QuantConv):
         reason = conv_supported(layer)
         if reason:
             return _reject(rec, reason)
     elif isinstance(layer, QuantEinsum):
-        reason = einsum_unsupported(layer.einsum_str, kernel.ndim)
+        reason = einsum_unsupported(layer.einsum_str, len(layer.kernel_shape))
         if reason:
             return _reject(rec, reason)
-    elif not isinstance(layer, (QuantLinear, QuantLinearGeneral)):
+    elif not isinstance(layer, (QuantLinear, QuantLinearGeneral, QuantEmbed)):
         return _reject(rec, f"{kind} is not packed")
     if layer.kernel_quantizer is None:
         return _reject(rec, "full-precision kernel")
     if getattr(layer, "dtype", None) not in (None, jnp.float32):
         return _reject(rec, f"computes in {np.dtype(layer.dtype).name} (frozen layers are f32)")
     # What the fake-quant forward multiplies with: learned kernel arrays and the schedule
-    # values active now (freeze enters quant_params) included.
-    wq = np.asarray(layer.quantized_kernel())
-    if isinstance(layer, QuantEinsum):
-        wq = np.asarray(kernel_matrix(wq, layer.einsum_str))
-    split = split_levels(wq)
-    if split is None:
+    # values active now (freeze enters quant_params) included; per layer of a stack.
+    got = _pack_stack(layer, np.asarray(layer.quantized_kernel()))
+    if got is None:
         return _reject(rec, f"kernel quantizer {layer.kernel_quantizer.name!r} is not "
                             "binary/ternary times a per-output-channel scale")
-    levels, scale, encoding = split
+    packed, scale, encoding = got
     q = layer.input_quantizer
     input_params = ({} if q is None else
                     concrete_params(active_quant_params("input", q), f"layer {kind}"))
     kernel_params = concrete_params(active_quant_params("kernel", layer.kernel_quantizer),
                                     f"layer {kind}")
     act = layer_input_encoding(layer, input_params)
-    if isinstance(layer, QuantConv):
-        cls, axis = FrozenConv, conv_pack_axis(layer)
-    elif isinstance(layer, QuantLinear):
-        cls, axis = FrozenLinear, 0
-    else:
-        cls, axis = FrozenEinsum, 0
-    packed = pack(jnp.asarray(levels), axis=axis, encoding=encoding)
+    cls = {QuantConv: FrozenConv, QuantLinear: FrozenLinear, QuantEmbed: FrozenEmbed}.get(
+        next((c for c in (QuantConv, QuantLinear, QuantEmbed) if isinstance(layer, c)), None),
+        FrozenEinsum)
     new = cls(layer, packed, scale, act, backend=backend, input_params=input_params,
               kernel_params=kernel_params)
     planes = sum(_nbytes(v[...]) for v in (new.w_sign, new.w_mask) if v is not None)
@@ -110,8 +147,9 @@ def freeze(model: nnx.Module, *, backend: str = "auto",
            quant_params: dict | None = None) -> tuple[nnx.Module, list[LayerRecord]]:
     """(frozen copy of ``model``, one record per quantized layer); ``model`` is not changed.
 
-    Each QuantLinear/QuantConv/QuantEinsum/QuantLinearGeneral whose quantized kernel is ±1 or
-    ternary times a per-output-channel scale becomes a frozen layer on packed weights;
+    Each QuantLinear/QuantConv/QuantEinsum/QuantLinearGeneral/QuantEmbed (stacked ones too)
+    whose quantized kernel is ±1 or ternary times a per-output-channel (per-row for tables)
+    scale becomes a frozen layer on packed weights;
     everything else (float layers, BatchNorm, unsupported quantized layers) is copied unchanged
     and its record says why. ``quant_params`` (``dict(input=..., kernel=...)``, concrete
     numbers) are the schedule values to freeze at, as :func:`bnn_jax.nn.quant_params` gives them

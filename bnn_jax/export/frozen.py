@@ -4,9 +4,11 @@
 forward multiplies with, learned kernel arrays and schedule values included) and accepts it when
 every output column is ``scale_c · levels`` with levels in {-1, +1} (binary) or {-1, 0, +1}
 (ternary, also a masked binary kernel) exactly; the levels are packed along the contraction
-axis, the scale is kept in float32. Anything else (k-bit, multi-basis or per-input-row scaled
-kernels, dilated convs, CIRCULAR/REFLECT/CAUSAL/explicit padding, batched einsums) stays a
-float layer, with the reason in the report.
+axis, the scale is kept in float32. Embedding tables are packed along the feature axis with one
+scale per row (token). Stacked layers (``nnx.scan``/``nnx.vmap`` over layers) are frozen layer
+by layer into stacked planes that the same scan slices. Anything else (k-bit, multi-basis or
+per-input-row scaled kernels, dilated convs, batched einsums, transposed convs) stays a float
+layer, with the reason in the report.
 
 The input quantizer is kept with its learned arrays (an RSign shift, an LSQ step) and the
 schedule values given to ``freeze``, which are baked in. When its outputs are all in {-1, +1},
@@ -29,6 +31,15 @@ from jax import lax
 
 from bnn_jax import kernels
 from bnn_jax.kernels import Packed
+
+
+#: Frozen layer classes by name (how a saved file names them).
+FROZEN_KINDS: dict[str, type] = {}
+
+
+def _constrain(y, out_sharding):
+    # The keyword newer Flax passes to its layers (nnx.MultiHeadAttention's projections).
+    return y if out_sharding is None else jax.lax.with_sharding_constraint(y, out_sharding)
 
 
 class PackedBits(nnx.Variable):
@@ -143,6 +154,15 @@ class _Frozen(nnx.Module):
     def quantize_input(self, x, input_params=None, kernel_params=None):
         """The kept input quantizer (identity if None) with its learned arrays and the schedule
         values baked at freeze time."""
+        self.check_schedules(input_params, kernel_params)
+        q = self.input_quantizer
+        if q is None:
+            return x
+        learned = {n: getattr(self, f"input_{n}")[...] for n in q.learned}
+        return q(x, **learned, **self.input_params)
+
+    def check_schedules(self, input_params=None, kernel_params=None):
+        """Refuse call-time quantizer parameters and schedule values other than the baked ones."""
         from bnn_jax.nn.layers import active_quant_params
 
         if input_params or kernel_params:
@@ -158,19 +178,19 @@ class _Frozen(nnx.Module):
                     raise ValueError(f"quant_params sets {role} {k!r} while this layer was "
                                      f"frozen with {k}={want!r}; freeze with the schedule "
                                      "values you want to run")
-        q = self.input_quantizer
-        if q is None:
-            return x
-        learned = {n: getattr(self, f"input_{n}")[...] for n in q.learned}
-        return q(x, **learned, **self.input_params)
 
     def _bias(self):
         return None if self.bias is None else self.bias[...]
 
-    def _matmul(self, x, bias=None):
-        """(..., K) activations times the packed (K, N) kernel, scaled (+ ``bias``), float32:
-        the integer kernel on packed activations, else packed weights times float ones."""
-        w = self.packed_kernel()
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        FROZEN_KINDS[cls.__name__] = cls
+
+    def _matmul(self, x, bias=None, w: Packed | None = None):
+        """(..., K) activations times the packed (K, N) kernel (``w``, default this layer's),
+        scaled (+ ``bias``), float32: the integer kernel on packed activations, else packed
+        weights times float ones."""
+        w = self.packed_kernel() if w is None else w
         if self.act_encoding is not None:
             return kernels.packed_matmul(kernels.pack(x, -1, self.act_encoding), w,
                                          scale=self.scale[...], bias=bias, backend=self.backend)
@@ -187,9 +207,10 @@ class FrozenLinear(_Frozen):
                  kernel_params: Mapping[str, Any] | None = None):
         self._setup(layer, packed, scale, act_encoding, backend, input_params, kernel_params)
 
-    def __call__(self, x, *, input_params=None, kernel_params=None):
+    def __call__(self, x, *, input_params=None, kernel_params=None, out_sharding=None):
         """Apply the layer (quantizer parameters are fixed at freeze time)."""
-        return self._matmul(self.quantize_input(x, input_params, kernel_params), self._bias())
+        y = self._matmul(self.quantize_input(x, input_params, kernel_params), self._bias())
+        return _constrain(y, out_sharding)
 
 
 # ------------------------------------------------------------------ einsum / LinearGeneral --
@@ -277,7 +298,7 @@ class FrozenEinsum(_Frozen):
         self._setup(layer, packed, scale, act_encoding, backend, input_params, kernel_params)
         self.einsum_str = getattr(layer, "einsum_str", None)
         self.linear_axis = tuple(layer.axis) if hasattr(layer, "axis") else None
-        self.kernel_shape = tuple(layer.kernel.shape)
+        self.kernel_shape = tuple(layer.kernel_shape)
         self.n_in = len(layer.in_features) if hasattr(layer, "in_features") else 0
 
     def spec(self, x_ndim: int) -> str:
@@ -287,7 +308,8 @@ class FrozenEinsum(_Frozen):
         return linear_general_spec(self.linear_axis, self.n_in,
                                    len(self.kernel_shape) - self.n_in, x_ndim)
 
-    def __call__(self, x, einsum_str=None, *, input_params=None, kernel_params=None):
+    def __call__(self, x, einsum_str=None, *, input_params=None, kernel_params=None,
+                 out_sharding=None):
         """Apply the layer (quantizer parameters are fixed at freeze time)."""
         if einsum_str is not None and einsum_str.replace(" ", "") != self.einsum_str:
             raise ValueError(f"this layer was frozen for einsum {self.einsum_str!r}, "
@@ -310,7 +332,7 @@ class FrozenEinsum(_Frozen):
                 # As QuantEinsum: bias axes = the output axes that come from the kernel.
                 y = y + jnp.reshape(b, [self.kernel_shape[rhs.index(c)] if c in rhs else 1
                                         for c in out])
-        return y
+        return _constrain(y, out_sharding)
 
 
 # ----------------------------------------------------------------------------------- conv --
@@ -321,8 +343,6 @@ def conv_supported(layer) -> str | None:
         return f"{len(layer.kernel_size)}-D convolution (only 2-D is packed)"
     if layer.input_dilation != (1, 1) or layer.kernel_dilation != (1, 1):
         return "dilated convolution"
-    if layer.padding not in ("SAME", "VALID"):
-        return f"padding {layer.padding!r} (only SAME/VALID are packed)"
     if layer.pad_values not in kernels.ops.PAD_VALUES:
         return f"pad_values {layer.pad_values} (packed convs pad with 0, +1 or -1)"
     return None
@@ -350,9 +370,20 @@ class FrozenConv(_Frozen):
             act_encoding = None  # packed along O: the float conv computes it
         self._setup(layer, packed, scale, act_encoding, backend, input_params, kernel_params)
         self.strides, self.padding, self.pad_values = layer.strides, layer.padding, layer.pad_values
+        self.kernel_size = tuple(layer.kernel_size)
         self.groups = layer.feature_group_count
 
-    def __call__(self, x, *, input_params=None, kernel_params=None):
+    def _pads(self, spatial) -> list[tuple[int, int]]:
+        """The explicit (low, high) pads of the two spatial axes (as QuantConv pads)."""
+        p = self.padding
+        if p in ("SAME", "VALID"):
+            return [tuple(q) for q in lax.padtype_to_pads(spatial, self.kernel_size,
+                                                           self.strides, p)]
+        if p in ("CIRCULAR", "REFLECT"):
+            return [((k - 1) // 2, k // 2) for k in self.kernel_size]
+        return [tuple(q) for q in p]
+
+    def __call__(self, x, *, input_params=None, kernel_params=None, out_sharding=None):
         """Apply the layer (quantizer parameters are fixed at freeze time)."""
         batch_shape = x.shape[:-3]
         x = jnp.reshape(x, (-1,) + x.shape[-3:])
@@ -377,21 +408,50 @@ class FrozenConv(_Frozen):
             y = jnp.concatenate(ys, axis=-1)
         if self.bias is not None:
             y = y + self.bias[...]
-        return jnp.reshape(y, batch_shape + y.shape[1:])
+        return _constrain(jnp.reshape(y, batch_shape + y.shape[1:]), out_sharding)
+
+    def _border(self, xq):
+        """``xq`` padded as QuantConv pads it, and the fill that stands for a zero pad."""
+        pads = [(0, 0), *self._pads(xq.shape[1:3]), (0, 0)]
+        if self.padding in ("CIRCULAR", "REFLECT"):
+            mode = {"CIRCULAR": "wrap", "REFLECT": "reflect"}[self.padding]
+            return jnp.pad(xq, pads, mode=mode), None
+        # Binary activations cannot hold a 0: fill with +1 and subtract its share afterwards.
+        fill = (1.0 if self.pad_values == 0.0 and self.act_encoding == "binary"
+                else self.pad_values)
+        return jnp.pad(xq, pads, constant_values=fill), (pads if fill != self.pad_values
+                                                          else None)
 
     def _packed_conv(self, xq, w: Packed, scale):
-        return kernels.packed_conv2d(kernels.pack(xq, 3, self.act_encoding), w,
-                                     strides=self.strides, padding=self.padding,
-                                     pad_value=self.pad_values, scale=scale,
-                                     backend=self.backend)
+        if self.padding in ("SAME", "VALID"):
+            return kernels.packed_conv2d(kernels.pack(xq, 3, self.act_encoding), w,
+                                         strides=self.strides, padding=self.padding,
+                                         pad_value=self.pad_values, scale=scale,
+                                         backend=self.backend)
+        xp, fixed = self._border(xq)
+        y = kernels.packed_conv2d(kernels.pack(xp, 3, self.act_encoding), w,
+                                  strides=self.strides, padding="VALID", backend=self.backend)
+        if fixed is not None:
+            # The +1 border's share: the level sums over input channels of the taps that fall
+            # on the border (integers, exact).
+            inside = jnp.zeros((1, *xq.shape[1:3], 1), jnp.int32)
+            border = jnp.pad(inside, fixed, constant_values=1)
+            wsum = jnp.sum(kernels.unpack(w, jnp.int32), axis=2, keepdims=True)
+            y = y - lax.conv_general_dilated(border, wsum, self.strides, "VALID",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y.astype(jnp.float32) * scale
 
     def _float_conv(self, xq, w: Packed):
         # Float activations (or O-packed storage): the packed levels are unpacked and scaled
         # (storage stays packed); padding after quantizing with pad_values, as QuantConv.
         kernel = kernels.unpack(w, jnp.float32) * self.scale[...]
-        pads = lax.padtype_to_pads(xq.shape[1:3], kernel.shape[:2], self.strides, self.padding)
-        xq = jnp.pad(xq.astype(jnp.float32), [(0, 0), *pads, (0, 0)],
-                     constant_values=self.pad_values)
+        pads = [(0, 0), *self._pads(xq.shape[1:3]), (0, 0)]
+        xq = xq.astype(jnp.float32)
+        if self.padding in ("CIRCULAR", "REFLECT"):
+            mode = {"CIRCULAR": "wrap", "REFLECT": "reflect"}[self.padding]
+            xq = jnp.pad(xq, pads, mode=mode)
+        else:
+            xq = jnp.pad(xq, pads, constant_values=self.pad_values)
         return lax.conv_general_dilated(xq, kernel, self.strides, "VALID",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         feature_group_count=self.groups)
@@ -407,6 +467,8 @@ def layer_input_encoding(layer, params: Mapping[str, Any] | None = None) -> str 
         width, ndim = layer.in_features, 4
     elif isinstance(getattr(layer, "in_features", None), int):
         width, ndim = layer.in_features, 2
+    elif isinstance(getattr(layer, "features", None), int):  # an embedding's attend query
+        width, ndim = layer.features, 2
     else:
         ndim = 2
     return input_encoding(q, learned, width, ndim, params)
@@ -421,3 +483,36 @@ def _learned(layer) -> dict[str, jax.Array]:
         raise ValueError(f"input quantizer {q.name!r} has learned arrays {missing} that do not "
                          f"exist yet: call the model once on a batch before freezing it")
     return {n: getattr(layer, f"input_{n}")[...] for n in q.learned}
+
+
+# ------------------------------------------------------------------------------ embedding --
+
+class FrozenEmbed(_Frozen):
+    """A frozen QuantEmbed: the table's levels packed along the features, one scale per row
+    (token). A lookup unpacks the rows it reads; ``attend`` (a tied output layer) is the packed
+    matmul of the quantized query with the table's transpose."""
+
+    def __init__(self, layer, packed: Packed, scale, act_encoding: str | None, *,
+                 backend: str = "auto", input_params: Mapping[str, Any] | None = None,
+                 kernel_params: Mapping[str, Any] | None = None):
+        self._setup(layer, packed, scale, act_encoding, backend, input_params, kernel_params)
+        self.num_embeddings, self.features = layer.num_embeddings, layer.features
+
+    def __call__(self, inputs, *, kernel_params=None, out_sharding=None):
+        """The table's rows at the integer ``inputs`` (float32)."""
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError(f"FrozenEmbed: inputs must be integer token ids, got {inputs.dtype}")
+        self.check_schedules(None, kernel_params)
+        w = self.packed_kernel()
+        rows = Packed(*(None if p is None else jnp.take(p, inputs, axis=0)
+                        for p in (w.sign, w.mask)), length=w.length, axis=inputs.ndim)
+        scale = jnp.take(self.scale[...], inputs, axis=0)[..., None]
+        return _constrain(kernels.unpack(rows, jnp.float32) * scale, out_sharding)
+
+    def attend(self, query, *, input_params=None, kernel_params=None, out_sharding=None):
+        """``q_in(query) @ table.T`` on the packed table (logits over the vocabulary)."""
+        xq = self.quantize_input(query, input_params, kernel_params)
+        w = self.packed_kernel()
+        wt = Packed(*(None if p is None else p.T for p in (w.sign, w.mask)), length=w.length,
+                    axis=0)
+        return _constrain(self._matmul(xq, None, wt), out_sharding)

@@ -23,15 +23,13 @@ import numpy as np
 from flax import nnx
 
 from bnn_jax.export.freeze import LayerRecord, quant_layer_groups
-from bnn_jax.export.frozen import FrozenConv, FrozenEinsum, FrozenLinear
+from bnn_jax.export.frozen import FROZEN_KINDS  # every frozen layer class, by name
 from bnn_jax.kernels import Packed
 from bnn_jax.kernels.backend import resolve
 from bnn_jax.nn.intercept import set_child
 
 FORMAT = 1
 META_KEY = "__meta__"
-FROZEN_KINDS = {cls.__name__: cls for cls in (FrozenLinear, FrozenConv, FrozenEinsum)}
-
 
 def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
     """Every Variable of the model by "/"-joined path."""
@@ -130,8 +128,12 @@ def build_model(meta: dict) -> nnx.Module:
     if not spec:
         raise ValueError("the file records no model_spec (saved without one): pass a model "
                          "built from the same configuration to load()")
-    return models.build(spec["model"], num_classes=int(spec["num_classes"]),
-                        input_shape=tuple(spec["input_shape"]), rngs=nnx.Rngs(0))
+    from bnn_jax.nn.policy import quantize_config
+
+    model = models.build(spec["model"], num_classes=int(spec["num_classes"]),
+                         input_shape=tuple(spec["input_shape"]), rngs=nnx.Rngs(0))
+    quantize_config(model, spec.get("quant"))  # a run's config.quant, when it had one
+    return model
 
 
 def load(path: str, model: nnx.Module | None = None, *, backend: str = "auto") -> nnx.Module:

@@ -1,9 +1,24 @@
-"""The model zoo by name: ``build(config.model, num_classes=..., input_shape=..., rngs=...)``.
+"""The model zoo by name: ``build(config.model, rngs=..., **ds.spec)``.
 
 Each model module exports ``Model``, an NNX module constructed as
-``Model(num_classes=..., input_shape=..., rngs=..., **config_fields)`` and called as
-``model(images)`` (the loop feeds quantizer schedules through ``bnn_jax.nn.quant_params``).
-Modules are imported only when their model is built, so the zoo costs nothing to list.
+``Model(rngs=..., <data-spec keys it needs>, **config_fields)``. The data spec is what the
+dataset says (``ds.spec``): image models take ``num_classes`` and ``input_shape``, language
+models ``vocab_size`` and ``max_len``, sequence classifiers also ``num_labels``; ``build``
+passes each constructor the spec keys its signature names and ignores the rest, so one call
+builds any model for any dataset that supplies what it needs. The task decides how a model is
+called (``bnn_jax.tasks``); the loop feeds quantizer schedules through
+``bnn_jax.nn.quant_params``. Modules are imported only when their model is built, so the zoo
+costs nothing to list.
+
+Intermediate features for distillation: a model records them with
+``self.sow(nnx.Intermediate, "<name>", value, capture_noop=True)``; the loop reads them (only
+when a distillation term asks) through ``nnx.capture`` under their module path, e.g.
+``blocks/0/hidden`` or ``blocks/0/attn/q``.
+
+Models written elsewhere join in two ways: ``register(name, cls)`` (from Python), or an import
+path as the name, ``config.model.name = "my_pkg.models:MyNet"`` (the module is imported from
+``sys.path``, e.g. ``PYTHONPATH``); ``config.quant`` then binarizes them (see
+``bnn_jax.nn.policy.quantize_config``).
 """
 
 from __future__ import annotations
@@ -56,27 +71,103 @@ MODELS = {
     "resnet50_int8": "variants.resnet50_int8",
     "reactnet": "reactnet",
     "reactnet_a": "variants.reactnet_a",
+    "conv_denoiser": "conv_denoiser",
+    "encoder_decoder": "encoder_decoder",
     "llama": "llama",
+    "text_encoder": "text_encoder",
+    "bart": "bart",
+    "mbart": "mbart",
+    "bert": "bert",
 }
 
 
+# name -> model class, added by register() (user models).
+_REGISTERED: dict[str, Any] = {}
+
+
 def names() -> list[str]:
-    """All model names, sorted."""
-    return sorted(MODELS)
+    """All model names (zoo and registered), sorted."""
+    return sorted({*MODELS, *_REGISTERED})
+
+
+def register(name: str, cls: Any) -> None:
+    """Make the model class ``cls`` buildable as ``config.model.name = name``."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"a model name is a non-empty string without ':' (':' marks import "
+                         f"paths), got {name!r}")
+    if name in MODELS:
+        raise ValueError(f"model name {name!r} is taken by the zoo; zoo models: "
+                         f"{', '.join(sorted(MODELS))}")
+    if not callable(cls):
+        raise ValueError(f"register({name!r}, ...) needs a model class, got {cls!r}")
+    _REGISTERED[name] = cls
+
+
+def _import_path(name: str):
+    """The object at ``"pkg.module:Attr"`` (ValueError saying what could not be found)."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"model import path {name!r} must look like 'pkg.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"model {name!r}: cannot import module {module_name!r} ({e}); is its "
+                         "folder on sys.path (PYTHONPATH)?") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            public = sorted(n for n in vars(module) if not n.startswith("_"))
+            raise ValueError(f"model {name!r}: module {module_name!r} has no attribute "
+                             f"{attr!r}; it defines {public}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"model {name!r} is not a class or function, got {obj!r}")
+    return obj
 
 
 def get(name: str):
-    """The ``Model`` class of ``name`` (ValueError listing valid names if unknown)."""
+    """The ``Model`` class of ``name``: a zoo or registered name, or an import path
+    ``"pkg.module:Class"`` (ValueError listing valid names if unknown)."""
+    if not isinstance(name, str):
+        raise ValueError(f"a model name is a string, got {name!r}; valid models: "
+                         f"{', '.join(names())}")
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if ":" in name:
+        return _import_path(name)
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(names())}")
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(names())} (or "
+                         "an import path 'pkg.module:Class', or bnn_jax.models.register)")
     return importlib.import_module(f"bnn_jax.models.{MODELS[name]}").Model
+
+
+# What datasets say about themselves (``ds.spec``): never config fields of a model.
+SPEC_KEYS = ("input_shape", "max_len", "num_classes", "num_labels", "vocab_size")
+
+
+def _parameters(name: str) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(get(name).__init__).parameters)
 
 
 def fields(name: str) -> list[str]:
     """The config fields ``name`` accepts (its constructor's keyword parameters)."""
-    sig = inspect.signature(get(name).__init__)
-    skip = {"self", "num_classes", "input_shape", "rngs"}
-    return sorted(p for p in sig.parameters if p not in skip)
+    skip = {"self", "rngs", *SPEC_KEYS}
+    return sorted(p for p in _parameters(name) if p not in skip)
+
+
+def spec_keys(name: str) -> list[str]:
+    """The data-spec keys the constructor of ``name`` takes."""
+    return sorted(k for k in _parameters(name) if k in SPEC_KEYS)
+
+
+def check_spec(name: str, spec: dict[str, Any]) -> None:
+    """The data spec gives every key the model needs (ValueError naming the missing ones)."""
+    params = _parameters(name)
+    missing = [k for k in spec_keys(name) if k not in spec
+               and params[k].default is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"model {name!r} needs {missing} from the dataset, whose spec gives "
+                         f"{sorted(spec)}; pick a dataset for this model's task")
 
 
 def validate(cfg: Any) -> None:
@@ -90,9 +181,13 @@ def validate(cfg: Any) -> None:
                          f"valid fields: {valid}")
 
 
-def build(cfg: Any, *, num_classes: int, input_shape: tuple[int, ...], rngs) -> Any:
-    """Construct the model named by ``cfg.name`` with the remaining fields as arguments."""
+def build(cfg: Any, *, rngs, **spec: Any) -> Any:
+    """Construct the model named by ``cfg.name`` from its fields and the data ``spec``."""
     validate(cfg)
     cfg = dict(cfg)
-    return get(cfg.pop("name"))(num_classes=num_classes, input_shape=tuple(input_shape),
-                                rngs=rngs, **cfg)
+    name = cfg.pop("name")
+    check_spec(name, spec)
+    given = {k: spec[k] for k in spec_keys(name) if k in spec}
+    if "input_shape" in given:
+        given["input_shape"] = tuple(given["input_shape"])
+    return get(name)(rngs=rngs, **given, **cfg)

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import pathlib
 import re
+import warnings
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -47,6 +48,10 @@ class Family:
     check_config: Callable[[dict], None] | None = None
     derived: Callable[[dict], dict] | None = None  # extra fields computed from config.json
     tied: tuple[str, ...] = ()       # targets a model with tied weights lacks (then dropped)
+    # Regexes of task-head parameter paths: a head the model lacks is dropped from the
+    # checkpoint, a head the checkpoint lacks keeps its fresh initialization (with a warning),
+    # so e.g. a pretraining checkpoint loads under a new classification head.
+    heads: tuple[str, ...] = ()
 
 
 def _check_llama(cfg: dict) -> None:
@@ -97,7 +102,127 @@ LLAMA = Family(
     tied=("lm_head/kernel",),  # some tied checkpoints still store lm_head.weight
 )
 
-FAMILIES: dict[str, Family] = {"llama": LLAMA}
+def _linear(src: str, dst: str) -> tuple[Rule, Rule]:
+    """A ``torch.nn.Linear``'s weight (transposed) and bias."""
+    return (Rule(src + r"\.weight", dst + "/kernel", transpose=True),
+            Rule(src + r"\.bias", dst + "/bias"))
+
+
+def _norm(src: str, dst: str) -> tuple[Rule, Rule]:
+    """A ``torch.nn.LayerNorm``'s weight (our ``scale``) and bias."""
+    return Rule(src + r"\.weight", dst + "/scale"), Rule(src + r"\.bias", dst + "/bias")
+
+
+def _check_act(key: str, valid: tuple[str, ...]) -> Callable[[dict], None]:
+    def check(cfg: dict) -> None:
+        act = cfg.get(key, "gelu")
+        if act not in valid:
+            raise ValueError(f"{cfg.get('model_type')} import: {key}={act!r} is not supported; "
+                             f"supported: {list(valid)}")
+        if cfg.get("tie_word_embeddings", True) is False:
+            raise ValueError(f"{cfg.get('model_type')} import: tie_word_embeddings=false is not "
+                             "supported (the output layer is the word embedding table)")
+        pos = cfg.get("position_embedding_type", "absolute")
+        if pos not in (None, "absolute"):
+            raise ValueError(f"bert import: position_embedding_type={pos!r} is not supported; "
+                             "only 'absolute'")
+    return check
+
+
+_ACTS = ("gelu", "relu", "gelu_new")
+_PROJ = {"q": "query", "k": "key", "v": "value", "out": "out"}
+_SEQ = r"model\.(encoder|decoder)"
+_SEQ_LAYER = _SEQ + r"\.layers\.(\d+)"
+
+
+def _bart_rules() -> tuple[Rule, ...]:
+    rules = [Rule(r"model\.shared\.weight", "shared/embedding"),
+             Rule(_SEQ + r"\.embed_positions\.weight", r"\1/embed_positions/embedding"),
+             *_norm(_SEQ + r"\.layernorm_embedding", r"\1/layernorm_embedding"),
+             *_norm(_SEQ + r"\.layer_norm", r"\1/layer_norm"),
+             Rule(r"final_logits_bias", "final_logits_bias")]
+    for theirs, ours in _PROJ.items():
+        rules += _linear(_SEQ_LAYER + rf"\.(self_attn|encoder_attn)\.{theirs}_proj",
+                         rf"\1/layers/\2/\3/{ours}")
+    for fc in ("fc1", "fc2"):
+        rules += _linear(_SEQ_LAYER + rf"\.{fc}", rf"\1/layers/\2/mlp/{fc}")
+    rules += _norm(_SEQ_LAYER + r"\.(self_attn_layer_norm|encoder_attn_layer_norm|"
+                                r"final_layer_norm)", r"\1/layers/\2/\3")
+    return tuple(rules)
+
+
+_BART_CONFIG = {"vocab_size": "vocab_size", "max_len": "max_position_embeddings",
+                "hidden": "d_model", "encoder_layers": "encoder_layers",
+                "decoder_layers": "decoder_layers", "encoder_heads": "encoder_attention_heads",
+                "decoder_heads": "decoder_attention_heads", "encoder_ffn": "encoder_ffn_dim",
+                "decoder_ffn": "decoder_ffn_dim", "act": "activation_function"}
+# The token tables of encoder and decoder and the LM head are the tied `shared` table.
+_BART_TIED = (_SEQ + r"\.embed_tokens\.weight", r"lm_head\.weight")
+
+
+def _scale_embedding(cfg: dict) -> dict:
+    # Hugging Face's BartConfig and MBartConfig both default to False.
+    return {"scale_embedding": bool(cfg.get("scale_embedding", False))}
+
+
+BART = Family(model="bart", model_types=("bart",), config=_BART_CONFIG, rules=_bart_rules(),
+              ignore=_BART_TIED, check_config=_check_act("activation_function", _ACTS),
+              derived=_scale_embedding)
+MBART = dataclasses.replace(BART, model="mbart", model_types=("mbart",))
+
+_BERT = r"(?:bert\.)?"
+_BERT_LAYER = _BERT + r"encoder\.layer\.(\d+)"
+_BERT_HEADS = {"BertForMaskedLM": "mlm", "BertForPreTraining": "pretraining",
+               "BertForSequenceClassification": "classification"}
+
+
+def _bert_derived(cfg: dict) -> dict:
+    arch = (cfg.get("architectures") or [None])[0]
+    if arch not in _BERT_HEADS:
+        raise ValueError(f"bert import: architectures={cfg.get('architectures')!r}; "
+                         f"importable: {sorted(_BERT_HEADS)}")
+    fields = {"head": _BERT_HEADS[arch]}
+    if fields["head"] == "classification":
+        fields["num_labels"] = len(cfg.get("id2label") or {}) or cfg.get("num_labels", 2)
+    return fields
+
+
+BERT = Family(
+    model="bert",
+    model_types=("bert",),
+    config={"vocab_size": "vocab_size", "max_len": "max_position_embeddings",
+            "hidden": "hidden_size", "intermediate": "intermediate_size",
+            "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+            "type_vocab_size": "type_vocab_size", "act": "hidden_act",
+            "norm_eps": "layer_norm_eps"},
+    rules=(
+        Rule(_BERT + r"embeddings\.word_embeddings\.weight",
+             "embeddings/word_embeddings/embedding"),
+        Rule(_BERT + r"embeddings\.(position|token_type)_embeddings\.weight",
+             r"embeddings/\1_embeddings/embedding"),
+        *_norm(_BERT + r"embeddings\.LayerNorm", "embeddings/LayerNorm"),
+        *_linear(_BERT_LAYER + r"\.attention\.self\.(query|key|value)",
+                 r"layers/\1/attention/\2"),
+        *_linear(_BERT_LAYER + r"\.attention\.output\.dense", r"layers/\1/attention/out"),
+        *_norm(_BERT_LAYER + r"\.attention\.output\.LayerNorm", r"layers/\1/attention_norm"),
+        *_linear(_BERT_LAYER + r"\.intermediate\.dense", r"layers/\1/intermediate"),
+        *_linear(_BERT_LAYER + r"\.output\.dense", r"layers/\1/output"),
+        *_norm(_BERT_LAYER + r"\.output\.LayerNorm", r"layers/\1/output_norm"),
+        *_linear(_BERT + r"pooler\.dense", "pooler"),
+        *_linear(r"cls\.predictions\.transform\.dense", "mlm_transform"),
+        *_norm(r"cls\.predictions\.transform\.LayerNorm", "mlm_norm"),
+        Rule(r"cls\.predictions\.bias", "mlm_bias"),
+        *_linear(r"cls\.seq_relationship", "nsp"),
+        *_linear(r"classifier", "classifier"),
+    ),
+    # The MLM decoder is the tied word table and cls.predictions.bias.
+    ignore=(r"cls\.predictions\.decoder\.(weight|bias)", _BERT + r"embeddings\.position_ids"),
+    check_config=_check_act("hidden_act", _ACTS),
+    derived=_bert_derived,
+    heads=(r"pooler/.*", r"classifier/.*", r"mlm_.*", r"nsp/.*"),
+)
+
+FAMILIES: dict[str, Family] = {"llama": LLAMA, "bart": BART, "mbart": MBART, "bert": BERT}
 
 
 def family_of(cfg: dict) -> Family:
@@ -211,6 +336,8 @@ def _check(model: nnx.Module, mapped: dict, family: Family) -> dict[str, Any]:
     for p in family.tied:
         if p not in params:
             mapped.pop(p, None)
+    for p in [p for p in mapped if p not in params and _is_head(family, p)]:
+        mapped.pop(p)
     absent = sorted(p for p in mapped if p not in params)
     if absent:
         raise ValueError(f"checkpoint tensors {[mapped[p][0] for p in absent]} map to "
@@ -223,14 +350,23 @@ def _check(model: nnx.Module, mapped: dict, family: Family) -> dict[str, Any]:
         raise ValueError("checkpoint shapes do not match the model built from config.json: "
                          + "; ".join(bad))
     targets = {p for p in params if any(_may_target(r, p) for r in family.rules)}
-    unfilled = sorted(targets - set(mapped))
+    unfilled = sorted(p for p in targets - set(mapped) if not _is_head(family, p))
     if unfilled:
         raise ValueError(f"the checkpoint has no tensor for model parameters {unfilled}")
     return params
 
 
+def _is_head(family: Family, path: str) -> bool:
+    return any(re.fullmatch(h, path) for h in family.heads)
+
+
 def _fill(model: nnx.Module, mapped: dict, family: Family) -> nnx.Module:
     params = _check(model, mapped, family)
+    fresh = sorted(p for p in params if _is_head(family, p) and p not in mapped)
+    if fresh:
+        warnings.warn(f"the checkpoint has no tensors for the task-head parameters {fresh}; "
+                      "they keep their random initialization (train them before use)",
+                      stacklevel=3)
     for p, (_, value) in mapped.items():
         var = params[p]
         var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))

@@ -8,6 +8,11 @@ precision (put it first to exempt a stem or a head). Unmatched layers are left u
 replacement layer holds the *same* ``nnx.Param`` objects as the original, so an optimizer state
 or a sharding built on them stays valid.
 
+Layers may sit anywhere in the graph (attributes, ``nnx.List``, dicts) and may be stacked
+(``nnx.vmap``/``nnx.scan`` over layers: kernels with leading layer axes). Linen models wrapped
+in ``nnx.bridge.ToNNX`` are quantized by interception (:func:`bnn_jax.nn.quantize_linen`), with
+rules matched against the NNX path of the wrapper followed by the Linen module path.
+
 A rule that matches nothing is almost always a typo, so it is reported (``report.unused_rules``),
 warned about, and with ``strict=True`` raises.
 """
@@ -23,8 +28,8 @@ from flax import nnx
 from flax.nnx import graphlib
 from jax import lax
 
-from bnn_jax.nn.layers import (QuantConv, QuantEinsum, QuantLinear, QuantLinearGeneral,
-                               _as_constraint, as_quantizer)
+from bnn_jax.nn.layers import (QuantConv, QuantConvTranspose, QuantEinsum, QuantEmbed,
+                               QuantLinear, QuantLinearGeneral, _as_constraint, as_quantizer)
 from bnn_jax.quant.registry import check
 
 _RULE_KEYS = ("pattern", "weight", "input", "constraint", "params")
@@ -119,18 +124,24 @@ class QuantizeReport:
         return "\n".join(lines)
 
 
-_TARGETS = (nnx.Linear, nnx.Conv, nnx.Einsum, nnx.LinearGeneral, QuantLinear, QuantConv,
-            QuantEinsum, QuantLinearGeneral)
+_TARGETS = (nnx.Linear, nnx.Conv, nnx.ConvTranspose, nnx.Einsum, nnx.LinearGeneral, nnx.Embed,
+            QuantLinear, QuantConv, QuantConvTranspose, QuantEinsum, QuantLinearGeneral,
+            QuantEmbed)
 
 
 def _unsupported(m) -> str | None:
     """Why a target-typed layer cannot be swapped (None if it can)."""
     if isinstance(m, nnx.LinearGeneral) and len(m.batch_axis):
         return "nnx.LinearGeneral with batch_axis"
+    if isinstance(m, nnx.ConvTranspose) and m.padding == "CIRCULAR":
+        return "nnx.ConvTranspose with CIRCULAR padding"
     return None
 
 
 def _common(m) -> dict[str, Any]:
+    if isinstance(m, (nnx.Embed, QuantEmbed)):
+        return dict(dtype=m.dtype, param_dtype=m.param_dtype, promote_dtype=m.promote_dtype,
+                    embedding=m.embedding)
     kw = dict(dtype=m.dtype, param_dtype=m.param_dtype, precision=m.precision,
               promote_dtype=m.promote_dtype, kernel=m.kernel,
               preferred_element_type=getattr(m, "preferred_element_type", None))
@@ -145,6 +156,13 @@ def _quantized(m, rule: Rule):
              kernel_constraint=rule.constraint, **rule.params)
     if hasattr(m, "extra_init_args"):  # a QuantConv subclass such as WSConv keeps its class
         q = {**m.extra_init_args(), **q}
+    if isinstance(m, (nnx.Embed, QuantEmbed)):
+        return QuantEmbed(m.num_embeddings, m.features, **_common(m), **q)
+    if isinstance(m, (nnx.ConvTranspose, QuantConvTranspose)):
+        return QuantConvTranspose(m.in_features, m.out_features, m.kernel_size, m.strides,
+                                  padding=m.padding, kernel_dilation=m.kernel_dilation,
+                                  use_bias=m.bias is not None, mask=m.mask,
+                                  transpose_kernel=m.transpose_kernel, **_common(m), **q)
     if isinstance(m, (nnx.LinearGeneral, QuantLinearGeneral)):
         return QuantLinearGeneral(m.in_features, m.out_features, axis=m.axis,
                                   use_bias=m.bias is not None, dot_general=m.dot_general or
@@ -207,6 +225,57 @@ def module_references(root: Any) -> list[tuple[tuple, Any, Any, Any]]:
     return out
 
 
+def _linen_paths(tree: Any, prefix: tuple = ()) -> list[tuple[str, ...]]:
+    """Paths of the sub-dicts of a Linen variable tree that hold a ``kernel``/``embedding``."""
+    if not isinstance(tree, Mapping):
+        return []
+    out = [prefix] if ("kernel" in tree or "embedding" in tree) else []
+    for k, v in tree.items():
+        out += _linen_paths(v, (*prefix, str(k)))
+    return out
+
+
+def _plan_bridge(node, path: str, rules: list[Rule], used: list[bool],
+                 report: QuantizeReport) -> bool:
+    """Match the Linen layers of a ``nnx.bridge.ToNNX`` wrapper (from its variables) and check
+    the rules fit; returns whether the wrapper holds variables yet."""
+    from flax.nnx.bridge import variables as bridge_vars
+
+    attrs = {k: v for k, v in vars(node).items()
+             if not k.startswith("to_nnx__") and not k.startswith("_pytree__")}
+    params = bridge_vars.nnx_attrs_to_linen_vars(attrs).get("params") if attrs else None
+    if not params:
+        return False
+    for lpath in _linen_paths(params):
+        full = "/".join((path, *lpath))
+        hit = next((i for i, r in enumerate(rules) if r.matches(full)), None)
+        if hit is None:
+            report.unmatched.append(full)
+            continue
+        used[hit] = True
+        rule = rules[hit]
+        if rule.full_precision:
+            report.kept.append(full)
+            continue
+        for role, spec in (("weight", rule.weight), ("input", rule.input)):
+            q = as_quantizer(spec)
+            if q is not None and q.learned and f"{role.replace('weight', 'kernel')}_" \
+                    f"{q.learned[0]}" not in _leaf_names(params, lpath):
+                raise ValueError(
+                    f"rule {hit} {rule.pattern!r}: {role} quantizer {q.name!r} has learned "
+                    f"arrays {list(q.learned)}, which the already initialized nnx.bridge.ToNNX "
+                    f"at {path!r} has no place for; quantize it before lazy_init")
+        report.replaced.append(Replacement(full, "linen", "linen (intercepted)", hit,
+                                           _name(rule.weight), _name(rule.input)))
+    return True
+
+
+def _leaf_names(tree: Mapping, path: tuple) -> set[str]:
+    for p in path:
+        tree = tree[p]
+    return set(tree)
+
+
 def quantize(model: nnx.Module, rules: Iterable[Any], *, strict: bool = False) -> QuantizeReport:
     """Replace matching Linear/Conv/Einsum/LinearGeneral layers of ``model`` in place; returns
     a report.
@@ -223,7 +292,12 @@ def quantize(model: nnx.Module, rules: Iterable[Any], *, strict: bool = False) -
     report = QuantizeReport()
     used = [False] * len(rules)
     refs: dict[int, list] = {}
+    bridges = []
     for path, parent, key, child in module_references(model):
+        if isinstance(child, nnx.bridge.ToNNX):
+            name = "/".join(map(str, path))
+            bridges.append((name, child, _plan_bridge(child, name, rules, used, report)))
+            continue
         if isinstance(child, _TARGETS):
             if (why := _unsupported(child)) is not None:
                 report.unsupported.append(("/".join(map(str, path)), why))
@@ -242,6 +316,9 @@ def quantize(model: nnx.Module, rules: Iterable[Any], *, strict: bool = False) -
         else:
             plan.append((hit, group))
     report.unused_rules = [(i, r.pattern) for i, r in enumerate(rules) if not used[i]]
+    if any(not initialized for *_, initialized in bridges):
+        # The Linen layers of a ToNNX without variables are only known when it first runs.
+        report.unused_rules = []
     if report.unused_rules:
         msg = "; ".join(f"rule {i} {p!r}" for i, p in report.unused_rules)
         if strict:
@@ -259,6 +336,13 @@ def quantize(model: nnx.Module, rules: Iterable[Any], *, strict: bool = False) -
             raise ValueError(f"rule {i} {rules[i].pattern!r} cannot quantize {name} "
                              f"({type(old).__name__}) with params {dict(rules[i].params)}: "
                              f"{e}") from None
+    from bnn_jax.nn.linen import QuantizedLinen, quantize_linen
+
+    for name, node, _ in bridges:
+        inner = node.to_nnx__module
+        if isinstance(inner, QuantizedLinen):
+            inner = inner.module
+        node.to_nnx__module = quantize_linen(inner, rules, prefix=name)
     for i, name, group, old, new in built:
         for _, parent, key, _ in group:
             set_child(parent, key, new)

@@ -63,6 +63,30 @@ def quant_params(*, input: Mapping[str, Any] | None = None,
         _SCHEDULE.reset(token)
 
 
+#: When set (by bnn_jax.analysis.health), every quantizer call reports its operand to it.
+_PROBE: contextvars.ContextVar[Any] = contextvars.ContextVar("bnn_jax_quant_probe", default=None)
+
+
+@contextlib.contextmanager
+def observe_quantizers(probe):
+    """Call ``probe(key, role, quantizer, fn, x)`` for each quantizer application inside the
+    block (``key``: the layer, or a Linen path; ``role``: 'input' or 'weight'; ``fn``: the
+    quantizer as a function of its operand ``x``)."""
+    token = _PROBE.set(probe)
+    try:
+        yield
+    finally:
+        _PROBE.reset(token)
+
+
+def observed(key: Any, role: str, q: Quantizer, fn, x: jax.Array) -> jax.Array:
+    """``fn(x)``, reported to the active probe (see :func:`observe_quantizers`)."""
+    probe = _PROBE.get()
+    if probe is not None:
+        probe(key, role, q, fn, x)
+    return fn(x)
+
+
 def _scheduled(role: str, q: Quantizer, explicit: Mapping[str, Any]) -> dict[str, Any]:
     ctx = _SCHEDULE.get().get(role, {})
     return {**{k: v for k, v in ctx.items() if k in q.params}, **explicit}
@@ -103,28 +127,72 @@ def _param(layer: str, what: str, given: nnx.Param | None, shape: Sequence[int],
         check(rngs is not None, f"{layer} needs rngs (or an existing {what.split()[0]}=)")
         value = init(rngs.params(), tuple(init_shape or shape), param_dtype)
         given = nnx.Param(jnp.reshape(value, shape))
-    check(tuple(given.shape) == shape,
-          f"{layer}: {what} has shape {tuple(given.shape)}, expected {shape}")
+    got = tuple(given.shape)
+    # Leading axes are a stack of layers (nnx.vmap / nnx.scan over layers): the layer's call
+    # runs inside the scan, where each step sees one slice of the stated shape.
+    check(len(got) >= len(shape) and got[len(got) - len(shape):] == shape,
+          f"{layer}: {what} has shape {got}, expected {shape} (or stacked layers' "
+          f"(..., {', '.join(map(str, shape))}))")
     return given
 
 
 class _QuantizedOperands(nnx.Module):
     """Shared machinery of the quantized layers: quantizers, their learned arrays, constraint."""
 
+    #: Name of the weight variable (``kernel``; ``embedding`` for QuantEmbed, as nnx.Embed).
+    KERNEL = "kernel"
+
+    def kernel_variable(self) -> nnx.Param:
+        """The latent weight variable (``kernel`` or ``embedding``)."""
+        return getattr(self, self.KERNEL)
+
     def _setup_quantizers(self, input_quantizer, kernel_quantizer, kernel_constraint):
         self.input_quantizer = as_quantizer(input_quantizer, role="input_quantizer")
         self.kernel_quantizer = as_quantizer(kernel_quantizer, role="kernel_quantizer")
         self.kernel_constraint = _as_constraint(kernel_constraint)
+        kvar = self.kernel_variable()
+        self.stack_shape = tuple(kvar.shape[:len(kvar.shape) - len(self.kernel_shape)])
+        bias = getattr(self, "bias", None)
+        if bias is not None:
+            check(tuple(bias.shape[:len(self.stack_shape)]) == self.stack_shape
+                  and len(bias.shape) - len(self.stack_shape) == len(self.bias_layer_shape()),
+                  f"{type(self).__name__}: bias of shape {tuple(bias.shape)} does not fit "
+                  f"the kernel's stack axes {self.stack_shape}")
+        qi = self.input_quantizer
+        if self.stack_shape and qi is not None and qi.learned:
+            raise ValueError(
+                f"{type(self).__name__}: input quantizer {qi.name!r} creates learned arrays "
+                f"{list(qi.learned)} on its first call, which a stacked (scanned/vmapped) "
+                f"layer cannot do inside its scan; use an input quantizer without learned "
+                f"arrays for the stacked layers")
         q = self.kernel_quantizer
         if q is not None and q.learned:
-            # The kernel exists already, so its learned arrays get their first-call values now.
-            k = self.kernel.get_value()
+            # The kernel exists already, so its learned arrays get their first-call values now
+            # (one set per stacked layer).
+            def init_fn(k):
+                return q.init(self.latent_kernel(k))
+
+            for _ in self.stack_shape:
+                init_fn = jax.vmap(init_fn)
+            k = kvar.get_value()
             if isinstance(k, jax.ShapeDtypeStruct):
                 # An abstract model (nnx.eval_shape): abstract learned arrays, same structure.
-                init = jax.eval_shape(lambda k: q.init(self.latent_kernel(k)), k)
-                self._create_learned("kernel", q, init=init)
+                self._create_learned("kernel", q, init=jax.eval_shape(init_fn, k))
             else:
-                self._create_learned("kernel", q, self.latent_kernel())
+                self._create_learned("kernel", q, init=init_fn(k))
+
+    def bias_layer_shape(self) -> tuple[int, ...]:
+        """The bias shape of one (unstacked) layer."""
+        return (self.kernel_shape[-1],)
+
+    def check_unstacked(self) -> None:
+        """Refuse a call on the whole stack (outside the scan that slices it)."""
+        k = self.kernel_variable()
+        if len(k.shape) != len(self.kernel_shape):
+            raise ValueError(
+                f"{type(self).__name__} holds stacked kernels of shape {tuple(k.shape)} (one "
+                f"{self.kernel_shape} per layer): call it inside the nnx.scan/nnx.vmap over "
+                f"its leading axes, as the original layer")
 
     def _create_learned(self, role: str, q: Quantizer, x: jax.Array | None = None, *,
                         init: Mapping[str, Any] | None = None) -> None:
@@ -153,24 +221,35 @@ class _QuantizedOperands(nnx.Module):
             return x
         if q.learned and not hasattr(self, f"input_{q.learned[0]}"):
             self._create_learned("input", q, x)
-        return q(x, **self._learned("input", q), **_scheduled("input", q, overrides))
+        learned, scheduled = self._learned("input", q), _scheduled("input", q, overrides)
+        return observed(self, "input", q, lambda v: q(v, **learned, **scheduled), x)
 
     def latent_kernel(self, kernel: jax.Array | None = None) -> jax.Array:
         """The kernel (or ``kernel``) as the kernel quantizer sees it; subclasses may
         reparameterize it."""
-        return self.kernel[...] if kernel is None else kernel
+        return self.kernel_variable()[...] if kernel is None else kernel
 
     def quantized_kernel(self, **overrides) -> jax.Array:
-        """The kernel as the forward pass uses it (quantized, masked where a mask is set)."""
-        w = self.latent_kernel()
+        """The kernel as the forward pass uses it (quantized, masked where a mask is set);
+        for stacked layers, every layer of the stack (the quantizer runs per layer)."""
         q = self.kernel_quantizer
-        if q is not None:
-            w = q(w, **self._learned("kernel", q), **_scheduled("kernel", q, overrides))
+        learned = self._learned("kernel", q) if q is not None else {}
+        scheduled = _scheduled("kernel", q, overrides) if q is not None else {}
         mask = getattr(self, "mask", None)
-        if mask is not None:
-            # Mask after quantizing: a masked weight must contribute 0, not sign(0) = +1.
-            w = w * mask
-        return w
+
+        def one(k, learned):
+            w = self.latent_kernel(k)
+            if q is not None:
+                w = observed(self, "weight", q, lambda v: q(v, **learned, **scheduled), w)
+            if mask is not None:
+                # Mask after quantizing: a masked weight must contribute 0, not sign(0) = +1.
+                w = w * jnp.reshape(mask, w.shape)
+            return w
+
+        k = self.kernel_variable()[...]
+        for _ in range(k.ndim - len(self.kernel_shape)):
+            one = jax.vmap(one)
+        return one(k, learned)
 
 
 class QuantLinear(_QuantizedOperands):
@@ -185,6 +264,7 @@ class QuantLinear(_QuantizedOperands):
                  preferred_element_type: Any = None,
                  kernel: nnx.Param | None = None, bias: nnx.Param | None = None,
                  rngs: nnx.Rngs | None = None):
+        self.kernel_shape = (in_features, out_features)
         self.kernel = _param("QuantLinear", "kernel", kernel, (in_features, out_features),
                              kernel_init, param_dtype, rngs)
         self.bias = (_param("QuantLinear", "bias", bias, (out_features,), bias_init, param_dtype,
@@ -198,6 +278,7 @@ class QuantLinear(_QuantizedOperands):
     def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
                  kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
         """Apply the layer; ``*_params`` override static quantizer parameters (schedules)."""
+        self.check_unstacked()
         # Checked before the first call creates learned input arrays from x's shape.
         check(x.ndim >= 1 and x.shape[-1] == self.in_features,
               f"QuantLinear: input of shape {tuple(x.shape)}, the last axis must be "
@@ -241,6 +322,7 @@ class QuantLinearGeneral(_QuantizedOperands):
               f"axis {self.axis} and in_features {self.in_features} must have the same length")
         shape = (*self.in_features, *self.out_features)
         n_in, n_out = math.prod(self.in_features), math.prod(self.out_features)
+        self.kernel_shape = shape
         # Initialized as the (fan-in, fan-out) matrix, as nnx.LinearGeneral does.
         self.kernel = _param("QuantLinearGeneral", "kernel", kernel, shape, kernel_init,
                              param_dtype, rngs, init_shape=(n_in, n_out))
@@ -253,6 +335,10 @@ class QuantLinearGeneral(_QuantizedOperands):
         self.preferred_element_type = preferred_element_type
         self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
 
+    def bias_layer_shape(self) -> tuple[int, ...]:
+        """The bias shape of one (unstacked) layer: the output feature axes."""
+        return self.out_features
+
     def latent_kernel(self, kernel: jax.Array | None = None) -> jax.Array:
         """The kernel as the ``(fan-in, fan-out)`` matrix the kernel quantizer sees."""
         k = self.kernel[...] if kernel is None else kernel
@@ -261,6 +347,7 @@ class QuantLinearGeneral(_QuantizedOperands):
     def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
                  kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
         """Contract ``axis`` of the quantized input with the quantized kernel."""
+        self.check_unstacked()
         check(all(-x.ndim <= a < x.ndim for a in self.axis)
               and len({a % x.ndim for a in self.axis}) == len(self.axis),
               f"QuantLinearGeneral: axis {self.axis} does not fit an input of rank {x.ndim}")
@@ -382,6 +469,7 @@ class QuantConv(_QuantizedOperands):
     def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
                  kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
         """Apply the layer; ``*_params`` override static quantizer parameters (schedules)."""
+        self.check_unstacked()
         rank = len(self.kernel_size)
         check(x.ndim >= rank + 1 and x.shape[-1] == self.in_features,
               f"QuantConv: input of shape {tuple(x.shape)}, expected ([batch...], "
@@ -443,10 +531,15 @@ class QuantEinsum(_QuantizedOperands):
         self.preferred_element_type = preferred_element_type
         self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
 
+    def bias_layer_shape(self) -> tuple[int, ...]:
+        """The bias shape of one (unstacked) layer."""
+        return self.bias_shape or ()
+
     def __call__(self, x: jax.Array, einsum_str: str | None = None, *,
                  input_params: Mapping | None = None,
                  kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
         """Apply the layer (``einsum_str`` here or at construction, as nnx.Einsum)."""
+        self.check_unstacked()
         check((einsum_str is None) != (self.einsum_str is None),
               "give einsum_str either at construction or at call time (exactly one)")
         spec = _check_einsum(einsum_str) if einsum_str is not None else self.einsum_str
@@ -487,7 +580,125 @@ def _pet(preferred_element_type, out_sharding=None):
     return kw if out_sharding is None else {**kw, "out_sharding": out_sharding}
 
 
-QUANT_LAYERS = (QuantLinear, QuantConv, QuantEinsum, QuantLinearGeneral)
+class QuantEmbed(_QuantizedOperands):
+    """``nnx.Embed`` with a quantized table (TBT's and BiPFT's binarized word embedding).
+
+    The kernel quantizer sees the table ``(num_embeddings, features)``; for one scale per
+    token (row) give it ``channel_axis=0`` (``tbt_weight``) or ``layerwise=False``
+    (``bipft_weight``). ``attend(query)`` (a tied output layer) multiplies the quantized
+    query (input quantizer) with the same quantized table.
+    """
+
+    KERNEL = "embedding"
+
+    def __init__(self, num_embeddings: int, features: int, *, input_quantizer: Any = None,
+                 kernel_quantizer: Any = None, kernel_constraint: Any = None,
+                 dtype: Any = None, param_dtype: Any = jnp.float32,
+                 embedding_init=nnx.nn.linear.default_embed_init,
+                 promote_dtype=dtypes.promote_dtype, embedding: nnx.Param | None = None,
+                 rngs: nnx.Rngs | None = None):
+        self.kernel_shape = (num_embeddings, features)
+        self.embedding = _param("QuantEmbed", "embedding", embedding, self.kernel_shape,
+                                embedding_init, param_dtype, rngs)
+        self.num_embeddings, self.features = num_embeddings, features
+        self.dtype, self.param_dtype, self.promote_dtype = dtype, param_dtype, promote_dtype
+        self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
+
+    def __call__(self, inputs: jax.Array, *, kernel_params: Mapping | None = None,
+                 out_sharding=None) -> jax.Array:
+        """The quantized table's rows at the integer ``inputs``."""
+        self.check_unstacked()
+        check(jnp.issubdtype(inputs.dtype, jnp.integer),
+              f"QuantEmbed: inputs must be integer token ids, got {inputs.dtype}")
+        (table,) = self.promote_dtype((self.quantized_kernel(**(kernel_params or {})),),
+                                      dtype=self.dtype, inexact=False)
+        if out_sharding is not None:
+            take = jax.sharding.auto_axes(lambda t, i: jnp.take(t, i, axis=0),
+                                          out_sharding=out_sharding)
+            return take(table, inputs)
+        return jnp.take(table, inputs, axis=0)
+
+    def attend(self, query: jax.Array, *, input_params: Mapping | None = None,
+               kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
+        """``q_in(query) @ q_w(table).T``: logits over the vocabulary (tied embedding)."""
+        self.check_unstacked()
+        check(query.shape[-1] == self.features,
+              f"QuantEmbed.attend: query of shape {tuple(query.shape)}, the last axis must be "
+              f"features={self.features}")
+        xq = self.quantize_input(query, **(input_params or {}))
+        xq, table = self.promote_dtype((xq, self.quantized_kernel(**(kernel_params or {}))),
+                                       dtype=self.dtype)
+        kw = {} if out_sharding is None else {"out_sharding": out_sharding}
+        return jnp.dot(xq, table.T, **kw)
+
+
+class QuantConvTranspose(_QuantizedOperands):
+    """``nnx.ConvTranspose`` (channels last) with quantized input and kernel (zero padding;
+    CIRCULAR padding is not supported)."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int | Sequence[int],
+                 strides: Any = None, *, padding: Any = "SAME", kernel_dilation: Any = None,
+                 use_bias: bool = True, mask: Any = None, input_quantizer: Any = None,
+                 kernel_quantizer: Any = None, kernel_constraint: Any = None,
+                 dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None,
+                 kernel_init=default_kernel_init, bias_init=default_bias_init,
+                 transpose_kernel: bool = False, promote_dtype=dtypes.promote_dtype,
+                 preferred_element_type: Any = None, kernel: nnx.Param | None = None,
+                 bias: nnx.Param | None = None, rngs: nnx.Rngs | None = None):
+        kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+        rank = len(kernel_size)
+        check(not (isinstance(padding, str) and padding.upper() == "CIRCULAR"),
+              "QuantConvTranspose: CIRCULAR padding is not supported")
+        self.padding = canonical_padding(padding, rank)
+        check(self.padding in ("SAME", "VALID") or not isinstance(self.padding, str),
+              f"QuantConvTranspose: padding {padding!r}; valid: 'SAME', 'VALID', an int or "
+              f"(low, high) pairs")
+        io = (out_features, in_features) if transpose_kernel else (in_features, out_features)
+        self.kernel_shape = kernel_size + io
+        self.kernel = _param("QuantConvTranspose", "kernel", kernel, self.kernel_shape,
+                             kernel_init, param_dtype, rngs)
+        self.bias = (_param("QuantConvTranspose", "bias", bias, (out_features,), bias_init,
+                            param_dtype, rngs) if use_bias else nnx.data(None))
+        self.in_features, self.out_features, self.kernel_size = (in_features, out_features,
+                                                                 kernel_size)
+        self.strides = _tuple(strides, rank, "strides")
+        self.kernel_dilation = _tuple(kernel_dilation, rank, "kernel_dilation")
+        self.use_bias, self.mask, self.transpose_kernel = use_bias, mask, transpose_kernel
+        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
+        self.promote_dtype, self.preferred_element_type = promote_dtype, preferred_element_type
+        self._setup_quantizers(input_quantizer, kernel_quantizer, kernel_constraint)
+
+    def bias_layer_shape(self) -> tuple[int, ...]:
+        """The bias shape of one (unstacked) layer."""
+        return (self.out_features,)
+
+    def __call__(self, x: jax.Array, *, input_params: Mapping | None = None,
+                 kernel_params: Mapping | None = None, out_sharding=None) -> jax.Array:
+        """Apply the layer (``lax.conv_transpose`` on the quantized operands)."""
+        self.check_unstacked()
+        rank = len(self.kernel_size)
+        check(x.ndim >= rank + 1 and x.shape[-1] == self.in_features,
+              f"QuantConvTranspose: input of shape {tuple(x.shape)}, expected ([batch...], "
+              f"{rank} spatial axes, in_features={self.in_features})")
+        batch_shape = x.shape[:x.ndim - (rank + 1)]
+        x = jnp.reshape(x, (-1,) + x.shape[x.ndim - (rank + 1):])
+        xq = self.quantize_input(x, **(input_params or {}))
+        w = self.quantized_kernel(**(kernel_params or {}))
+        b = self.bias[...] if self.bias is not None else None
+        xq, w, b = self.promote_dtype((xq, w, b), dtype=self.dtype)
+        y = lax.conv_transpose(xq, w, self.strides, self.padding,
+                               rhs_dilation=self.kernel_dilation,
+                               transpose_kernel=self.transpose_kernel, precision=self.precision,
+                               preferred_element_type=self.preferred_element_type)
+        if b is not None:
+            y = y + b
+        if out_sharding is not None:
+            y = jax.lax.with_sharding_constraint(y, out_sharding)
+        return jnp.reshape(y, batch_shape + y.shape[1:])
+
+
+QUANT_LAYERS = (QuantLinear, QuantConv, QuantEinsum, QuantLinearGeneral, QuantEmbed,
+                QuantConvTranspose)
 
 
 def apply_constraints(model: nnx.Module) -> int:
@@ -499,7 +710,8 @@ def apply_constraints(model: nnx.Module) -> int:
     for _, node in nnx.iter_graph(model):
         c = getattr(node, "kernel_constraint", None) if isinstance(node, nnx.Module) else None
         if isinstance(c, Quantizer):
-            node.kernel[...] = c(node.kernel[...])
+            k = node.kernel_variable() if hasattr(node, "kernel_variable") else node.kernel
+            k[...] = c(k[...])
             n += 1
     return n
 

@@ -107,3 +107,33 @@ def policy_rules(policy: Any) -> list[Rule]:
 def apply_policy(model, policy: Any, *, strict: bool = False) -> QuantizeReport:
     """``quantize(model, policy_rules(policy))``."""
     return quantize(model, policy_rules(policy), strict=strict)
+
+
+QUANT_CONFIG_KEYS = ("rules", "default", "overrides", "presets")
+
+
+def config_rules(quant: Any) -> list[Rule]:
+    """The rules of a ``config.quant`` section: its ``rules`` (each a rule tuple or mapping, as
+    :func:`bnn_jax.nn.quantize` takes them) first, then its precision policy (``overrides``,
+    then ``default`` as a catch-all); ValueError for a bad key, quantizer or rule."""
+    from bnn_jax.nn.intercept import as_rule
+
+    if quant is None:
+        return []
+    quant = quant.to_dict() if hasattr(quant, "to_dict") else dict(quant)
+    unknown = sorted(set(quant) - set(QUANT_CONFIG_KEYS))
+    check(not unknown, f"unknown field(s) {unknown} in config.quant; valid fields: "
+                       f"{list(QUANT_CONFIG_KEYS)}")
+    rules = [as_rule(r) for r in quant.get("rules") or ()]
+    if quant.get("default") is not None or quant.get("overrides"):
+        rules += policy_rules(quant)
+    return rules
+
+
+def quantize_config(model, quant: Any) -> QuantizeReport | None:
+    """Binarize ``model`` (any NNX model, also a user's) in place by a ``config.quant``
+    section; None when it has no rules. Every rule must match a layer (strict)."""
+    rules = config_rules(quant)
+    if not rules:
+        return None
+    return quantize(model, rules, strict=True)

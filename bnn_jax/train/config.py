@@ -30,11 +30,22 @@ def defaults() -> ml_collections.ConfigDict:
     c.async_checkpoint = True     # write checkpoints in the background
     c.tensorboard = True          # TensorBoard event files in <workdir>/tensorboard
     c.data = dict(name="digits", batch_size=128, eval_batch_size=360, data_dir="")
-    c.model = dict(name="mlp")
-    c.loss = dict(name="softmax_xent", label_smoothing=0.0)
-    # Knowledge distillation: teacher = a model config + the workdir of its trained run.
+    # What is trained for (bnn_jax.tasks): name + that task's fields (tasks.get(name).fields).
+    c.task = dict(name="classification")
+    c.model = dict(name="mlp")    # a zoo name, a registered one, or "pkg.module:Class"
+    # Quantization of whatever model.name builds, applied before training (any NNX model):
+    # rules = [(regex on layer path, weight quantizer, input quantizer[, params])] or dicts,
+    # first match wins; then a precision policy (bnn_jax.nn.precision_policy): overrides
+    # [dict(pattern=, bits=, ...)] and a default (dict(bits=1)) for every other layer.
+    c.quant = dict(rules=[], overrides=[], default=None, presets=None)
+    c.loss = dict(name="softmax_xent", label_smoothing=0.0)  # the classification loss
+    # Knowledge distillation: teacher = a model config + the workdir of its trained run, or a
+    # Hugging Face directory (teacher_import). `terms`: [{name, weight, ...}] composed with
+    # task_weight x the task loss (bnn_jax.train.distill); without terms: one `kind` term at
+    # `weight` (and `temperature`), the task loss at 1 - weight.
     c.kd = dict(enabled=False, teacher_model=ml_collections.ConfigDict(dict(name="mlp")),
-                teacher_workdir="", kind="distributional", weight=1.0, temperature=1.0)
+                teacher_workdir="", teacher_import="", kind="distributional", weight=1.0,
+                temperature=1.0, terms=[], task_weight=0.0)
     c.optimizer = dict(name="adam", learning_rate=1e-3, schedule="constant")
     c.constraints = []            # [(regex on param path, constraint spec)], after each update
     # Method schedules fed to the quantizers every step: {"kernel": {"o": {kind, start, end}}}.
@@ -191,12 +202,13 @@ def schedule_value(spec: Any, progress: Any) -> Any:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Every config error we can find without building anything, each listing valid choices."""
-    from bnn_jax import data, models, quant
+    from bnn_jax import data, models, quant, tasks
+    from bnn_jax.train import distill
     from bnn_jax.train import optimizers, sharding
 
     base = defaults()
     _check_fields("the config", config, base)
-    for section in ("loss", "mesh", "distributed", "kd", "schedules"):
+    for section in ("loss", "mesh", "distributed", "kd", "schedules", "quant"):
         if section in config:
             _check_fields(f"config.{section}", config[section], base[section])
     # Intervals are used as `step % every` in the loop: a zero would fail only after compiling.
@@ -211,7 +223,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{field} must be True or False, got {config[field]!r}")
     _number("config.loss.label_smoothing", config.loss.label_smoothing, below=1)
     data.validate(config.data)
+    tasks.validate(config.get("task", {"name": "classification"}))
     models.validate(config.model)
+    from bnn_jax.nn.policy import config_rules
+
+    config_rules(config.get("quant"))  # bad quantizer names and rule shapes list valid ones
     for key, value in _fields(config.model).items():
         if key.endswith("quantizer") or key.endswith("constraint"):
             _check_quantizers(f"config.model.{key}", value)
@@ -239,15 +255,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
             if pname not in q.params:
                 raise ValueError(f"schedule {role}.{pname}: quantizer {q.name!r} has no static "
                                  f"parameter {pname!r}; valid: {sorted(q.params)}")
-    if config.kd.enabled:
-        models.validate(config.kd.teacher_model)
-        if not config.kd.teacher_workdir:
-            raise ValueError("config.kd.enabled needs config.kd.teacher_workdir (a trained run)")
-        if config.kd.kind not in KD_KINDS:
-            raise ValueError(f"unknown kd kind {config.kd.kind!r}; valid kinds: {list(KD_KINDS)}")
-        if not config.kd.temperature > 0:
+    kd = {**_fields(base.kd), **_fields(config.kd)}  # a replaced kd dict keeps the defaults
+    if kd["enabled"]:
+        if not kd["teacher_import"]:
+            models.validate(kd["teacher_model"])
+        if bool(kd["teacher_workdir"]) == bool(kd["teacher_import"]):
+            raise ValueError("config.kd.enabled needs exactly one teacher: config.kd."
+                             "teacher_workdir (a trained bnn_jax run) or config.kd."
+                             "teacher_import (a Hugging Face model directory)")
+        distill.validate(kd)
+        if kd["kind"] not in KD_KINDS:
+            raise ValueError(f"unknown kd kind {kd['kind']!r}; valid kinds: {list(KD_KINDS)}")
+        if not kd["temperature"] > 0:
             raise ValueError(f"config.kd.temperature must be positive, got "
-                             f"{config.kd.temperature!r}")
+                             f"{kd['temperature']!r}")
     if config.loss.name not in LOSSES:
         raise ValueError(f"unknown loss {config.loss.name!r}; valid losses: {list(LOSSES)}")
 

@@ -1,10 +1,12 @@
 """The training loop, top to bottom: ``run(config, workdir)``.
 
 One flat function with section banners (big_vision's train.py is the model): config checks,
-processes and mesh, data, model, optimizer, sharded state, jitted steps, resume, loop, final
-evaluation and summary. The state is a dict of plain arrays (``params``, ``rest`` = BatchNorm
-statistics and other model state, ``opt_state``, ``step``, ``rng``); the NNX model is rebuilt
-inside the jitted step with ``nnx.merge``, so checkpoints and shardings see ordinary pytrees.
+processes and mesh, data, task, model, optimizer, sharded state, jitted steps, resume, loop,
+final evaluation and summary. What is trained for comes from the task (``bnn_jax.tasks``): how
+the model is called on a batch, the loss, the eval metrics; the loop names no task or model.
+The state is a dict of plain arrays (``params``, ``rest`` = BatchNorm statistics and other
+model state, ``opt_state``, ``step``, ``rng``); the NNX model is rebuilt inside the jitted step
+with ``nnx.merge``, so checkpoints and shardings see ordinary pytrees.
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bnn_jax import data as data_lib
 from bnn_jax import models
+from bnn_jax import tasks as tasks_lib
+from bnn_jax.analysis import health
 from bnn_jax.nn import apply_constraints, initialize, pending_learned, quant_params
+from bnn_jax.nn.policy import quantize_config
 from bnn_jax.train import checkpoint as ckpt_lib
 from bnn_jax.train import config as config_lib
+from bnn_jax.train import distill as distill_lib
 from bnn_jax.train import metrics as metrics_lib
 from bnn_jax.train import optimizers
 from bnn_jax.train import sharding as sharding_lib
@@ -45,10 +51,16 @@ def _split(model: nnx.Module):
     return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
 
-def _top_k_correct(logits, labels, k):
-    k = min(k, logits.shape[-1])
-    top = jax.lax.top_k(logits, k)[1]
-    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+def _forward(graph, params, rest, args, kwargs, capture: bool):
+    """``(outputs, updated rest, features)`` of the merged model; ``features`` (the values sown
+    as ``nnx.Intermediate``, by module path) only under ``capture``, else empty."""
+    m = nnx.merge(graph, params, rest)
+    if capture:
+        out, inter = nnx.capture(m, nnx.Intermediate)(*args, **kwargs)
+        feats = distill_lib.flat_features(nnx.to_pure_dict(inter))
+    else:
+        out, feats = m(*args, **kwargs), {}
+    return out, nnx.to_pure_dict(nnx.split(m, nnx.Param, ...)[2]), feats
 
 
 def _initialize_distributed(config) -> None:
@@ -62,15 +74,34 @@ def _initialize_distributed(config) -> None:
     jax.distributed.initialize(**kwargs)
 
 
-def load_teacher(kd, ds, sharding) -> tuple[Any, dict[str, Any]]:
-    """The distillation teacher in eval mode: its graph and trained ``{"params", "rest"}``."""
-    t_model = models.build(kd.teacher_model, num_classes=ds.num_classes,
-                           input_shape=ds.image_shape, rngs=nnx.Rngs(0))
+def _sample_inputs(task, ds, seed: int):
+    """The model's ``(args, kwargs)`` on the first training batch (host arrays)."""
+    batch = task.prepare(jax.tree.map(jnp.asarray, next(iter(ds.train_batches(0)))),
+                         jax.random.key(seed))
+    return task.inputs(batch)
+
+
+def load_teacher(kd, ds, sharding, task) -> tuple[Any, dict[str, Any]]:
+    """The distillation teacher in eval mode: its graph and trained ``{"params", "rest"}``.
+
+    ``kd.teacher_workdir`` is a bnn_jax run (its newest checkpoint); ``kd.teacher_import`` a
+    Hugging Face model directory read by :mod:`bnn_jax.models.hub`.
+    """
+    if kd.get("teacher_import"):
+        from bnn_jax.models import hub
+
+        t_model = hub.load(kd.teacher_import)
+        task.check_batch(next(iter(ds.train_batches(0))), t_model)  # e.g. fewer positions
+        t_model.eval()
+        t_graph, t_params, t_rest = _split(t_model)
+        return t_graph, jax.device_put({"params": t_params, "rest": t_rest}, sharding)
+    t_model = models.build(kd.teacher_model, rngs=nnx.Rngs(0), **ds.spec)
     # Learned arrays with a data-dependent first-call rule (LSQ steps) exist only after a call;
     # without them the restore would skip the trained values and the teacher would
     # re-initialize them from every student batch inside the step.
     if pending_learned(t_model):
-        initialize(t_model, jnp.asarray(next(iter(ds.train_batches(0)))["image"]))
+        args, kwargs = _sample_inputs(task, ds, 0)
+        initialize(t_model, *args, **kwargs)
     t_model.eval()
     t_graph, t_params, t_rest = _split(t_model)
     saved = ckpt_lib.restore_params(kd.teacher_workdir, {"params": t_params, "rest": t_rest})
@@ -125,23 +156,42 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
     except ValueError as e:
         raise ConfigError(str(e)) from e
 
+    # ------------------------------------------------------------------------------ task --
+    try:  # the task and model must fit what the data says, and the batches the task reads
+        task = tasks_lib.build(config.task, spec=ds.spec, config=config)
+        models.check_spec(config.model.name, ds.spec)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
     # ----------------------------------------------------------------------------- model --
     try:  # the model's own checks of its field values (a width of 0, ...)
-        model = models.build(config.model, num_classes=ds.num_classes,
-                             input_shape=ds.image_shape, rngs=nnx.Rngs(config.seed))
+        model = models.build(config.model, rngs=nnx.Rngs(config.seed), **ds.spec)
     except ValueError as e:
         raise ConfigError(f"config.model: {e}") from e
+    try:  # config.quant binarizes any model, the user's too; a rule matching nothing stops here
+        quantized = quantize_config(model, config.quant)
+    except ValueError as e:
+        raise ConfigError(f"config.quant: {e}") from e
+    if quantized is not None:
+        say(str(quantized))
+    try:
+        task.check_batch(next(iter(ds.train_batches(0))), model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     # Learned quantizer arrays with a data-dependent first-call rule (LSQ steps, elastic scales)
     # are created from the first training batch *before* the split: created inside the jitted
     # step they would be re-initialized every step and never trained.
     if pending_learned(model):
-        sample = next(iter(ds.train_batches(0)))["image"]
-        created = initialize(model, jnp.asarray(sample))
+        args, kwargs = _sample_inputs(task, ds, config.seed)
+        created = initialize(model, *args, **kwargs)
         if nproc > 1:  # each process saw its own shard: start all of them from process 0's
             from jax.experimental import multihost_utils
 
             nnx.update(model, multihost_utils.broadcast_one_to_all(nnx.state(model, nnx.Param)))
         say(f"Initialized learned quantizer arrays from the first batch: {', '.join(created)}")
+    h_args, h_kwargs = _sample_inputs(task, ds, config.seed)
+    say(health.format_report(health.check(model, *h_args, **h_kwargs)))
+    flip_paths = health.binary_kernel_paths(model)
     graph_train, params, rest = _split(model)
     model.eval()
     graph_eval = nnx.split(model, nnx.Param, ...)[0]
@@ -164,53 +214,70 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
                             abstract, state_sh)
 
     # --------------------------------------------------------------------------- teacher --
-    teacher = None
+    teacher, distiller, features = None, None, False
     if config.kd.enabled:
-        from bnn_jax.train import losses
-
         try:
-            teacher = load_teacher(config.kd, ds, replicated)
+            teacher = load_teacher(config.kd, ds, replicated, task)
         except (ValueError, ckpt_lib.CorruptCheckpoint) as e:
-            raise ConfigError(f"config.kd.teacher_workdir={config.kd.teacher_workdir}: {e}") from e
-        # "distributional": ReActNet's loss as its code computes it (cross-entropy to the
-        # teacher's softmax); "logit": Hinton's T^2-scaled KL at config.kd.temperature.
-        kd_fn = {"logit": lambda s, t: losses.kd_loss(s, t, temperature=config.kd.temperature),
-                 "distributional": losses.distribution_loss}[config.kd.kind]
+            raise ConfigError(f"config.kd (teacher): {e}") from e
+        # Both models on a sample batch, as shapes only: a teacher whose outputs do not match,
+        # a feature regex or layer map that selects nothing fails before anything is compiled.
+        # Feature terms run both models under nnx.capture.
+        features = distill_lib.needs_features(config.kd)
+        args, kwargs = _sample_inputs(task, ds, config.seed)
+
+        def t_forward(p, r):
+            return _forward(teacher[0], p, r, args, kwargs, features)
+
+        s_out, _, s_feats = jax.eval_shape(
+            lambda p, r: _forward(graph_train, p, r, args, kwargs, features), params, rest)
+        t_in = (teacher[1]["params"], teacher[1]["rest"])
+        # Feature terms need the teacher's concrete features once (BinaryDM's PCA bases).
+        t_out, _, t_feats = t_forward(*t_in) if features else jax.eval_shape(t_forward, *t_in)
+        try:
+            distiller = distill_lib.Distiller(config.kd, list(s_feats), list(t_feats))
+            distiller.check_shapes(s_out, t_out, s_feats, t_feats)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        if features:
+            distiller.setup(t_feats)
 
     # ----------------------------------------------------------------------------- steps --
     schedules = {role: dict(specs) for role, specs in config.schedules.to_dict().items()}
 
-    def apply_model(graph, params, rest, images, step):
-        """The model's logits and its updated state; method schedules reach every quantized
-        layer through bnn_jax.nn.quant_params as traced functions of the step."""
+    def apply_model(graph, params, rest, batch, step, capture=False):
+        """The model's outputs, its updated state and (``capture``) its sown features; method
+        schedules reach every quantized layer through bnn_jax.nn.quant_params as traced
+        functions of the step."""
         progress = step.astype(jnp.float32) / total
         values = {role: {k: config_lib.schedule_value(v, progress) for k, v in specs.items()}
                   for role, specs in schedules.items()}
-        m = nnx.merge(graph, params, rest)
+        args, kwargs = task.inputs(batch)
         with quant_params(**values):
-            logits = m(images)
-        return logits, nnx.to_pure_dict(nnx.split(m, nnx.Param, ...)[2])
+            return _forward(graph, params, rest, args, kwargs, capture)
 
-    def task_loss(logits, labels):
-        smooth = float(config.loss.label_smoothing)
-        onehot = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smooth) \
-            if smooth else jax.nn.one_hot(labels, logits.shape[-1])
-        return optax.softmax_cross_entropy(logits, onehot)
+    def step_rng(state):
+        return jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
     def train_step(state, batch):
-        def loss_fn(params):
-            logits, new_rest = apply_model(graph_train, params, state["rest"], batch["image"],
-                                           state["step"])
-            loss = jnp.mean(task_loss(logits, batch["label"]))
-            if teacher is not None:
-                t = nnx.merge(teacher[0], teacher[1]["params"], teacher[1]["rest"])
-                t_logits = jax.lax.stop_gradient(t(batch["image"]))
-                # weight 1 is ReActNet's recipe: the distributional loss alone.
-                w = float(config.kd.weight)
-                loss = (1 - w) * loss + w * jnp.mean(kd_fn(logits, t_logits))
-            return loss, (logits, new_rest)
+        batch = task.prepare(batch, step_rng(state))
 
-        (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        def loss_fn(params):
+            out, new_rest, feats = apply_model(graph_train, params, state["rest"], batch,
+                                               state["step"], features)
+            loss, aux = task.loss(out, batch)
+            if teacher is not None:
+                args, kwargs = task.inputs(batch)
+                t_out, _, t_feats = jax.lax.stop_gradient(_forward(
+                    teacher[0], teacher[1]["params"], teacher[1]["rest"], args, kwargs,
+                    features))
+                s_logits, mask = task.distill_logits(out, batch)
+                t_logits, _ = task.distill_logits(t_out, batch)
+                # weight 1 with no terms is ReActNet's recipe: the distributional loss alone.
+                loss = distiller(loss, s_logits, t_logits, mask, feats, t_feats)
+            return loss, (aux, new_rest)
+
+        (loss, (aux, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -219,31 +286,33 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
         m = nnx.merge(graph_train, params, new_rest)
         apply_constraints(m)
         params = constrain(nnx.to_pure_dict(nnx.split(m, nnx.Param, ...)[1]))
-        acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
-        out = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
-               "param_norm": optax.tree.norm(params), "learning_rate": lr_fn(state["step"])}
+        out = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params), "learning_rate": lr_fn(state["step"]),
+               **health.flip_ratios(flip_paths, state["params"], params)}
         new_state = {"params": params, "rest": new_rest, "opt_state": opt_state,
                      "step": state["step"] + 1, "rng": state["rng"]}
         return new_state, out
 
-    def eval_step(state, batch):
-        logits, _ = apply_model(graph_eval, state["params"], state["rest"], batch["image"],
+    def eval_step(state, batch, index):
+        # A fixed key per eval batch: tasks that sample (denoising) give reproducible metrics.
+        batch = task.prepare(batch, jax.random.fold_in(jax.random.key(config.seed + 1), index))
+        out, _, _ = apply_model(graph_eval, state["params"], state["rest"], batch,
                                 state["step"])
-        per_example = {"loss": task_loss(logits, batch["label"]),
-                       "top1": _top_k_correct(logits, batch["label"], 1),
-                       "top5": _top_k_correct(logits, batch["label"], 5)}
-        return metrics_lib.average(per_example, mask=batch["mask"])
+        return metrics_lib.average(task.eval_metrics(out, batch), mask=batch["mask"])
 
     batch_sh = sharding_lib.batch_sharding(mesh)
     p_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
                       out_shardings=(state_sh, replicated), donate_argnums=0)
-    p_eval = jax.jit(eval_step, in_shardings=(state_sh, batch_sh), out_shardings=replicated)
+    p_eval = jax.jit(eval_step, in_shardings=(state_sh, batch_sh, replicated),
+                     out_shardings=replicated)
 
     def evaluate(state) -> dict[str, float]:
         acc = None
-        for local in ds.eval_batches():
-            acc = metrics_lib.merge(acc, p_eval(state, sharding_lib.global_batch(local, mesh)))
-        return metrics_lib.compute(acc)
+        for i, local in enumerate(ds.eval_batches()):
+            acc = metrics_lib.merge(acc, p_eval(state, sharding_lib.global_batch(local, mesh),
+                                                np.int32(i)))
+        sums = {k: float(v.total) for k, v in acc.items()}
+        return task.final(metrics_lib.compute(acc), sums, ds)
 
     # ---------------------------------------------------------------------------- resume --
     ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
@@ -316,7 +385,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
             return {}
         # Host-side numpy mean: clu's Average would compile small jnp ops on the first report.
         avg = {k: float(np.mean([m[k] for m in fetched]))
-               for k in ("loss", "accuracy", "grad_norm", "param_norm")}
+               for k in fetched[0] if k != "learning_rate"}
         return {**avg, "learning_rate": float(fetched[-1]["learning_rate"])}
 
     try:
@@ -333,8 +402,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
             if config.eval_every and step % config.eval_every == 0 and step != total:
                 eval_metrics = evaluate(state)
                 writers.write(step, "test", eval_metrics)
-                say(f"step {step}/{total} | test loss {eval_metrics['loss']:.4f} | top-1 "
-                    f"{eval_metrics['top1']:.4f} | top-5 {eval_metrics['top5']:.4f}", flush=True)
+                say(f"step {step}/{total} | test {task.describe(eval_metrics)}", flush=True)
             if step % config.checkpoint_every == 0 or step == total:
                 drain()  # never checkpoint a state that followed a non-finite step
                 ckpt.save(step, state, {"data_position": step,
@@ -342,10 +410,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
                 last_saved = step
         # ----------------------------------------------------------------- final eval --
         eval_metrics = evaluate(state)
+        # e.g. decoding the eval set: the task gets the final model once, in eval mode
+        eval_metrics.update(task.model_metrics(
+            nnx.merge(graph_eval, state["params"], state["rest"]), ds))
         if start < total or not workdir_lib.has_line(workdir, total, "test"):
             writers.write(total, "test", eval_metrics)
-        say(f"final | test loss {eval_metrics['loss']:.4f} | top-1 {eval_metrics['top1']:.4f} "
-            f"| top-5 {eval_metrics['top5']:.4f} | {progress.elapsed():.1f}s", flush=True)
+        say(f"final | test {task.describe(eval_metrics)} | {progress.elapsed():.1f}s",
+            flush=True)
     finally:
         ckpt.close()
         writers.close()
@@ -353,9 +424,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
     # ---------------------------------------------------------------------------- summary --
     if start == total:  # resumed at the end: the train metrics are those the run logged
         train_metrics = workdir_lib.finished_train_metrics(workdir, total)
-    result = {"step": total, "test_loss": eval_metrics["loss"], "test_top1": eval_metrics["top1"],
-              "test_top5": eval_metrics["top5"], "train_loss": train_metrics.get("loss"),
-              "train_accuracy": train_metrics.get("accuracy"),
+    result = {"step": total, **{f"test_{k}": v for k, v in eval_metrics.items()},
+              **{f"train_{k}": train_metrics.get(k) for k in task.train_metrics},
               "seconds": seconds_before + progress.elapsed(), "last_checkpoint": last_saved}
     if pid == 0:
         with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:

@@ -218,3 +218,15 @@ def dad_loss(student_logits, teacher_logits, *, beta: float = 1.0, temperature: 
     if normalize:
         return jnp.sum(weight * kl * m) / jnp.maximum(jnp.sum(weight * m), 1e-12)
     return jnp.sum(weight * kl * m) / jnp.maximum(jnp.sum(m), 1)
+
+
+# --------------------------------------------------------------------------------------------
+# TBT: hidden-state MSE
+# --------------------------------------------------------------------------------------------
+
+def hidden_mse_loss(student_states: Sequence, teacher_states: Sequence):
+    """``Σ_l mean((H_s − H_t)²)`` over the mapped layers (TBT's encoder/decoder hidden-state
+    term, ``MSELoss`` per layer, added with weight 1 to the task and logit losses)."""
+    _check(len(student_states) == len(teacher_states),
+           f"{len(student_states)} student states but {len(teacher_states)} teacher states")
+    return sum(jnp.mean(jnp.square(s - sg(t))) for s, t in zip(student_states, teacher_states))

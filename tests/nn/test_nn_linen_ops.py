@@ -21,7 +21,7 @@ class BinaryMLP(linen.Module):
     @linen.compact
     def __call__(self, x):
         x = linen.Dense(16, name="fc1")(x)  # full-precision first layer
-        binary = quantized_dot_general("ste_sign", "ste_sign")
+        binary = quantized_dot_general(kernel_quantizer="ste_sign", input_quantizer="ste_sign")
         x = linen.Dense(16, name="fc2", dot_general=binary)(x)
         return linen.Dense(3, name="fc3")(x)
 
@@ -66,7 +66,7 @@ def test_linen_conv_with_pad_values_and_stride_against_loops():
     x = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
     conv = linen.Conv(4, (3, 3), strides=2, padding="SAME", use_bias=False,
                       conv_general_dilated=quantized_conv_general_dilated(
-                          "ste_sign", "ste_sign", pad_values=1.0))
+                          kernel_quantizer="ste_sign", input_quantizer="ste_sign", pad_values=1.0))
     params = conv.init(jax.random.key(0), jnp.asarray(x))
     w = _sign(params["params"]["kernel"])
     y = conv.apply(params, jnp.asarray(x))
@@ -86,12 +86,13 @@ def test_linen_conv_with_pad_values_and_stride_against_loops():
 def test_same_functions_plug_into_nnx_layers():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((2, 4, 4, 3)).astype(np.float32))
-    lin = nnx.Linear(3, 2, dot_general=quantized_dot_general("ste_sign", "ste_sign"),
+    lin = nnx.Linear(3, 2, dot_general=quantized_dot_general(kernel_quantizer="ste_sign",
+                                                             input_quantizer="ste_sign"),
                      rngs=nnx.Rngs(0))
     want = _sign(x) @ _sign(lin.kernel[...]) + np.asarray(lin.bias[...])
     np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(lin, x), want, rtol=1e-6, atol=1e-6)
     conv = nnx.Conv(3, 2, (1, 1), conv_general_dilated=quantized_conv_general_dilated(
-        None, "ste_sign"), use_bias=False, rngs=nnx.Rngs(0))
+        kernel_quantizer="ste_sign"), use_bias=False, rngs=nnx.Rngs(0))
     want = np.einsum("nhwc,co->nhwo", np.asarray(x), _sign(conv.kernel[...])[0, 0])
     np.testing.assert_allclose(conv(x), want, rtol=1e-5, atol=1e-6)
 
@@ -100,9 +101,9 @@ def test_learned_quantizers_are_refused():
     q = Quantizer(fn=lambda x, *, a: x * a, name="scaled", learned=("a",),
                   init_fn=lambda x: {"a": 1.0})
     with pytest.raises(ValueError, match="learned arrays.*QuantLinear"):
-        quantized_dot_general(q, None)
+        quantized_dot_general(input_quantizer=q)
     with pytest.raises(ValueError, match="unknown quantizer"):
-        quantized_conv_general_dilated("ste_sgn")
+        quantized_conv_general_dilated(input_quantizer="ste_sgn")
 
 
 def test_schedule_values_reach_the_linen_primitives():
@@ -111,7 +112,8 @@ def test_schedule_values_reach_the_linen_primitives():
 
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((4, 6)).astype(np.float32))
-    dense = linen.Dense(5, use_bias=False, dot_general=quantized_dot_general(None, "reste"))
+    dense = linen.Dense(5, use_bias=False,
+                        dot_general=quantized_dot_general(kernel_quantizer="reste"))
     params = dense.init(jax.random.key(0), x)
     w = np.asarray(params["params"]["kernel"], np.float64)
 

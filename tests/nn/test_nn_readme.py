@@ -16,7 +16,7 @@ def _nn_blocks():
 
 def test_readme_nn_section_runs(capsys):
     blocks = _nn_blocks()
-    assert len(blocks) == 3
+    assert len(blocks) == 7
     scope = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), scope)
@@ -26,7 +26,8 @@ def test_readme_nn_section_runs(capsys):
     assert isinstance(model.hidden, QuantLinear) and type(model.stem) is nnx.Linear
     assert [r.path for r in report.replaced] == ["hidden"]
     assert sorted(report.unmatched) == ["head", "stem"]
-    assert "hidden: Linear -> QuantLinear" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "hidden: Linear -> QuantLinear" in printed
     # The quantized model computes sign(h) @ sign(W) + b in its hidden layer.
     x = jnp.ones((4, 16))
     h = np.asarray(nnx.relu(model.stem(x)))
@@ -46,3 +47,20 @@ def test_readme_nn_section_runs(capsys):
     conv = scope["conv"]
     cp = conv.init(jax.random.key(0), jnp.ones((1, 4, 4, 2)))
     assert conv.apply(cp, jnp.ones((1, 4, 4, 2))).shape == (1, 4, 4, 64)
+
+    # The scanned decoder: stacked QuantEinsums and a row-wise binary embedding.
+    from bnn_jax.nn import QuantEinsum, QuantEmbed
+
+    decoder = scope["decoder"]
+    assert isinstance(decoder.blocks.up, QuantEinsum) and decoder.blocks.up.stack_shape == (4,)
+    assert isinstance(decoder.embed, QuantEmbed) and scope["tokens"].shape == (2, 8, 100)
+    # Linen: the original tree plus the RSign shift of the one binarized conv.
+    variables = scope["variables"]["params"]
+    assert sorted(variables) == ["Conv_0", "head", "stem"]
+    assert sorted(variables["Conv_0"]) == ["bias", "input_beta", "kernel"]
+    assert scope["out"].shape == (2, 10)
+    # The health report printed the ReLU warning.
+    assert "WARNING inputs of fc2 are all >= 0: ste_sign gives +1 everywhere" in printed
+    # The trainer config validates (the import path is resolved only when the model is built).
+    cfg = scope["get_config"]()
+    assert cfg.model.name == "my_pkg.nets:MyNet" and len(cfg.quant.rules) == 2

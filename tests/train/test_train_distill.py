@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bnn_jax import data, models
+from bnn_jax import data, models, tasks
 from bnn_jax.train import checkpoint, config as config_lib, run
 
 
@@ -84,8 +84,9 @@ def test_a_teacher_with_learned_input_arrays_gets_its_trained_values(tmp_path):
 
     kd = config_lib.defaults().kd
     kd.teacher_model, kd.teacher_workdir = teacher_model, str(tmp_path / "teacher")
-    graph, loaded = load_teacher(kd, ds, NamedSharding(jax.sharding.Mesh(jax.devices()[:1],
-                                                                         ("x",)), P()))
+    sharding = NamedSharding(jax.sharding.Mesh(jax.devices()[:1], ("x",)), P())
+    task = tasks.build(dict(name="classification"), spec=ds.spec)
+    graph, loaded = load_teacher(kd, ds, sharding, task)
     assert float(loaded["params"]["layers"][0]["input_step"]) == 0.375
     np.testing.assert_array_equal(loaded["params"]["stem"]["kernel"], params["stem"]["kernel"])
     # The merged teacher uses the loaded step: calling it creates nothing new.
