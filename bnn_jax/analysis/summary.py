@@ -37,9 +37,16 @@ def _bits(q: Any) -> float | None:
     return None if q is None else getattr(q, "bits", None)
 
 
+class Rows(list):
+    """The rows of :func:`summarize`, with the model's cost analysis (``cost``) when the model
+    records its ``input_shape``."""
+
+    cost: Any = None
+
+
 def summarize(model: nnx.Module) -> list[LayerRow]:
     """A row for every module that holds parameters or state directly."""
-    rows = []
+    rows = Rows()
     for path, node in nnx.iter_graph(model):
         if not isinstance(node, nnx.Module):
             continue
@@ -50,7 +57,7 @@ def summarize(model: nnx.Module) -> list[LayerRow]:
         kbits = _bits(kq)
         quantized = floats = frozen = 0
         for name, var in own.items():
-            n = int(np.prod(np.shape(var[...])))
+            n = int(np.prod(var.shape))  # also for an abstract (eval_shape) model
             if not isinstance(var, nnx.Param):
                 frozen += n
             elif name == "kernel" and kbits is not None and kbits < FLOAT_BITS:
@@ -60,6 +67,11 @@ def summarize(model: nnx.Module) -> list[LayerRow]:
         rows.append(LayerRow("/".join(str(p) for p in path) or "(root)", type(node).__name__,
                              _bits(getattr(node, "input_quantizer", None)),
                              kbits if quantized else None, quantized, floats, frozen))
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, tuple):
+        from bnn_jax.analysis import cost
+
+        rows.cost = cost.analyze(model, shape)
     return rows
 
 
@@ -96,10 +108,15 @@ def format_table(rows: list[LayerRow]) -> str:
 
 
 def run_summary_markdown(config: Any, result: dict[str, Any], rows: list[LayerRow]) -> str:
-    """``summary.md`` of a finished run: final metrics, model summary, the config."""
+    """``summary.md`` of a finished run: final metrics, model summary, cost, the config."""
+    from bnn_jax.analysis import cost as cost_lib
+
     fmt = {k: (f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in result.items()}
     metric_lines = "\n".join(f"| {k} | {v} |" for k, v in fmt.items())
     return (f"# Run summary: {config.model.name} on {config.data.name}\n\n"
             f"## Final metrics\n\n| metric | value |\n|---|---|\n{metric_lines}\n\n"
             f"## Model\n\n{format_table(rows)}\n\n"
+            + (f"## Cost (per example, larq summary accounting)\n\n"
+               f"{cost_lib.format_table(rows.cost)}\n\n"
+               if getattr(rows, "cost", None) is not None else "") +
             f"## Config\n\n```json\n{config.to_json_best_effort(indent=2)}\n```\n")

@@ -33,9 +33,10 @@ from bnn_jax.quant.binarydm import (binarydm_act, binarydm_lmb, binarydm_lmb1,
                                     progressive_binarization)
 from bnn_jax.quant.pbllm import asym_fake_quant, gptq_pb, pbllm_prepare, pbllm_weight
 from bnn_jax.quant.dbllm import dbllm_fdb, fdb_init
+from bnn_jax.quant.aqt import aqt
 
 __all__ = [
-    "approx_sign", "asym_fake_quant", "batch_channel_norm", "bi_attention", "bibert_act",
+    "aqt", "approx_sign", "asym_fake_quant", "batch_channel_norm", "bi_attention", "bibert_act",
     "bibert_sign", "bibert_weight", "binary_connect", "binary_connect_stochastic", "binarydm_act",
     "binarydm_lmb", "binarydm_lmb1", "biper_act", "biper_regularizer", "biper_stage2_params",
     "biper_two_stage", "biper_weight", "biper_weight_stage1", "bipft_act", "bipft_attention",

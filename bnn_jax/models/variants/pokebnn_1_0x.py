@@ -1,0 +1,6 @@
+"""PokeBNN-1.0x: PokeBNN with filter_multiplier 1.0 (google/aqt pokebnn.py, method notes §13)."""
+
+from bnn_jax.models import pokebnn
+from bnn_jax.models.blocks import variant
+
+Model = variant(pokebnn.Model, "PokeBNN_1_0x", __doc__, filter_multiplier=1.0)

@@ -1,0 +1,6 @@
+"""CIFAR resnet20 in the ReSTE / IR-Net code-base layout (``bnn_jax.models.resnet_cifar``)."""
+
+from bnn_jax.models import resnet_cifar
+from bnn_jax.models.blocks import variant
+
+Model = variant(resnet_cifar.Model, "resnet20", __doc__, arch="resnet20")

@@ -1,0 +1,147 @@
+"""larq-zoo networks: each builds by name and its counts equal larq-zoo's published ones."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from bnn_jax import models
+from bnn_jax.analysis import cost
+
+# (name, larq-zoo docstring "Parameters", docstring "Memory" in MiB, which count it is): the
+# QuickNet and MeliusNet22 docstrings give larq's summary (BatchNorm scale/bias folded away),
+# the other literature ones every array (Keras count_params); RealToBinaryNet's ("mixed") gives
+# every array but the summary's memory. Read from larq/zoo@77c5853f, larq_zoo/{sota,literature}.
+DOCSTRINGS = [
+    ("quicknet_small", 12_655_688, 4.00, "total_params"),
+    ("quicknet", 13_234_088, 4.17, "total_params"),
+    ("quicknet_large", 23_342_248, 5.40, "total_params"),
+    ("birealnet", 11_699_112, 4.03, "all_arrays"),
+    ("binary_resnet_e18", 11_699_368, 4.03, "all_arrays"),
+    ("binary_densenet28", 5_150_504, 4.12, "all_arrays"),
+    ("binary_densenet37", 8_734_120, 5.25, "all_arrays"),
+    ("binary_densenet37_dilated", 8_734_120, 5.25, "all_arrays"),
+    ("binary_densenet45", 13_939_240, 7.54, "all_arrays"),
+    ("xnornet", 62_396_768, 22.81, "all_arrays"),
+    ("dorefanet", 62_403_912, 22.84, "all_arrays"),
+    ("binary_alexnet", 61_859_192, 7.49, "all_arrays"),
+    ("meliusnet22", 6_944_584, 3.88, "total_params"),
+    ("real_to_binary_net", 11_995_624, 5.13, "mixed"),
+]
+MEMORY = {"total_params": "memory_bytes", "all_arrays": "all_arrays_memory_bytes",
+          "mixed": "memory_bytes"}
+
+
+def _abstract(name, shape=(224, 224, 3), classes=1000):
+    return nnx.eval_shape(lambda: models.build(dict(name=name), num_classes=classes,
+                                               input_shape=shape, rngs=nnx.Rngs(0)))
+
+
+def _count(model):
+    """Every array of the model, counted directly (independent of the cost analysis)."""
+    return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model)))
+
+
+@pytest.mark.parametrize("name,params,mib,kind", DOCSTRINGS)
+def test_counts_equal_larq_zoo_docstring(name, params, mib, kind):
+    model = _abstract(name)
+    t = cost.analyze(model, (224, 224, 3)).totals()
+    assert t["all_arrays" if kind == "mixed" else kind] == params
+    assert t["all_arrays"] == _count(model)
+    assert round(t[MEMORY[kind]] / 2 ** 20, 2) == mib
+
+
+def test_quicknet_small_summary_macs():
+    # larq's summary of QuickNetSmall: 1.17 B MACs, 0.9864 binarized.
+    t = cost.analyze(_abstract("quicknet_small"), (224, 224, 3)).totals()
+    assert cost._num(t["macs"]) == "1.17 B" and f"{t['binarized_mac_ratio']:.4f}" == "0.9864"
+
+
+@pytest.mark.parametrize("name,size,mib,macs,ratio", [
+    # larq summaries printed in larq/docs pull request 85.
+    ("binary_densenet45", "13.9 M", 7.35, "6.67 B", "0.9634"),
+    ("binary_densenet37_dilated", "8.7 M", 5.13, "8.23 B", "0.9450"),
+])
+def test_densenet_larq_summaries(name, size, mib, macs, ratio):
+    t = cost.analyze(_abstract(name), (224, 224, 3)).totals()
+    assert cost._num(t["total_params"]) == size and round(t["memory_bytes"] / 2 ** 20, 2) == mib
+    assert cost._num(t["macs"]) == macs and f"{t['binarized_mac_ratio']:.4f}" == ratio
+
+
+@pytest.mark.slow  # compiling a full network's training step takes a minute or two on CPU
+@pytest.mark.parametrize("name,shape", [("quicknet_small", (32, 32, 3)),
+                                        ("binary_resnet_e18", (32, 32, 3)),
+                                        ("binary_densenet28", (32, 32, 3))])
+def test_small_forward_and_train_step(name, shape):
+    model = models.build(dict(name=name), num_classes=10, input_shape=shape, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, *shape)), jnp.float32)
+    y = jnp.asarray([1, 3])
+    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt):
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+        value, grads = nnx.value_and_grad(loss)(model)
+        opt.update(model, grads)
+        return value
+
+    before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+    assert np.isfinite(float(step(model, opt)))
+    after = nnx.state(model, nnx.Param)
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, after))
+    assert any(changed)
+    model.eval()
+    assert model(x).shape == (2, 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [d[0] for d in DOCSTRINGS])
+def test_forward_at_224(name):
+    model = models.build(dict(name=name), num_classes=1000, input_shape=(224, 224, 3),
+                         rngs=nnx.Rngs(0))
+    model.eval()
+    out = model(jnp.zeros((1, 224, 224, 3)))
+    assert out.shape == (1, 1000) and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_unknown_arch_and_bad_fields_are_rejected():
+    with pytest.raises(ValueError, match="arch must be one of"):
+        models.build(dict(name="alexnet", arch="vgg"), num_classes=10,
+                     input_shape=(224, 224, 3), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="unknown field"):
+        models.validate(dict(name="quicknet", width=3))
+
+
+def test_readme_zoo_table_is_rendered_from_the_results():
+    import importlib.util
+    import json
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("zoo_experiment", root / "experiments/zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    results = json.loads((root / "experiments/results/zoo.json").read_text())
+    assert zoo.readme_table(results) in (root / "README.md").read_text()
+    assert zoo.render(results) == (root / "experiments/zoo.md").read_text()
+    for name, params, _, kind in DOCSTRINGS:  # the committed results are the parity ones
+        assert results[name]["ours"]["all_arrays" if kind == "mixed" else kind] == params
+
+
+def test_cnn_small_table_is_rendered_from_its_results():
+    import importlib.util
+    import json
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("cnn_small", root / "experiments/cnn_small.py")
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    results = json.loads((root / "experiments/results/cnn_small.json").read_text())
+    md, points = exp.markdown(results)
+    assert md == (root / "experiments/cnn_small.md").read_text()
+    assert {r["method"] for r in results["runs"]} == set(exp.METHODS)
+    assert len(points) == len(exp.METHODS) and (root / "experiments/cnn_small.png").exists()
