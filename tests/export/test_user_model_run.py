@@ -1,8 +1,10 @@
 """A model the framework did not write, named by import path, binarized by ``config.quant``,
 trained by ``python -m bnn_jax.main`` and frozen by ``python -m bnn_jax.export``; registry."""
 
+import csv
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -86,6 +88,32 @@ def test_import_path_model_trains_and_exports(tmp_path):
     lines = [ln for ln in exp.stdout.splitlines() if ln.startswith("body ")]
     assert lines and "W:binary A:binary" in lines[0]   # the explicit-padding conv is packed
     assert "same argmax 100.0%" in exp.stdout
+
+
+@pytest.mark.slow  # a two-trial sweep of 4-step runs in a subprocess (~40 s)
+def test_import_path_model_sweeps_with_its_quant_rules(tmp_path):
+    pkg = tmp_path / "src" / "my_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(textwrap.dedent(USER_MODULE))
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(textwrap.dedent(CONFIG) + textwrap.dedent('''
+
+        def get_sweep(arg=None):
+            return [{"optimizer.learning_rate": lr} for lr in (1e-2, 3e-3)]
+        '''))
+    out = tmp_path / "sweep"
+    sw = subprocess.run([sys.executable, "-m", "bnn_jax.sweep", "--config", str(cfg),
+                         "--workdir", str(out), "--config.total_steps=4"],
+                        env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert sw.returncode == 0, sw.stderr[-3000:]
+    with open(out / "results.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["optimizer.learning_rate"]) for r in rows] == [1e-2, 3e-3]
+    assert all(r["status"] == "ok" for r in rows)
+    for r in rows:  # each trial binarized the user's body conv by config.quant.rules
+        summary = (pathlib.Path(r["workdir"]) / "summary.md").read_text()
+        assert "QuantConv" in summary and "body" in summary
 
 
 def test_register_and_import_path_errors(tmp_path, monkeypatch):
