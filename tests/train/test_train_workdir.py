@@ -3,6 +3,7 @@ a second run in the same directory, a finished run started again, a start that f
 
 import json
 import os
+import re
 import pathlib
 import shutil
 import subprocess
@@ -105,9 +106,12 @@ def test_flipped_bytes_are_detected_and_the_previous_checkpoint_resumes(copy, fi
     capsys.readouterr()
     run(tiny_config(steps=4), str(copy))
     out = capsys.readouterr().out
-    assert "checkpoint 4 is damaged: the data of" in out and "does not match the checksums" in out
-    assert f"moved aside from {copy}/checkpoints/4 to {copy}/checkpoints/4.corrupt" in out
-    assert "Resuming from checkpoint at step 2" in out
+    # Flipped bytes that land in a compressed chunk fail the read itself; elsewhere they reach
+    # the checksums. Either way the checkpoint must be found damaged and set aside.
+    assert re.search(r"checkpoint 4 (is damaged: the data of .* does not match the checksums|"
+                     r"cannot be read)", out), out
+    assert f"moved aside from {copy}/checkpoints/4 to {copy}/checkpoints/4.corrupt" in out, out
+    assert "Resuming from checkpoint at step 2" in out, out
     for a, b in zip(*(jax_leaves(saved_state(w, 4)) for w in (copy, finished))):
         np.testing.assert_array_equal(a, b)  # steps 3-4 recomputed exactly
 
