@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import jax
 import numpy as np
 
 
-class Task:
+class Task(abc.ABC):
     """A training objective: batch fields, model call, loss, eval metrics, final metrics.
 
     ``prepare`` may add derived arrays to the batch from a PRNG key (e.g. noised images);
@@ -42,21 +43,21 @@ class Task:
         """The batch with any randomly derived arrays the loss needs (default: unchanged)."""
         return batch
 
+    @abc.abstractmethod
     def inputs(self, batch: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         """``(args, kwargs)`` of the model call on ``batch``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def loss(self, out: Any, batch: dict[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Training loss and the step's other scalars (named in ``train_metrics``)."""
-        raise NotImplementedError
 
     def distill_logits(self, out: Any, batch: dict[str, Any]) -> tuple[jax.Array, Any]:
         """The logits logit distillation compares and the mask of positions that count."""
         return out, None
 
+    @abc.abstractmethod
     def eval_metrics(self, out: Any, batch: dict[str, Any]) -> dict[str, jax.Array]:
         """Per-example metrics ``[B]`` of one eval batch."""
-        raise NotImplementedError
 
     def final(self, means: dict[str, float], sums: dict[str, float],
               ds: Any = None) -> dict[str, float]:
