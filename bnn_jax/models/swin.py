@@ -157,12 +157,14 @@ class Model(nnx.Module):
     def __init__(self, *, num_classes: int, input_shape: Sequence[int], rngs: nnx.Rngs,
                  patch_size: int = 4, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                  num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7,
-                 mlp_ratio: int = 4, attention: str = "softmax",
+                 mlp_ratio: float = 4.0, attention: str = "softmax",
                  attention_fields: dict | None = None, input_quantizer: Any = None,
                  kernel_quantizer: Any = None, kernel_constraint: Any = None,
                  fc2_input_quantizer: Any = None, norm_eps: float = 1e-5):
         check_positive_ints("swin", patch_size=patch_size, embed_dim=embed_dim,
-                            window_size=window_size, mlp_ratio=mlp_ratio, num_classes=num_classes)
+                            window_size=window_size, num_classes=num_classes)
+        check(isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0,
+              f"swin: mlp_ratio must be a positive number, got {mlp_ratio!r}")
         depths, num_heads = tuple(depths), tuple(num_heads)
         check(len(depths) == len(num_heads) and len(depths) >= 1,
               f"swin: depths {depths} and num_heads {num_heads} need one entry per stage")
@@ -180,7 +182,7 @@ class Model(nnx.Module):
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
             check(dim % heads == 0, f"swin: num_heads[{i}]={heads} must divide the width {dim}")
             blocks = [SwinBlock(dim, heads, res, window_size, 0 if j % 2 == 0 else
-                                window_size // 2, mlp_ratio * dim, attention=attn, quant=quant,
+                                window_size // 2, int(mlp_ratio * dim), attention=attn, quant=quant,
                                 norm_eps=norm_eps, fc2_input_quantizer=fc2_input_quantizer,
                                 rngs=rngs) for j in range(depth)]
             last = i == len(depths) - 1
