@@ -8,7 +8,8 @@ pool, linear head. The attention of a window is any of :data:`bnn_jax.models.vit
 the shift mask as one additive mask. As in timm and Hugging Face, a stage whose resolution is
 not larger than the window uses one window of that resolution and no shift. Resolutions must be
 divisible by the window and even before each merging (no padding here), so the ``quick`` shape
-is 28x28 images, ``patch_size=2``, ``depths=(2, 2)``, ``window_size=7``.
+is 28x28 images, ``patch_size=2``, ``depths=(2, 2)``, ``window_size=7``. ``pretrained``: a
+local Hugging Face Swin directory whose weights initialize the model.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from bnn_jax.models.transformer import MLP, check_positive_ints
-from bnn_jax.models.vit import GELU, attention_factory, mlp_quant
+from bnn_jax.models.vit import GELU, attention_factory, load_pretrained, mlp_quant
 from bnn_jax.nn import QuantConv, QuantLinear
 from bnn_jax.quant.registry import check
 
@@ -160,7 +161,8 @@ class Model(nnx.Module):
                  mlp_ratio: float = 4.0, attention: str = "softmax",
                  attention_fields: dict | None = None, input_quantizer: Any = None,
                  kernel_quantizer: Any = None, kernel_constraint: Any = None,
-                 fc2_input_quantizer: Any = None, norm_eps: float = 1e-5):
+                 fc2_input_quantizer: Any = None, norm_eps: float = 1e-5,
+                 pretrained: str = ""):
         check_positive_ints("swin", patch_size=patch_size, embed_dim=embed_dim,
                             window_size=window_size, num_classes=num_classes)
         check(isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0,
@@ -194,6 +196,7 @@ class Model(nnx.Module):
         self.stages = nnx.List(stages)
         self.norm = nnx.LayerNorm(dim, epsilon=norm_eps, rngs=rngs)
         self.head = QuantLinear(dim, num_classes, rngs=rngs)
+        load_pretrained(self, pretrained)
 
     def __call__(self, images: jax.Array) -> jax.Array:
         """Logits for a batch of NHWC images."""

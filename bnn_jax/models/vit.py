@@ -15,7 +15,13 @@ distillation-token head, as DeiT evaluates it (and Hugging Face's
 ``attention_fields`` are its keyword arguments (quantizers, ``bits``, ...). The model's own
 ``input_quantizer`` / ``kernel_quantizer`` / ``kernel_constraint`` apply to the MLPs
 (``fc2_input_quantizer`` to the second MLP layer alone). The patch embedding and the head stay
-full precision unless ``config.quant`` rules address ``patch_embed`` / ``head``.
+full precision unless ``config.quant`` rules address ``patch_embed`` / ``head``. ``pretrained``
+names a local Hugging Face directory whose weights initialize the model
+(:func:`bnn_jax.models.hub.load_into`).
+
+The methods' placements are field sets: :func:`ofq_fields` (OFQ W{b}A{b}), :func:`bivit_fields`
+(BiViT, attention and MLP binarized separately for Cross-layer Binarization) and
+:func:`sign_fields` (plain sign W1A1 baseline).
 """
 
 from __future__ import annotations
@@ -61,10 +67,53 @@ def attention_factory(name: str, fields: dict | None) -> Any:
     return lambda num_heads, dim, *, rngs: cls(num_heads, dim, rngs=rngs, **fields)
 
 
+def load_pretrained(model: nnx.Module, directory: str) -> None:
+    """Fill ``model`` with the weights of a local Hugging Face directory (if one is named)."""
+    if directory:
+        from bnn_jax.models import hub
+
+        hub.load_into(model, directory)
+
+
 def mlp_quant(input_quantizer, kernel_quantizer, kernel_constraint) -> dict:
     """The quantizer arguments of the MLP linears."""
     return dict(input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer,
                 kernel_constraint=kernel_constraint)
+
+
+BINARY_ACT = dict(name="bnn_ste", boundary="exclusive")  # BiViT's BinaryQuantizer (sign)
+
+
+def ofq_fields(bits: int) -> dict[str, Any]:
+    """OFQ's placement (nbasyl/OFQ ``modules/qlinear.py``, ``modules/attention.py``): StatsQ
+    kernels, ``ofq_lsq`` per-token inputs (unsigned after the GELU, ``QMLP``'s ``fc2``) and the
+    query-key reparameterized attention, all at ``bits``."""
+    act = dict(name="ofq_lsq", bits=bits, granularity="token")
+    return dict(attention="ofq", attention_fields=dict(bits=bits), input_quantizer=act,
+                kernel_quantizer=dict(name="statsq", bits=bits),
+                fc2_input_quantizer=dict(act, signed=False))
+
+
+def bivit_fields(*, attention: bool = True, mlp: bool = True) -> dict[str, Any]:
+    """BiViT (ThisisBillhe/BiViT ``utils_quant.py``): SAB attention (binary Q, K, V, {0, 1}
+    attention, row-centred ``bivit_weight`` kernels with learned scales) and/or W1A1 MLPs
+    (sign inputs, ``bivit_weight`` kernels). The part left out stays full precision with the
+    same parameters (``bivit_weight(binary=False)``), so the stages of Cross-layer
+    Binarization share one parameter tree and chain through ``config.init_from``."""
+    latent = dict(name="bivit_weight", binary=False)
+    attn = {} if attention else dict(input_quantizer=None, qkv_quantizer=None,
+                                     kernel_quantizer=latent, binarize_attention=False)
+    return dict(attention="sab", attention_fields=attn,
+                input_quantizer=BINARY_ACT if mlp else None,
+                kernel_quantizer="bivit_weight" if mlp else latent)
+
+
+def sign_fields() -> dict[str, Any]:
+    """Plain W1A1 baseline: ``ste_sign`` weights (no scale) and inputs of every block linear,
+    ``ste_sign`` Q, K, V; softmax probabilities stay real."""
+    sign = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+    return dict(attention="softmax", attention_fields=dict(sign, qkv_quantizer="ste_sign"),
+                **sign)
 
 
 class Model(nnx.Module):
@@ -75,7 +124,8 @@ class Model(nnx.Module):
                  mlp_dim: int = 768, distilled: bool = False, attention: str = "softmax",
                  attention_fields: dict | None = None, input_quantizer: Any = None,
                  kernel_quantizer: Any = None, kernel_constraint: Any = None,
-                 fc2_input_quantizer: Any = None, norm_eps: float = 1e-6):
+                 fc2_input_quantizer: Any = None, norm_eps: float = 1e-6,
+                 pretrained: str = ""):
         check_positive_ints("vit", patch_size=patch_size, hidden=hidden, depth=depth,
                             num_heads=num_heads, mlp_dim=mlp_dim, num_classes=num_classes)
         h, w, c = tuple(input_shape)
@@ -105,6 +155,7 @@ class Model(nnx.Module):
         self.head = QuantLinear(hidden, num_classes, rngs=rngs)
         if distilled:
             self.head_dist = QuantLinear(hidden, num_classes, rngs=rngs)
+        load_pretrained(self, pretrained)
 
     def features(self, images: jax.Array) -> jax.Array:
         """Token features ``[B, extra + patches, hidden]`` after the final LayerNorm."""

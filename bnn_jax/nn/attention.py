@@ -160,19 +160,25 @@ class SABAttention(MultiHeadAttention):
                  out_features: int | None = None, *, ratio: float = 0.25,
                  input_quantizer: Any = dict(name="bnn_ste", boundary="exclusive"),
                  kernel_quantizer: Any = "bivit_weight",
-                 qkv_quantizer: Any = dict(name="bnn_ste", boundary="exclusive"), **kwargs):
+                 qkv_quantizer: Any = dict(name="bnn_ste", boundary="exclusive"),
+                 binarize_attention: bool = True, **kwargs):
         check(isinstance(ratio, (int, float)) and 0 < ratio <= 1,
               f"ratio must be a number in (0, 1], got {ratio!r}")
+        check_choice("binarize_attention", binarize_attention, (True, False))
         super().__init__(num_heads, in_features, qkv_features, out_features,
                          input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer,
                          qkv_quantizer=qkv_quantizer, **kwargs)
         self.ratio = ratio
+        self.binarize_attention = binarize_attention
 
     def attend(self, q, k, v, *, mask=None, inputs=None) -> jax.Array:
-        """Thresholded-softmax attention {0, 1} times the quantized V."""
+        """Thresholded-softmax attention {0, 1} times the quantized V (``binarize_attention=
+        False``: the softmax probabilities, for a full-precision stage)."""
         q, k, v = self.q_quant(q), self.k_quant(k), self.v_quant(v)
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) * self.head_dim ** -0.5
-        attention = sab_binarize(apply_mask(scores, mask), ratio=self.ratio)
+        scores = apply_mask(jnp.einsum("bhqd,bhkd->bhqk", q, k) * self.head_dim ** -0.5, mask)
+        if not self.binarize_attention:
+            return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(scores, axis=-1), v)
+        attention = sab_binarize(scores, ratio=self.ratio)
         self.sow(nnx.Intermediate, "attention", attention, capture_noop=True)
         return jnp.einsum("bhqk,bhkd->bhqd", attention, v)
 
