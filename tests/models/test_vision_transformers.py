@@ -67,3 +67,21 @@ def test_hugging_face_import_logits_parity(name):
     model.eval()
     logits = model(ref["images"])  # eager: a tiny model runs faster than it compiles
     np.testing.assert_allclose(np.asarray(logits), ref["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_bad_fields_are_clear_errors():
+    kw = dict(num_classes=10, input_shape=(28, 28, 1), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="unknown attention 'linear'; valid: .*'ofq'"):
+        models.get("vit")(attention="linear", patch_size=7, **kw)
+    with pytest.raises(ValueError, match="patch_size=5 must divide"):
+        models.get("vit")(patch_size=5, **kw)
+    with pytest.raises(ValueError, match="window_size=3 must divide"):
+        models.get("swin")(patch_size=2, depths=(1,), num_heads=(1,), window_size=3, **kw)
+
+
+def test_ecoformer_attention_is_built_by_name():
+    m = nnx.eval_shape(lambda: models.get("vit")(
+        num_classes=10, input_shape=(28, 28, 1), rngs=nnx.Rngs(0), patch_size=7, hidden=16,
+        depth=1, num_heads=2, mlp_dim=32, attention="ecoformer",
+        attention_fields=dict(num_bits=8, num_anchors=4, topk=2)))
+    assert type(m.blocks[0].attn).__name__ == "EcoFormerAttention"
