@@ -85,3 +85,15 @@ def test_ecoformer_attention_is_built_by_name():
         depth=1, num_heads=2, mlp_dim=32, attention="ecoformer",
         attention_fields=dict(num_bits=8, num_anchors=4, topk=2)))
     assert type(m.blocks[0].attn).__name__ == "EcoFormerAttention"
+
+
+def test_vit_small_table_is_rendered_from_its_results():
+    import importlib.util
+    import json
+
+    root = FIXTURES.parents[1]
+    spec = importlib.util.spec_from_file_location("vit_small", root / "experiments/vit_small.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = json.loads((root / "experiments/results/vit_small.json").read_text())
+    assert module.markdown(results) == (root / "experiments/vit_small.md").read_text()
