@@ -53,9 +53,9 @@ def get_config(arg=None):
         c.total_steps = 2
         steps_per_epoch = 1
     else:
-        if not arg.pretrained:
-            raise ValueError("pretrained= must name the local Hugging Face directory of the "
-                             f"float {arg.model} (BiViT starts from it and distils from it)")
+        # The float model's local Hugging Face directory (a missing one stops the run with
+        # how to place it there).
+        arg.pretrained = arg.pretrained or f"hf/{arg.model}"
         c.model = dict(name=arg.model, **fields)
         if arg.stage == 1:
             c.model["pretrained"] = arg.pretrained
