@@ -78,6 +78,10 @@ MODELS = {
     "bart": "bart",
     "mbart": "mbart",
     "bert": "bert",
+    "pvt_v2": "pvt",
+    "pvt_v2_b0": "variants.pvt_v2_b0",
+    "pvt_v2_b1": "variants.pvt_v2_b1",
+    "pvt_v2_b2": "variants.pvt_v2_b2",
 }
 
 
