@@ -13,7 +13,9 @@ LayerNorm after each stage, the mean token into the classifier. ``attention``:
   attention in the last stage, as EcoFormer's ``pvt/pvt_v2.py`` (``Block(last_stage=True)``)
   builds it; ``ecoformer`` gives its fields (``num_bits``, ``num_anchors``, ``topk``, ...).
 
-``first_patch``/``first_stride`` make small inputs usable (e.g. 3/2 on 28x28 MNIST). Weights
+``first_patch``/``first_stride`` make small inputs usable (e.g. 3/2 on 28x28 MNIST). There is
+no stochastic depth (the PVTv2 configs' ``drop_path`` 0.1): the training loop hands models no
+dropout key, and EcoFormer's fine-tunes run the model in eval mode, where it is off. Weights
 start as the reference initializes them: linear kernels N(0, 0.02) (timm's ``trunc_normal_``
 cuts at ±2, i.e. ±100 standard deviations), convolutions N(0, 2/fan_out), biases 0.
 """
@@ -85,11 +87,10 @@ class HashAttention(nnx.Module):
 
 
 class Block(nnx.Module):
-    """``x + DropPath(attn(LN(x)))``, ``x + DropPath(MLP(LN(x)))`` with the depthwise-conv MLP
-    (LayerNorm eps 1e-6, exact GELU)."""
+    """``x + attn(LN(x))``, ``x + MLP(LN(x))`` with the depthwise-conv MLP (LayerNorm eps 1e-6,
+    exact GELU)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attention: nnx.Module,
-                 drop_path: float, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, mlp_ratio: float, attention: nnx.Module, *, rngs: nnx.Rngs):
         hidden = int(dim * mlp_ratio)
         self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs)
         self.attention = attention
@@ -97,15 +98,13 @@ class Block(nnx.Module):
         self.fc1 = nnx.Linear(dim, hidden, rngs=rngs)
         self.dwconv = _conv(hidden, hidden, 3, 1, 1, rngs, groups=hidden)
         self.fc2 = nnx.Linear(hidden, dim, rngs=rngs)
-        # Stochastic depth: one Bernoulli per example, so the mask broadcasts over tokens.
-        self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2), rngs=rngs)
 
     def __call__(self, x: jax.Array, hw: tuple[int, int]) -> jax.Array:
-        x = x + self.drop_path(self.attention(self.norm1(x), hw))
+        x = x + self.attention(self.norm1(x), hw)
         h = self.fc1(self.norm2(x))
         b, n, c = h.shape
         h = self.dwconv(h.reshape(b, *hw, c)).reshape(b, n, c)
-        return x + self.drop_path(self.fc2(jax.nn.gelu(h, approximate=False)))
+        return x + self.fc2(jax.nn.gelu(h, approximate=False))
 
 
 def init_like_reference(model: nnx.Module, rngs: nnx.Rngs) -> None:
@@ -157,7 +156,7 @@ class Model(nnx.Module):
                  mlp_ratios: Sequence[float] = (8, 8, 4, 4),
                  depths: Sequence[int] = (3, 4, 6, 3), sr_ratios: Sequence[int] = (8, 4, 2, 1),
                  attention: str = "sra", ecoformer: Any = None, first_patch: int = 7,
-                 first_stride: int = 4, drop_path_rate: float = 0.0):
+                 first_stride: int = 4):
         if attention not in ATTENTIONS:
             raise ValueError(f"pvt_v2: unknown attention {attention!r}; valid: "
                              f"{list(ATTENTIONS)}")
@@ -174,15 +173,12 @@ class Model(nnx.Module):
         if not (isinstance(first_stride, int) and 1 <= first_stride < first_patch):
             raise ValueError(f"pvt_v2: need 1 <= first_stride < first_patch (the reference "
                              f"asserts patch > stride), got {first_stride}, {first_patch}")
-        if not (isinstance(drop_path_rate, (int, float)) and 0 <= drop_path_rate < 1):
-            raise ValueError(f"pvt_v2: drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         if ecoformer is not None and attention != "ecoformer":
             raise ValueError("pvt_v2: ecoformer fields are given but attention is "
                              f"{attention!r}; set attention='ecoformer' or drop them")
         eco = _ecoformer_fields(ecoformer)
-        rates = [drop_path_rate * i / max(sum(depths) - 1, 1) for i in range(sum(depths))]
         self.patch_embeds, self.stages, self.norms = nnx.List(), nnx.List(), nnx.List()
-        cin, j = int(input_shape[-1]), 0
+        cin = int(input_shape[-1])
         for i, (dim, heads) in enumerate(zip(embed_dims, num_heads)):
             patch, stride = (first_patch, first_stride) if i == 0 else (3, 2)
             self.patch_embeds.append(PatchEmbed(cin, dim, patch, stride, rngs=rngs))
@@ -193,8 +189,7 @@ class Model(nnx.Module):
                 else:
                     sr = sr_ratios[i] if attention == "sra" else 1
                     attn = SRAttention(dim, heads, sr, rngs=rngs)
-                blocks.append(Block(dim, heads, mlp_ratios[i], attn, rates[j], rngs=rngs))
-                j += 1
+                blocks.append(Block(dim, mlp_ratios[i], attn, rngs=rngs))
             self.stages.append(blocks)
             self.norms.append(nnx.LayerNorm(dim, epsilon=1e-6, rngs=rngs))
             cin = dim
@@ -203,6 +198,7 @@ class Model(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits for NHWC images."""
+        hw = x.shape[1:3]
         for i, (embed, blocks, norm) in enumerate(zip(self.patch_embeds, self.stages,
                                                       self.norms)):
             if i:
