@@ -73,7 +73,7 @@ def get_config(arg=None):
     c.model = dict(name=arg.model, attention=arg.stage)
     if arg.quick:
         c.model.update(QUICK_PVT)
-        c.data = dict(name="mnist5k", batch_size=32, eval_batch_size=100, data_dir="")
+        c.data = dict(name="mnist5k", batch_size=32, eval_batch_size=200, data_dir="")
         steps_per_epoch = math.ceil(4000 / 32)
         c.total_steps = 4
     else:

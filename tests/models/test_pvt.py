@@ -166,7 +166,7 @@ def test_recipe_arguments():
 def test_quick_recipe_trains(stage, tmp_path):
     c = _recipe(f"quick,stage={stage}")
     c.total_steps, c.checkpoint_every, c.tensorboard = 12, 12, False
-    c.data.eval_batch_size = 500
+    c.mesh.num_devices = 1
     config_lib.validate(c)
     run(c, str(tmp_path))
     losses = [json.loads(s)["loss"] for s in (tmp_path / "metrics.jsonl").read_text().split("\n")
