@@ -91,6 +91,10 @@ MODELS = {
     "swin": "swin",
     "swin_tiny": "variants.swin_tiny",
     "swin_small": "variants.swin_small",
+    "pvt_v2": "pvt",
+    "pvt_v2_b0": "variants.pvt_v2_b0",
+    "pvt_v2_b1": "variants.pvt_v2_b1",
+    "pvt_v2_b2": "variants.pvt_v2_b2",
 }
 
 
