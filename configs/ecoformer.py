@@ -65,10 +65,8 @@ def get_config(arg=None):
         raise ValueError(f"model must be one of {list(MODELS)}, got {arg.model!r}")
     eco = arg.stage == "ecoformer"
     start = arg.msa if eco else arg.pvt
-    if not (start or arg.quick):
-        raise ValueError(f"stage={arg.stage} fine-tunes an earlier run: give "
-                         f"{'msa' if eco else 'pvt'}=DIR (the workdir of the "
-                         f"{'msa stage' if eco else 'PVTv2 run'})")
+    # The paper fine-tunes an earlier run (msa=DIR / pvt=DIR); without one the stage trains
+    # from scratch, which is a different recipe: give the run directory to reproduce it.
     c = defaults()
     c.model = dict(name=arg.model, attention=arg.stage)
     if arg.quick:

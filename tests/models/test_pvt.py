@@ -155,8 +155,7 @@ def test_recipe_arguments():
     msa = _recipe("stage=msa,pvt=runs/p")
     assert msa.model.attention == "msa" and msa.total_steps == 100 * epoch and not msa.hooks
     config_lib.validate(full)
-    with pytest.raises(ValueError, match="give msa=DIR"):
-        _recipe("stage=ecoformer")
+    assert _recipe("stage=ecoformer").init_from == ""  # no earlier run: from scratch
     with pytest.raises(ValueError, match="stage must be one of"):
         _recipe("stage=sra,quick")
 
