@@ -79,11 +79,11 @@ class Model(nnx.Module):
                  kernel_constraint=kernel_constraint)
         # The stem conv and the dense may have their own quantizers (AQT's w4a4 ResNet-50 keeps
         # them at 8 bits: ``configs/paper/resnet50_w4_a4_init8_dense8_auto.py``).
-        ends = q if first_last is None else dict(first_last)
-        bad = sorted(set(ends) - {"input_quantizer", "kernel_quantizer"})
-        if bad or style != "float" and first_last is not None:
+        if first_last is not None and (style != "float" or not hasattr(first_last, "keys") or
+                                       set(first_last) - {"input_quantizer", "kernel_quantizer"}):
             raise ValueError(f"first_last takes input_quantizer / kernel_quantizer (style "
                              f"'float' only), got {first_last!r}")
+        ends = q if first_last is None else dict(first_last)
         ends = {k: ends.get(k) for k in ("input_quantizer", "kernel_quantizer")}
         cin = int(input_shape[-1])
         layers, c = [], 64
@@ -119,6 +119,8 @@ class Model(nnx.Module):
         x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for layer in self.layers:
             x = layer(x)
+            # each block's output (Real-to-Binary's attention matching reads the teacher's)
+            self.sow(nnx.Intermediate, "block_out", x, capture_noop=True)
         x = global_pool(x)
         if self.style == "binary":
             x = self.head_bn(x)

@@ -163,3 +163,89 @@ def test_aqt_resnet50_first_and_last_layers_at_8_bits():
     with pytest.raises(ValueError, match="first_last takes"):
         models.build(dict(c.model, first_last=dict(bits=8)), num_classes=10,
                      input_shape=(32, 32, 3), rngs=nnx.Rngs(0))
+
+
+# ----------------------------------------------------------------------- Real-to-Binary --
+
+def larq_attention_reference(student, teacher):
+    """larq-zoo AttentionMatchingLossLayer (NumPy): Q = mean_c(A^2) per example, over its max;
+    mean over positions of (Qs - Qt)^2, then over examples and volumes."""
+    losses = []
+    for s, t in zip(student, teacher):
+        qs, qt = [(np.mean(np.square(np.asarray(a, np.float64)), -1).reshape(a.shape[0], -1))
+                  for a in (s, t)]
+        qs, qt = qs / qs.max(-1, keepdims=True), qt / qt.max(-1, keepdims=True)
+        losses.append(np.mean((qs - qt) ** 2, axis=-1))
+    return np.mean(np.stack(losses, -1))
+
+
+def test_attention_matching_term_equals_larq_zoo():
+    from bnn_jax.train import distill
+
+    rng = np.random.default_rng(1)
+    s = [rng.standard_normal((2, 4, 4, 8)).astype(np.float32),
+         rng.standard_normal((2, 2, 2, 16)).astype(np.float32)]
+    t = [rng.standard_normal((2, 4, 4, 3)).astype(np.float32),  # channels may differ
+         rng.standard_normal((2, 2, 2, 5)).astype(np.float32)]
+    got = distill.attention_matching_loss([jnp.asarray(a) for a in s], [jnp.asarray(a) for a in t])
+    assert float(got) == pytest.approx(larq_attention_reference(s, t), rel=1e-5)
+    # the teacher's volumes are stop-gradient
+    g = jax.grad(lambda v: distill.attention_matching_loss([jnp.asarray(s[0])], [v]))(
+        jnp.asarray(t[0]))
+    assert not np.any(np.asarray(g))
+
+
+@pytest.mark.parametrize("stage,attention,output", [(1, 30.0, 3.0), (2, 30.0, 3.0),
+                                                     (3, None, 0.8)])
+def test_real_to_binary_stages(stage, attention, output):
+    c = get_config("real_to_binary", f"stage={stage}")
+    config_lib.validate(c)
+    terms = {t["name"]: t for t in c.kd.terms}
+    assert terms.get("attention", {}).get("weight") == attention
+    assert terms["distribution"]["weight"] == output and c.kd.task_weight == 1.0
+    assert c.total_steps == 75 * math.ceil(1_281_167 / 256)
+    assert (c.model.input_quantizer, c.model.kernel_quantizer) == {
+        1: (None, None), 2: ("ste_sign", None), 3: ("ste_sign", "ste_sign")}[stage]
+    assert c.init_from == ("runs/r2b_stage2" if stage == 3 else "")
+
+
+@pytest.mark.slow  # builds a ResNet-18 teacher and runs both networks
+def test_real_to_binary_attention_matching_between_student_and_resnet18():
+    from flax import nnx
+
+    from bnn_jax import models
+    from bnn_jax.train import distill
+
+    c = get_config("real_to_binary", "stage=1")
+    rngs = nnx.Rngs(0)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
+    student = models.build(dict(c.model, filters=8), num_classes=10, input_shape=(32, 32, 3),
+                           rngs=rngs)
+    teacher = models.build(c.kd.teacher_model, num_classes=10, input_shape=(32, 32, 3),
+                           rngs=rngs)
+
+    def features(m):
+        m.eval()
+        out, inter = nnx.capture(m, nnx.Intermediate)(x)
+        return out, distill.flat_features(nnx.to_pure_dict(inter))
+
+    s_out, s_feats = features(student)
+    t_out, t_feats = features(teacher)
+    assert sum(k.startswith("block_out/") for k in s_feats) == 8  # larq-zoo's blocks 2..9
+    d = distill.Distiller(c.kd, list(s_feats), list(t_feats))
+    d.check_shapes(s_out, t_out, s_feats, t_feats)
+    pairs = d.pairs[[t["name"] for t in d.terms].index("attention")]
+    assert [a for a, _ in pairs] == [f"block_out/{i}" for i in range(8)]
+    got = distill.attention_matching_loss([s_feats[a] for a, _ in pairs],
+                                          [t_feats[b] for _, b in pairs])
+    want = larq_attention_reference([s_feats[a] for a, _ in pairs],
+                                    [t_feats[b] for _, b in pairs])
+    assert want > 1e-4 and float(got) == pytest.approx(want, rel=1e-5)
+    # the composed loss: task + 3 x distribution + 30 x attention
+    dist = distill.LOGIT_TERMS["distribution"][1](s_out, t_out, None)
+    total = d(jnp.float32(1.5), s_out, t_out, None, s_feats, t_feats)
+    assert float(total) == pytest.approx(1.5 + 3 * float(dist) + 30 * want, rel=1e-5)
+    # mismatched positions are a clear error
+    bad = dict(t_feats, **{pairs[0][1]: jnp.zeros((2, 3, 3, 64))})
+    with pytest.raises(ValueError, match="same N, H, W"):
+        d.check_shapes(s_out, t_out, s_feats, bad)
