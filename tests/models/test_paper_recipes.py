@@ -249,3 +249,51 @@ def test_real_to_binary_attention_matching_between_student_and_resnet18():
     bad = dict(t_feats, **{pairs[0][1]: jnp.zeros((2, 3, 3, 64))})
     with pytest.raises(ValueError, match="same N, H, W"):
         d.check_shapes(s_out, t_out, s_feats, bad)
+
+
+# -------------------------------------------------------------------------------- BiPer --
+
+@pytest.mark.parametrize("stage,tau,lr,wd,epochs", [(1, 0.037, 0.021, 0.0016, 600),
+                                                    (2, 0.0468, 0.0037, 0.00016, 300)])
+def test_biper_cifar_loss_adds_the_tau_regularizer(stage, tau, lr, wd, epochs):
+    from flax import nnx
+
+    from bnn_jax import models, tasks
+
+    c = get_config("biper", f"stage={stage}")
+    config_lib.validate(c)
+    per_epoch = math.ceil(50_000 / 256)
+    assert c.total_steps == epochs * per_epoch and c.optimizer.warmup_steps == 5 * per_epoch
+    assert (c.optimizer.learning_rate, c.optimizer.weight_decay) == (lr, wd)
+    model = models.build(dict(c.model, name="resnet20", width=2), num_classes=10,
+                         input_shape=(8, 8, 3), rngs=nnx.Rngs(0))
+    task = tasks.build(c.task, spec=dict(num_classes=10, input_shape=(8, 8, 3)), config=c)
+    rng = np.random.default_rng(0)
+    batch = dict(image=rng.standard_normal((2, 8, 8, 3)).astype(np.float32),
+                 label=np.array([1, 7], np.int32))
+    args, kwargs = task.inputs(batch)
+    out = model(*args, **kwargs)
+    loss, aux = task.loss(out, batch)
+    # NumPy: the binarized convs are the 18 inner convs (stem float), each tau mean(sin^2(wW))
+    kernels = [np.asarray(n.kernel[...], np.float64) for _, n in nnx.iter_graph(model)
+               if getattr(n, "kernel_quantizer", None) is not None and hasattr(n, "kernel")]
+    assert len(kernels) == 18
+    reg = sum(tau * np.mean(0.5 - 0.5 * np.cos(2 * 20.0 * w)) for w in kernels)
+    logits = np.asarray(model(batch["image"]), np.float64)
+    ce = np.mean(np.log(np.exp(logits).sum(-1)) - logits[[0, 1], batch["label"]])
+    assert float(aux["regularizer"]) == pytest.approx(reg, rel=1e-5) and reg > 1e-3
+    assert float(loss) == pytest.approx(ce + reg, rel=1e-5)
+    # eval metrics and distillation read the logits alone
+    assert task.eval_metrics(out, dict(batch, mask=np.ones(2)))["top1"].shape == (2,)
+
+
+def test_weight_regularizer_field_is_checked():
+    from flax import nnx
+
+    from bnn_jax import models, tasks
+
+    with pytest.raises(ValueError, match="weight_regularizer must be None or"):
+        models.build(dict(name="resnet20", weight_regularizer=dict(name="l2")), num_classes=10,
+                     input_shape=(8, 8, 3), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="model_regularizer must be True or False"):
+        tasks.validate(dict(name="classification", model_regularizer="yes"))
