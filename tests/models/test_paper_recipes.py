@@ -297,3 +297,40 @@ def test_weight_regularizer_field_is_checked():
                      input_shape=(8, 8, 3), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="model_regularizer must be True or False"):
         tasks.validate(dict(name="classification", model_regularizer="yes"))
+
+
+# ------------------------------------------------------- steps from epochs, tfds fail-fast --
+
+IMAGENET, CIFAR10 = 1_281_167, 50_000
+# (config, argument, the paper recipe's epochs and batch, training-set size)
+EPOCH_RECIPES = [
+    ("reste", "model=resnet20", 1000, 256, CIFAR10), ("reste", "model=vgg_small", 1000, 256,
+                                                      CIFAR10),
+    ("reste", "model=resnet18_cifar", 2000, 96, CIFAR10),
+    ("reste", "model=resnet18", 250, 750, IMAGENET), ("bireal", "", 256, 256, IMAGENET),
+    ("xnor", "", 100, 256, IMAGENET), ("reactnet", "", 256, 256, IMAGENET),
+    ("quicknet", "", 600, 2048, IMAGENET), ("teachers", "", 90, 256, IMAGENET),
+    ("biper", "", 600, 256, CIFAR10), ("biper", "stage=2", 300, 256, CIFAR10),
+    ("irnet", "", 400, 128, CIFAR10), ("irnet", "model=irnet_resnet34", 100, 256, IMAGENET),
+    ("real_to_binary", "", 75, 256, IMAGENET)]
+
+
+@pytest.mark.parametrize("name,arg,epochs,batch,size", EPOCH_RECIPES,
+                         ids=[f"{n}:{a}" for n, a, *_ in EPOCH_RECIPES])
+def test_epochs_become_steps_from_the_dataset_size(name, arg, epochs, batch, size):
+    c = get_config(name, arg)
+    assert c.data.batch_size == batch
+    assert c.total_steps == epochs * math.ceil(size / batch)
+
+
+@pytest.mark.parametrize("name,arg,dataset", [("irnet", "", "cifar10"),
+                                              ("pokebnn", "", "imagenet2012"),
+                                              ("aqt_resnet50", "", "imagenet2012")])
+def test_full_recipes_fail_fast_without_the_prepared_dataset(name, arg, dataset, tmp_path):
+    from bnn_jax import data
+
+    c = get_config(name, arg)
+    assert c.data.name == dataset
+    c.data.data_dir = str(tmp_path / "empty")
+    with pytest.raises(ValueError, match=rf"not prepared .*tfds build {dataset} --data_dir"):
+        data.build(c.data)
