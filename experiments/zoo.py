@@ -1,16 +1,21 @@
 """larq-zoo parity: our cost analysis of every larq-zoo network at 224x224x3, 1000 classes,
-against the numbers larq-zoo publishes.
+against larq's own summary of the same network.
 
   PYTHONPATH=. python experiments/zoo.py   # writes results/zoo.json, then zoo.md and the
                                            # README "Model zoo" table from it
 
-References (read from larq/zoo at commit 77c5853f, the "# ImageNet Metrics" table of each
-model function's docstring, and from the larq/docs pull request 85 "Update weight and
-parameter counts in documentation", which prints larq's summary of two DenseNets). The
-docstring tables of QuickNet* give the counts of today's larq summary (BatchNorm scale/bias
-folded into the moving statistics), as does MeliusNet22's; those of the other literature
-models give every array (BatchNorm scale/bias included, Keras' count_params) and the memory of
-those arrays; RealToBinaryNet's gives every array but the summary's memory ("mixed").
+References:
+
+* larq's summary: ``tests/fixtures/larq_zoo_summaries.json``, written by
+  ``tests/fixtures/make_larq_zoo_summaries.py`` with larq 0.14.0 and larq-zoo 2.4.0 (every
+  network built with ``weights=None``; ``lq.models.ModelProfile`` is what ``lq.models.summary``
+  prints): total / trainable / non-trainable weights, model size, MACs by precision, binarized
+  ratio, Keras' ``count_params()``.
+* the "ImageNet Metrics" table of each model function's docstring (larq/zoo at commit 77c5853f,
+  = larq-zoo 2.4.0): "Parameters" and "Memory", typed by hand in two conventions. The QuickNet*
+  and MeliusNet22 docstrings give larq's summary (BatchNorm scale/bias folded into the moving
+  statistics); the other literature docstrings give every array (Keras' count_params) and their
+  memory; RealToBinaryNet's gives every array with the summary's memory ("mixed").
 """
 
 
@@ -26,6 +31,7 @@ from bnn_jax import models
 from bnn_jax.analysis import cost
 
 HERE = pathlib.Path(__file__).parent
+LARQ = HERE.parent / "tests" / "fixtures" / "larq_zoo_summaries.json"
 # convention -> (params key, memory key) of our totals
 KEYS = {"summary": ("total_params", "memory_bytes"),
         "all_arrays": ("all_arrays", "all_arrays_memory_bytes"),
@@ -51,14 +57,20 @@ DOCSTRING = {
     "dorefanet": (62_403_912, 22.84, "all_arrays", "larq_zoo/literature/dorefanet.py"),
     "binary_alexnet": (61_859_192, 7.49, "all_arrays", "larq_zoo/literature/binary_alex_net.py"),
 }
+# larq's summary totals -> ours (sizes: larq counts bits, we count bytes)
+SUMMARY_KEYS = {"total_params": "total_params", "trainable_params": "trainable_params",
+                "non_trainable_params": "non_trainable_params", "macs": "macs",
+                "keras_count_params": "all_arrays"}
+SIZE_KEYS = {"memory_bits": "memory_bytes", "memory_8bit_bits": "memory_8bit_bytes",
+             "float32_bits": "float32_bytes"}
 
-# larq summaries printed in larq/docs pull request 85 (rounded as larq prints them).
-SUMMARY = {
-    "binary_densenet45": dict(total_params="13.9 M", non_trainable="49.7 k",
-                              size_mib=7.35, macs="6.67 B", binarized=0.9634),
-    "binary_densenet37_dilated": dict(total_params="8.7 M", non_trainable="31.9 k",
-                                      size_mib=5.13, macs="8.23 B", binarized=0.9450),
-}
+
+def summary_matches(ours: dict, larq: dict) -> bool:
+    """Every total of larq's summary (and Keras' count_params) equals ours exactly."""
+    return (all(ours[o] == larq[k] for k, o in SUMMARY_KEYS.items())
+            and all(ours[o] * 8 == larq[k] for k, o in SIZE_KEYS.items())
+            and ours["macs_by_precision"] == larq["macs_by_precision"]
+            and ours["binarized_mac_ratio"] == larq["binarized_mac_ratio"])
 
 
 # The rest of the zoo (no larq-zoo reference): name -> (paper, input shape, classes).
@@ -98,12 +110,14 @@ def measure(name: str, shape=(224, 224, 3), classes: int = 1000) -> dict:
 
 
 def run() -> dict:
+    larq = json.loads(LARQ.read_text())
     out = {}
     for name, (params, mb, convention, src) in DOCSTRING.items():
+        summary = {k: v for k, v in larq["networks"][name].items() if k != "summary"}
+        summary["source"] = (f"lq.models.summary, larq {larq['versions']['larq']}, "
+                             f"larq-zoo {larq['versions']['larq_zoo']}")
         row = dict(reference=dict(params=params, memory_mib=mb, convention=convention,
-                                  source=DOC.format(file=src)))
-        if name in SUMMARY:
-            row["reference"]["summary"] = {**SUMMARY[name], "source": "larq/docs pull 85"}
+                                  source=DOC.format(file=src), summary=summary))
         if name in models.names():
             row["ours"] = measure(name)
         out[name] = row
@@ -117,42 +131,56 @@ def render(results: dict) -> str:
     """The markdown table of ``results`` (the json written by :func:`run`)."""
     lines = [
         "# larq-zoo parity (224x224x3, 1000 classes)", "",
-        "Written by `experiments/zoo.py` from `experiments/results/zoo.json`. `params` and "
-        "`MiB` compare with the larq-zoo docstring in its convention: *summary* = larq's "
-        "summary (BatchNorm scale/bias folded), *all arrays* = every array (Keras "
-        "count_params), *mixed* = every array for params, the summary for memory. MACs and "
-        "binarized ratio are ours; where larq/docs pull 85 printed "
-        "larq's summary, its values are in the last column.", "",
-        "| model | convention | params (ours) | params (larq) | MiB (ours) | MiB (larq) | "
-        "MACs (ours) | binarized (ours) | ACE (ours) | larq summary | match |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
+        "Written by `experiments/zoo.py` from `experiments/results/zoo.json`. *larq* is larq's "
+        "own `lq.models.summary` of the larq-zoo network (larq 0.14.0, larq-zoo 2.4.0, recorded "
+        "by `tests/fixtures/make_larq_zoo_summaries.py` in "
+        "`tests/fixtures/larq_zoo_summaries.json`). *summary match* = every total of that "
+        "summary equals ours exactly: total, trainable and non-trainable weights, model size, "
+        "8-bit and float-32 sizes, MACs at each precision, binarized ratio, and Keras' "
+        "`count_params()` (every array, BatchNorm scale/bias included). *docstring* = the "
+        "parameters and memory typed in the larq-zoo model's docstring, in its own convention "
+        "(*summary*: larq's summary; *all arrays*: every array; *mixed*: every array for "
+        "params, the summary for memory); *docstring match* = ours, counted the same way, "
+        "rounds to it.", "",
+        "| model | params (ours) | params (larq) | every array (ours / larq) | MiB (ours / larq) "
+        "| MACs (ours) | MACs (larq) | binarized (ours / larq) | summary match | docstring "
+        "| docstring match | ACE (ours) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in results.items():
         if "reference" not in row:
             continue
-        ref = row["reference"]
+        ref, s = row["reference"], row["reference"]["summary"]
+        doc = (f"{ref['params']:,}, {ref['memory_mib']:.2f} MiB "
+               f"({ref['convention'].replace('_', ' ')})")
         if "ours" not in row:
-            lines.append(f"| {name} | {ref['convention']} | not built | {ref['params']:,} | - | "
-                         f"{ref['memory_mib']:.2f} | - | - | - | - | no |")
+            lines.append(f"| {name} | not built | {s['total_params']:,} | - | - | - | "
+                         f"{s['macs']:,} | - | no | {doc} | no | - |")
             continue
         t = row["ours"]
         key, mem_key = KEYS[ref["convention"]]
-        mib = t[mem_key] / 2 ** 20
-        ok = t[key] == ref["params"] and round(mib, 2) == ref["memory_mib"]
-        s = ref.get("summary")
-        stext = "-"
-        if s:
-            stext = (f"{s['total_params']}, {s['size_mib']:.2f} MiB, {s['macs']} MACs, "
-                     f"{s['binarized']:.4f}")
-            ok = ok and (round(t["memory_bytes"] / 2 ** 20, 2) == s["size_mib"]
-                         and cost._num(t["macs"]) == s["macs"]
-                         and f"{t['binarized_mac_ratio']:.4f}" == f"{s['binarized']:.4f}")
+        doc_ok = t[key] == ref["params"] and round(t[mem_key] / 2 ** 20, 2) == ref["memory_mib"]
+        ratio, bits = ("binarized", "1") if s["binarized_mac_ratio"] > 0 else ("ternarized", "2")
+        larq_ratio = s["macs_by_precision"].get(bits, 0) / max(s["macs"], 1)
         lines.append(
-            f"| {name} | {ref['convention'].replace('_', ' ')} | {t[key]:,} | "
-            f"{ref['params']:,} | {mib:.2f} | {ref['memory_mib']:.2f} | {cost._num(t['macs'])} | "
-            f"{t['binarized_mac_ratio']:.4f} | {cost._num(t['ace'])} | {stext} | "
-            f"{'yes' if ok else 'NO'} |")
-    lines += ["", "ACE: PokeBNN's sum of MACs x weight bits x input bits, float operands at 16 "
-              "bits (AQT's bfloat16 cost model)."]
+            f"| {name} | {t['total_params']:,} | {s['total_params']:,} | "
+            f"{t['all_arrays']:,} / {s['keras_count_params']:,} | "
+            f"{t['memory_bytes'] / 2 ** 20:.2f} / {s['memory_bits'] / 8 / 2 ** 20:.2f} | "
+            f"{t['macs']:,} | {s['macs']:,} | {t[ratio + '_mac_ratio']:.4f} / "
+            f"{larq_ratio:.4f}{'' if ratio == 'binarized' else ' (2-bit)'} | "
+            f"{'yes' if summary_matches(t, s) else 'NO'} | {doc} | "
+            f"{'yes' if doc_ok else 'NO'} | {cost._num(t['ace'])} |")
+    lines += [
+        "", "ACE: PokeBNN's sum of MACs x weight bits x input bits, float operands at 16 "
+        "bits (AQT's bfloat16 cost model). DoReFaNet's MACs are 2-bit (2-bit activations), "
+        "which larq's summary reports as *ternarized*.", "",
+        "The larq documentation's benchmark plot (larq/docs `docs/plots/zoo_hero.vg.json`, "
+        "e.g. line 196: QuickNetSmall `32bit_macs` 15,489,536) lists fewer 32-bit MACs for the "
+        "three QuickNets than `lq.models.summary`: exactly the MACs of the frozen blur-pool "
+        "depthwise convolutions of the transition blocks (`trainable=False` "
+        "`DepthwiseConv2D` in larq_zoo/sota/quicknet.py `transition_block`; QuickNetSmall "
+        "28·28·9·32 + 14·14·9·64 + 7·7·9·256 = 451,584), which `lq.models.summary` counts "
+        "(larq/models.py `LayerProfile` takes every weight of a MAC layer) and so do we. Its "
+        "other numbers (1-bit MACs, model size) equal the summary's."]
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,8 @@ rules are larq's ``lq.models.summary`` (larq/models.py, ``WeightProfile``, ``Lay
   beta when the moving statistics exist), so a BatchNorm counts ``2 C`` non-trainable values;
 * a conv or dense layer performs ``kernel size x output pixels`` MACs per example (output pixels
   = product of the output's spatial axes, 1 for a dense layer), each at precision
-  ``max(input bits, kernel bits)``; "binarized" MACs are those at precision 1.
+  ``max(input bits, kernel bits)``; "binarized" MACs are those at precision 1, "ternarized"
+  those at precision 2 (larq's names).
 
 On top: PokeBNN's ACE (``size_stats`` in google/aqt ``aqt/jax_legacy/jax/imagenet/pokebnn.py``):
 ``sum MACs x weight bits x activation bits``, with a float operand at ``float_bits`` (16: AQT's
@@ -100,6 +101,7 @@ class Cost:
             "macs": total_macs,
             "macs_by_precision": {f"{p:g}": n for p, n in sorted(macs.items())},
             "binarized_mac_ratio": macs.get(1, 0) / max(total_macs, 1),
+            "ternarized_mac_ratio": macs.get(2, 0) / max(total_macs, 1),
             # Every array, BatchNorm scale/bias included (Keras' count_params; the convention of
             # the older larq summaries quoted in several larq-zoo docstrings).
             "all_arrays": params + sum(r.folded for r in ls),
@@ -280,7 +282,11 @@ def format_table(cost: Cost) -> str:
         ("Float-32 Equivalent", _mem(t["float32_bytes"])),
         ("Compression Ratio of Memory", f"{t['compression_ratio']:.2f}"),
         ("Number of MACs", _num(t["macs"])),
-        ("Ratio of MACs that are binarized", f"{t['binarized_mac_ratio']:.4f}"),
+    ]
+    # As larq, each ratio row only when some MACs are at that precision (2-bit: "ternarized").
+    summary += [(f"Ratio of MACs that are {kind}", f"{t[f'{kind}_mac_ratio']:.4f}")
+                for kind in ("binarized", "ternarized") if t[f"{kind}_mac_ratio"] > 0]
+    summary += [
         (f"ACE (float operands at {cost.float_bits:g} bits)", _num(t["ace"])),
         ("Scalar ops (norms, learnable activations)", _num(t["scalar_ops"])),
         ("BOPs", _num(t["bops"])),

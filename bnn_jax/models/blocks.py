@@ -1,5 +1,6 @@
 """Blocks shared by the CNN zoo: Keras-convention BatchNorm, the binary conv, the real-shortcut
-block of Bi-Real Net / BinaryResNetE, fixed (untrained) kernels, and named variants of a model."""
+block of Bi-Real Net / BinaryResNetE, fixed (untrained) kernels, named variants of a model, and
+weight regularizers of the binarized layers (BiPer's)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,39 @@ def variant(base: type, name: str, doc: str, **defaults: Any) -> type:
     __init__.__signature__ = sig.replace(parameters=params)
     return type(base)(name, (base,), {"__init__": __init__, "__doc__": doc,
                                       "__module__": base.__module__})
+
+
+REGULARIZERS = ("biper",)
+
+
+def check_regularizer(spec: Any) -> None:
+    """Reject a ``weight_regularizer`` field other than None or ``dict(name="biper", tau=...)``."""
+    if spec is None:
+        return
+    spec = dict(spec)
+    if spec.get("name") not in REGULARIZERS or set(spec) - {"name", "tau"}:
+        raise ValueError(f"weight_regularizer must be None or dict(name=..., tau=...) with name "
+                         f"one of {list(REGULARIZERS)}, got {spec!r}")
+    tau = spec.get("tau", 0.0)
+    if not isinstance(tau, (int, float)) or isinstance(tau, bool) or tau < 0:
+        raise ValueError(f"weight_regularizer.tau must be a non-negative number, got {tau!r}")
+
+
+def weight_regularizer(model: nnx.Module, spec: Any) -> jax.Array:
+    """The regularizer ``spec`` over the model's binarized convs (those with a kernel quantizer).
+
+    ``biper``: ``sum_layers tau mean(0.5 - 0.5 cos(2 omega0 W))`` on the latent kernels, each
+    layer's ``omega0`` from its BiPer kernel quantizer (edmav4/BiPer ``cifar10/main.py`` l. 281-287:
+    every ``BinarizeConv2d``, weight ``module.tau``, frequency ``module.freq``).
+    """
+    from bnn_jax.quant.biper import OMEGA0, biper_regularizer
+
+    spec = dict(spec)
+    total = jnp.zeros((), jnp.float32)
+    for _, node in nnx.iter_graph(model):
+        q = getattr(node, "kernel_quantizer", None)
+        if isinstance(node, QuantConv) and q is not None:
+            total = total + biper_regularizer(node.kernel[...],
+                                              omega0=q.params.get("omega0", OMEGA0),
+                                              tau=float(spec.get("tau", 0.0)))
+    return total

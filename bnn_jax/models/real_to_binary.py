@@ -82,6 +82,8 @@ class Model(nnx.Module):
         """Logits for NHWC images."""
         x = self.stem_prelu(self.stem_bn(self.stem(x)))
         x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-        for half in self.blocks:
+        for i, half in enumerate(self.blocks):
             x = half(x)
+            if i % 2:  # larq-zoo's block_{b}_out, the volumes of attention matching
+                self.sow(nnx.Intermediate, "block_out", x, capture_noop=True)
         return self.head(global_pool(x))

@@ -17,6 +17,10 @@ stay float, and the pooled features pass a BatchNorm1d before the dense.
 
 With both quantizers None a network is the same layout in float (the code bases' float
 baselines use conv -> BN -> ReLU instead; that order is ``act_order="bn_act"``).
+
+``weight_regularizer=dict(name="biper", tau=...)`` adds BiPer's CIFAR regularizer: called as
+``model(x, regularizer=True)`` the network returns ``(logits, regularizer)``, which the
+classification task's ``model_regularizer`` field adds to the loss.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bnn_jax.models.blocks import batch_norm, global_pool
+from bnn_jax.models.blocks import batch_norm, check_regularizer, global_pool, weight_regularizer
 from bnn_jax.nn import QuantConv
 
 ARCHS = ("resnet20", "resnet20_bireal", "resnet18", "vgg_small")
@@ -94,14 +98,19 @@ class Model(nnx.Module):
     def __init__(self, *, num_classes: int, input_shape: Sequence[int], rngs: nnx.Rngs,
                  arch: str = "resnet20", input_quantizer: Any = None,
                  kernel_quantizer: Any = None, kernel_constraint: Any = None,
-                 act: str | None = "relu", act_order: str = "act_bn", width: int = 0):
+                 act: str | None = "relu", act_order: str = "act_bn", width: int = 0,
+                 weight_regularizer: Any = None):
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {list(ARCHS)}, got {arch!r}")
         if act not in ACTS:
             raise ValueError(f"act must be one of {list(ACTS)}, got {act!r}")
         if act_order not in ("act_bn", "bn_act"):
             raise ValueError(f"act_order must be one of ['act_bn', 'bn_act'], got {act_order!r}")
+        check_regularizer(weight_regularizer)
         self.input_shape, self.arch = tuple(input_shape), arch
+        # (name, tau) or None: static data of the module
+        self.regularizer = (None if weight_regularizer is None else
+                            (weight_regularizer["name"], float(weight_regularizer.get("tau", 0))))
         q = dict(input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer,
                  kernel_constraint=kernel_constraint)
         conv = dict(act=act, act_order=act_order)
@@ -131,8 +140,17 @@ class Model(nnx.Module):
         self.head_bn = batch_norm(c, rngs, **_BN)
         self.head = nnx.Linear(c, num_classes, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Logits for NHWC images."""
+    def __call__(self, x: jax.Array, *, regularizer: bool = False):
+        """Logits for NHWC images (and, with ``regularizer``, the weight regularizer's value)."""
+        logits = self._logits(x)
+        if not regularizer:
+            return logits
+        if self.regularizer is None:
+            return logits, jnp.zeros((), jnp.float32)
+        name, tau = self.regularizer
+        return logits, weight_regularizer(self, dict(name=name, tau=tau))
+
+    def _logits(self, x: jax.Array) -> jax.Array:
         if self.arch == "vgg_small":
             for i, layer in enumerate(self.convs):
                 x = layer(x)

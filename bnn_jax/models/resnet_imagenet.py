@@ -9,7 +9,7 @@ shortcut around each binary conv, ``h = BN(act(conv1(x))) + down(x)``, ``BN(act(
 ``style="float"`` (torchvision): stem conv -> BN -> ReLU -> max-pool; basic blocks
 ``ReLU(BN(conv2(ReLU(BN(conv1 x)))) + down(x))`` or bottlenecks 1x1 -> 3x3 (stride, the v1.5
 placement) -> 1x1 x4; global pool -> dense. There the quantizers, when given, apply to every conv
-and the dense.
+and the dense, or, with ``first_last``, other quantizers to the stem conv and the dense.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class Model(nnx.Module):
     def __init__(self, *, num_classes: int, input_shape: Sequence[int], rngs: nnx.Rngs,
                  depth: int = 18, style: str = "binary", input_quantizer: Any = None,
                  kernel_quantizer: Any = None, kernel_constraint: Any = None,
-                 act: str | None = "relu"):
+                 act: str | None = "relu", first_last: Any = None):
         if depth not in DEPTHS:
             raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {depth!r}")
         if style not in ("binary", "float"):
@@ -77,6 +77,14 @@ class Model(nnx.Module):
         self.input_shape, self.style = tuple(input_shape), style
         q = dict(input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer,
                  kernel_constraint=kernel_constraint)
+        # The stem conv and the dense may have their own quantizers (AQT's w4a4 ResNet-50 keeps
+        # them at 8 bits: ``configs/paper/resnet50_w4_a4_init8_dense8_auto.py``).
+        if first_last is not None and (style != "float" or not hasattr(first_last, "keys") or
+                                       set(first_last) - {"input_quantizer", "kernel_quantizer"}):
+            raise ValueError(f"first_last takes input_quantizer / kernel_quantizer (style "
+                             f"'float' only), got {first_last!r}")
+        ends = q if first_last is None else dict(first_last)
+        ends = {k: ends.get(k) for k in ("input_quantizer", "kernel_quantizer")}
         cin = int(input_shape[-1])
         layers, c = [], 64
         if style == "binary":
@@ -91,7 +99,7 @@ class Model(nnx.Module):
             self.head = nnx.Linear(c, num_classes, rngs=rngs)
         else:
             self.stem = QuantConv(cin, 64, (7, 7), 2, padding=3, use_bias=False, rngs=rngs,
-                                  **q)
+                                  **ends, kernel_constraint=kernel_constraint)
             self.stem_bn = batch_norm(64, rngs, **_BN)
             for stage, n in enumerate(blocks):
                 for i in range(n):
@@ -99,8 +107,7 @@ class Model(nnx.Module):
                                        rngs=rngs, **q)
                     layers.append(block)
                     c = block.cout
-            self.head = QuantLinear(c, num_classes, rngs=rngs,
-                                    **{k: v for k, v in q.items() if k != "kernel_constraint"})
+            self.head = QuantLinear(c, num_classes, rngs=rngs, **ends)
         self.layers = nnx.List(layers)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -112,6 +119,8 @@ class Model(nnx.Module):
         x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for layer in self.layers:
             x = layer(x)
+            # each block's output (Real-to-Binary's attention matching reads the teacher's)
+            self.sow(nnx.Intermediate, "block_out", x, capture_noop=True)
         x = global_pool(x)
         if self.style == "binary":
             x = self.head_bn(x)

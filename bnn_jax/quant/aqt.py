@@ -13,7 +13,8 @@ mostly 4-bit"; google/aqt ``aqt/jax_legacy/jax/primitives.py`` and ``quantizatio
 ``B`` is a fixed number, ``"max"`` (max|x|; per output channel with ``per_channel``, which is
 AQT's weight bound ``max_abs_weights``) or ``"mean_of_max"`` (the batch mean of each example's
 max|x|). AQT keeps ``mean_of_max`` as a running average of batch maxima across steps; this
-function is stateless, so it averages over the examples of the current call. The float32
+function is stateless, so it averages over the examples of the current call. ``start`` with a
+fed ``progress`` leaves ``x`` unquantized early in training (AQT's start steps). The float32
 epsilon AQT adds to ``B`` (against division by zero) is added here too. Gradient: the
 straight-through estimator inside the clip range, 0 outside.
 """
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from bnn_jax.quant.core import estimator, round_half_up
-from bnn_jax.quant.registry import check, check_int_range, register
+from bnn_jax.quant.registry import check, check_int_range, check_schedule_value, register
 
 _EPS = 2.0 ** -7  # primitives.round_and_clip_to_signed_int, half_shift
 
@@ -69,8 +70,12 @@ _unsigned = estimator(lambda x, scale, n: jnp.clip(jnp.floor(x * scale), 0.0, n 
                       _unsigned_inside)
 
 
-def _check_aqt(*, bits, signed, bound, half_shift, per_channel):
+def _check_aqt(*, bits, signed, bound, half_shift, per_channel, progress=None, start=0.0):
     check_int_range("bits", bits, 1, 16)
+    if progress is not None:
+        check_schedule_value("progress", progress, lo=0)
+    check(isinstance(start, (int, float)) and not isinstance(start, bool) and 0 <= start <= 1,
+          f"start must be a fraction of training in [0, 1], got {start!r}")
     check(isinstance(signed, bool), f"signed must be True or False, got {signed!r}")
     check(isinstance(half_shift, bool), f"half_shift must be True or False, got {half_shift!r}")
     check(isinstance(per_channel, bool), f"per_channel must be True or False, got {per_channel!r}")
@@ -90,12 +95,22 @@ def _check_aqt(*, bits, signed, bound, half_shift, per_channel):
                   "2^-7))) + 0.5)/s; unsigned: clip(floor(x·s), 0, 2^b-1)/s; B fixed, max|x| or "
                   "mean of max; dx = 1 inside the clip",
           result="– (ResNet-50 numbers not verified here)")
-def aqt(x, *, bits=8, signed=True, bound="max", half_shift=False, per_channel=False):
-    """AQT fake quantization of ``x`` to a ``bits``-bit (un)signed integer code."""
+def aqt(x, *, bits=8, signed=True, bound="max", half_shift=False, per_channel=False,
+        progress=None, start=0.0):
+    """AQT fake quantization of ``x`` to a ``bits``-bit (un)signed integer code.
+
+    ``start``: the fraction of training before which ``x`` passes unquantized (identity, gradient
+    1) once ``progress`` (fraction of training done, fed by ``config.schedules``) is given: AQT's
+    ``weight_quant_start_step`` and ``activation_bound_start_step`` (a bound of -1 before it
+    means "no quantization", ``quantization.py`` ``QuantOps``).
+    """
     b = bound_of(x, bound, per_channel) + jnp.finfo(jnp.float32).eps
     if not signed:
-        return _unsigned(x, 2.0 ** bits / b, 2.0 ** bits)
-    n = signed_levels(bits, half_shift)
-    if half_shift:
-        return _half_shift(x, n / b, n - _EPS)
-    return _round(x, n / b, n)
+        y = _unsigned(x, 2.0 ** bits / b, 2.0 ** bits)
+    else:
+        n = signed_levels(bits, half_shift)
+        y = _half_shift(x, n / b, n - _EPS) if half_shift else _round(x, n / b, n)
+    if progress is None or not start:
+        return y
+    # 1e-6 of slack: the loop's float32 step / total_steps at the start step itself.
+    return jnp.where(jnp.asarray(progress, jnp.float32) >= start - 1e-6, y, x)

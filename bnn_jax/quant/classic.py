@@ -260,21 +260,50 @@ def _ede_derivative(x, t, k):
 _ede = estimator(lambda x, t, k: sign(x), _ede_derivative)
 
 
-def _check_ede(t=0.1, k=10.0):
+def _check_ede(t=0.1, k=10.0, progress=None, t_min=0.1, t_max=10.0, epochs=0):
     check_schedule_value("t", t, lo=0, strict=True)
     check_schedule_value("k", k, lo=0, strict=True)
+    if progress is not None:
+        check_schedule_value("progress", progress, lo=0)
+    check_positive("t_min", t_min)
+    check_positive("t_max", t_max)
+    check(isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 0,
+          f"epochs must be a non-negative integer (0: t changes every step), got {epochs!r}")
+
+
+def ede_t_k(t, k, progress, t_min, t_max, epochs):
+    """``(t, k)`` given directly or, when ``progress`` (fraction of training done) is fed,
+    IR-Net's curve :func:`bnn_jax.quant.schedules.irnet_t_k` at it.
+
+    ``epochs > 0`` holds t constant within each epoch as the reference trainers do (``Log_UP``
+    once per epoch ``e``: ``t = 10^(log10 t_min + (log10 t_max - log10 t_min) e / epochs)``);
+    the epoch is ``floor(progress * epochs)``, with 1e-4 epoch of slack for the float32
+    ``step / total_steps`` the training loop feeds (so a boundary step is never taken for the
+    last step of the previous epoch).
+    """
+    if progress is None:
+        return t, k
+    from bnn_jax.quant.schedules import irnet_t_k
+
+    p = jnp.asarray(progress, jnp.float32)
+    if epochs:
+        p = jnp.floor(p * epochs + 1e-4) / epochs
+    return irnet_t_k(p, 1.0, t_min=t_min, t_max=t_max)
 
 
 @register("irnet_ede", validate=_check_ede,
           paper="IR-Net (Qin et al., CVPR 2020), Error Decay Estimator",
-          formula="sign(x), sign(0)=+1; g·k·t·(1 − tanh²(t·x)); (t, k) from `schedules.irnet_t_k`",
+          formula="sign(x), sign(0)=+1; g·k·t·(1 − tanh²(t·x)); (t, k) given, or IR-Net's "
+                  "t = t_min·(t_max/t_min)^(e/E), k = max(1/t, 1) at the fed `progress`",
           result="–")
-def irnet_ede(x, *, t=0.1, k=10.0):
-    """Sign with IR-Net's EDE gradient ``k t (1 - tanh^2(t x))``; feed ``irnet_t_k`` per step.
+def irnet_ede(x, *, t=0.1, k=10.0, progress=None, t_min=0.1, t_max=10.0, epochs=0):
+    """Sign with IR-Net's EDE gradient ``k t (1 - tanh^2(t x))``.
 
-    Defaults are the reference layer's initial buffers (k = 10, t = 0.1).
+    Defaults are the reference layer's initial buffers (k = 10, t = 0.1). Feed ``t`` and ``k``
+    per step, or feed ``progress`` (``config.schedules``: linear 0 -> 1) and the quantizer
+    follows IR-Net's curve between ``t_min`` and ``t_max`` (:func:`ede_t_k`).
     """
-    return _ede(x, t, k)
+    return _ede(x, *ede_t_k(t, k, progress, t_min, t_max, epochs))
 
 
 @register("irnet_weight", validate=_check_ede,
@@ -282,12 +311,14 @@ def irnet_ede(x, *, t=0.1, k=10.0):
           formula="ŵ = (W − mean_c)/std_c (unbiased, differentiated); 2^round(log2 mean|ŵ_c|)"
                   "·sign(ŵ), sign(0)=+1, with sg scale; EDE gradient",
           result="–")
-def irnet_weight(x, *, t=0.1, k=10.0):
+def irnet_weight(x, *, t=0.1, k=10.0, progress=None, t_min=0.1, t_max=10.0, epochs=0):
     """IR-Net weights: per-output-channel standardize, sign with EDE, power-of-two scale.
 
     As ``IRConv2d``: the centring and the (unbiased) std division are differentiated; the
-    scale ``2^round(log2 mean|w_hat|)`` is stop-gradient.
+    scale ``2^round(log2 mean|w_hat|)`` is stop-gradient. ``t``/``k`` or ``progress`` as
+    :func:`irnet_ede` (the reference feeds weights and activations the same pair).
     """
+    t, k = ede_t_k(t, k, progress, t_min, t_max, epochs)
     axes = _out_axes(x)
     n = math.prod(x.shape[:-1])
     centred = x - mean(x, axis=axes, keepdims=True)

@@ -1,4 +1,8 @@
-"""Image classification: softmax cross-entropy (``config.loss``), top-1 and top-5 accuracy."""
+"""Image classification: softmax cross-entropy (``config.loss``), top-1 and top-5 accuracy.
+
+``model_regularizer=True`` calls the model as ``model(image, regularizer=True)`` and adds the
+second output (a weight regularizer the model computes, e.g. BiPer's) to the training loss.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ class Task(BaseTask):
     """``model(image) -> logits [B, C]``; ``label`` [B] int32."""
 
     name = "classification"
-    fields = {}
+    fields = {"model_regularizer": False}
     batch_fields = ("image", "label")
     train_metrics = ("loss", "accuracy")
     headline = ("loss", "top1", "top5")
@@ -36,15 +40,37 @@ class Task(BaseTask):
     def _smoothing(self) -> float:
         return float(self.config.loss.label_smoothing) if self.config is not None else 0.0
 
+    @classmethod
+    def check_fields(cls, cfg):
+        if not isinstance(cfg.get("model_regularizer", False), bool):
+            raise ValueError(f"config.task.model_regularizer must be True or False, got "
+                             f"{cfg['model_regularizer']!r}")
+
+    def _regularized(self) -> bool:
+        return bool(self.cfg.get("model_regularizer", False))
+
     def inputs(self, batch):
-        return (batch["image"],), {}
+        return (batch["image"],), ({"regularizer": True} if self._regularized() else {})
+
+    def _split(self, out):
+        """``(logits, regularizer)`` of the model's output."""
+        if self._regularized():
+            return out[0], out[1]
+        return out, None
 
     def loss(self, out, batch):
+        out, reg = self._split(out)
         loss = jnp.mean(cross_entropy(out, batch["label"], self._smoothing()))
         acc = jnp.mean((jnp.argmax(out, -1) == batch["label"]).astype(jnp.float32))
-        return loss, {"accuracy": acc}
+        if reg is None:
+            return loss, {"accuracy": acc}
+        return loss + reg, {"accuracy": acc, "regularizer": reg}
+
+    def distill_logits(self, out, batch):
+        return self._split(out)[0], None
 
     def eval_metrics(self, out, batch):
+        out = self._split(out)[0]
         return {"loss": cross_entropy(out, batch["label"], self._smoothing()),
                 "top1": top_k_correct(out, batch["label"], 1),
                 "top5": top_k_correct(out, batch["label"], 5)}

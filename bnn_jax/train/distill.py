@@ -17,8 +17,24 @@ import re
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 from bnn_jax.train import losses
+
+
+def attention_matching_loss(student_volumes, teacher_volumes):
+    """Real-to-Binary's attention matching (Martinez et al., ICLR 2020), as larq-zoo's
+    ``AttentionMatchingLossLayer`` (``training/knowledge_distillation/knowledge_distillation.py``):
+    per volume ``Q = mean_c(A^2)`` flattened per example and divided by its maximum, the loss
+    ``mean((Q_s - Q_t)^2)`` over positions, then the mean over examples and volumes; the
+    teacher's volumes are stop-gradient. Volumes are NHWC with equal N, H, W."""
+    def q(a):
+        v = jnp.mean(jnp.square(a), axis=-1).reshape(a.shape[0], -1)
+        return v / jnp.max(v, axis=-1, keepdims=True)
+
+    per = [jnp.mean(jnp.square(q(s) - q(jax.lax.stop_gradient(t))), axis=-1)
+           for s, t in zip(student_volumes, teacher_volumes)]
+    return jnp.mean(jnp.stack(per, axis=-1))
 
 LOGIT_TERMS = {
     # Hinton's T²-scaled KL at `temperature`.
@@ -35,6 +51,7 @@ FEATURE_TERMS = {
     "hidden_state": ((), lambda s, t, k: losses.hidden_state_loss(s, t)),   # BiBERT
     "dmd": (("threshold",), lambda s, t, k, **kw: losses.dmd_loss(s, t, **kw)),  # BiBERT DMD
     "lrm": (("axis",), lambda s, t, k, **kw: losses.lrm_loss(s, t, k, **kw)),  # BinaryDM
+    "attention": ((), lambda s, t, k: attention_matching_loss(s, t)),  # Real-to-Binary
 }
 FEATURE_FIELDS = ("student", "teacher", "layer_map")
 LEGACY_KINDS = {"logit": "logit", "distributional": "distribution"}
@@ -164,6 +181,13 @@ class Distiller:
                         raise ValueError(f"{where}: student feature {a} {shape(s_feats[a])} "
                                          f"and teacher feature {b} {shape(t_feats[b])} differ "
                                          "in shape")
+            if t["name"] == "attention":  # channels may differ; batch and positions may not
+                for a, b in self.pairs[i]:
+                    sa, ta = shape(s_feats[a]), shape(t_feats[b])
+                    if len(sa) != 4 or len(ta) != 4 or sa[:3] != ta[:3]:
+                        raise ValueError(f"{where}: attention matching needs NHWC volumes with "
+                                         f"the same N, H, W; student feature {a} is {sa}, "
+                                         f"teacher feature {b} is {ta}")
 
     def setup(self, teacher_features: dict[str, jax.Array]) -> None:
         """Compute what terms fix once from the teacher (BinaryDM's PCA bases, first batch)."""

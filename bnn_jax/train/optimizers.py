@@ -27,6 +27,9 @@ SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "cosine", "linear", "
 SETTINGS = ("name", "learning_rate", "schedule", "warmup_steps", "end_factor", "boundaries",
             "decay_factor", "decay_rate", "weight_decay", "momentum", "nesterov", "b1", "b2", "eps",
             "threshold", "gamma")
+# PokeBNN's piecewise-linear schedule with a knee (google/aqt imagenet/train.py "piecewise").
+SCHEDULES += ("piecewise",)
+SETTINGS += ("knee_steps", "knee_factor")
 TOP_FIELDS = (*SETTINGS, "grad_clip_norm", "groups", "cga")
 #: ``config.optimizer.cga``: OFQ's Confidence-Guided Annealing over the last ``steps`` steps.
 CGA_FIELDS = ("bits", "boundary_range", "steps", "pattern")
@@ -48,6 +51,10 @@ def schedule(cfg: dict, total_steps: int) -> Callable[[Any], Any]:
         raise ValueError(f"unknown schedule {kind!r}; valid schedules: {list(SCHEDULES)}")
     if kind == "constant":
         return optax.constant_schedule(lr)
+    if kind == "piecewise":
+        return piecewise_schedule(lr, int(cfg.get("knee_steps", total_steps)),
+                                  lr * float(cfg.get("knee_factor", 0.0) or 0.0), end,
+                                  total_steps)
     if kind in ("warmup_cosine", "cosine"):
         w = warmup if kind == "warmup_cosine" else 0
         return optax.warmup_cosine_decay_schedule(0.0 if w else lr, lr, w,
@@ -62,6 +69,24 @@ def schedule(cfg: dict, total_steps: int) -> Callable[[Any], Any]:
         factor = float(cfg.get("decay_factor", 0.1))
         return optax.piecewise_constant_schedule(lr, {b: factor for b in bounds})
     return optax.exponential_decay(lr, 1, float(cfg.get("decay_rate", 0.99)))
+
+
+def piecewise_schedule(lr: float, knee_steps: int, knee_lr: float, end_lr: float,
+                       total_steps: int) -> Callable[[Any], Any]:
+    """Linear from ``lr`` to ``knee_lr`` over ``knee_steps``, then to ``end_lr`` at
+    ``total_steps`` (AQT's ``piecewise`` scheduler; PokeBNN: knee at epoch 750 of 800, knee and
+    end learning rate 0). Settings: ``knee_steps``, ``knee_factor`` (knee_lr / lr),
+    ``end_factor``."""
+    knee = max(int(knee_steps), 1)
+    rest = max(int(total_steps) - knee, 1)
+
+    def fn(step):
+        step = jnp.asarray(step, jnp.float32)
+        first = lr + (knee_lr - lr) * step / knee
+        second = knee_lr + (end_lr - knee_lr) * (step - knee) / rest
+        return jnp.where(step >= knee, second, first)
+
+    return fn
 
 
 def _default_decay_mask(params):

@@ -145,6 +145,13 @@ def test_imagenet_parameter_counts(name, count):
     assert trainable(name, (224, 224, 3), 1000) == count
 
 
+def test_hand_counts_equal_published_totals():
+    # torchvision's documented parameter counts (resnet18 11,689,512; resnet50 25,557,032) and
+    # He et al. 2016 Table 6 (ResNet-20: 0.27 M) check the layer-by-layer counts above.
+    assert torchvision_count(18) == 11_689_512 and torchvision_count(50) == 25_557_032
+    assert round(resnet20_count() / 1e6, 2) == 0.27
+
+
 @pytest.mark.parametrize("name,depth", [("bireal_resnet18", 18), ("bireal_resnet34", 34),
                                         ("irnet_resnet18", 18)])
 def test_binary_resnet_bops_and_flops(name, depth):

@@ -13,7 +13,8 @@ from bnn_jax.train import loop
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 PLAIN = [("reste", "model=resnet20"), ("reste", "model=vgg_small"), ("reste", "model=resnet18"),
          ("bireal", ""), ("xnor", ""), ("xnor", "bwn"), ("irnet", ""),
-         ("irnet", "model=irnet_resnet18"), ("biper", ""), ("quicknet", ""),
+         ("irnet", "model=irnet_resnet18"), ("irnet", "model=vgg_small"), ("biper", ""),
+         ("quicknet", ""),
          ("aqt_resnet50", ""), ("teachers", "")]
 DISTILLED = [("reactnet", ""), ("pokebnn", ""), ("real_to_binary", "")]
 

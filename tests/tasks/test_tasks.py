@@ -50,7 +50,7 @@ def test_unknown_task_and_field_list_the_valid_ones():
 def test_a_bad_task_fails_in_run_before_the_workdir_is_written(tmp_path):
     c = config_lib.defaults()
     c.task = {"name": "classification", "label_smoothing": 0.1}
-    with pytest.raises(ConfigError, match=r"valid fields: \[\]"):
+    with pytest.raises(ConfigError, match=r"valid fields: \['model_regularizer'\]"):
         run(c, str(tmp_path / "wd"))
     assert not os.path.exists(tmp_path / "wd")
 
@@ -215,8 +215,8 @@ def test_distillation_terms_pair_features_by_path_and_layer_map():
     with pytest.raises(ValueError, match=r"no student feature matches 'x'; the student "
                                          r"records \['s/0', 's/1'\]"):
         distill.Distiller({"terms": [{"name": "dmd", "student": "x"}]}, ["s/0", "s/1"], [])
-    with pytest.raises(ValueError, match=r"unknown term 'mse'; valid terms: \['dad', "
-                                         r"'distribution', 'dmd', 'hidden_mse'"):
+    with pytest.raises(ValueError, match=r"unknown term 'mse'; valid terms: \['attention', "
+                                         r"'dad', 'distribution', 'dmd', 'hidden_mse'"):
         distill.validate({"terms": [{"name": "mse"}]})
 
 
