@@ -1,4 +1,4 @@
-"""Backend choice shared by every packed operation: xla | cpu_native | pallas_gpu | pallas_tpu | auto.
+"""Backend choice of every packed operation: xla | cpu_native | pallas_gpu | pallas_tpu | auto.
 
 ``xla`` (bitwise ops + ``lax.population_count``) runs on CPU, GPU and TPU and is the reference.
 ``cpu_native`` is the C++ library of ``native.py`` (AVX2 XNOR-popcount, all cores) called as XLA

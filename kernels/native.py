@@ -1,4 +1,4 @@
-"""The native CPU backend: C++ packed kernels (``csrc/bnn_native.cc``) called as XLA FFI custom calls.
+"""The native CPU backend: C++ packed kernels (``csrc/bnn_native.cc``) as XLA FFI custom calls.
 
 The shared library is compiled with the system C++ compiler on first use (``python -m
 bnn_jax.kernels.native`` builds it ahead of time) into a cache directory, keyed by a hash of the

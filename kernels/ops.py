@@ -23,6 +23,7 @@ from jax import lax
 
 from bnn_jax.kernels import native, pallas, xla
 from bnn_jax.kernels.backend import resolve
+from bnn_jax.kernels.bitops import popcount
 from bnn_jax.kernels.packing import WORD_BITS, Packed, _pack_plane, num_words, unpack
 
 PAD_VALUES = (0.0, 1.0, -1.0)
@@ -230,7 +231,12 @@ def _packed_conv2d_jit(x: Packed, w: Packed, scale, bias, strides, padding, pad_
 def _border_correction(w: Packed, size, pads, strides, out_size) -> jax.Array:
     """Sum of the weights over the taps that fall on the (+1-filled) border: (1, Ho, Wo, O)."""
     kh, kw, _, c_out = w.shape
-    tap_sum = jnp.sum(unpack(w), axis=2).reshape(kh * kw, c_out)  # (taps, O) int32
+    # Sum over the input channels of each tap from popcounts of the packed words (no unpacking):
+    # (non-zero count) - 2 (negative count); pad bits are zero in both planes.
+    nonzero = (jnp.int32(w.length) if w.mask is None
+               else jnp.sum(popcount(w.mask), axis=2))
+    negative = 0 if w.sign is None else jnp.sum(popcount(w.sign), axis=2)
+    tap_sum = jnp.broadcast_to(nonzero - 2 * negative, (kh, kw, c_out)).reshape(kh * kw, c_out)
     border = np.pad(np.zeros(size, np.int32), pads, constant_values=1)
     ho, wo = out_size
     taps = np.stack([border[i:i + (ho - 1) * strides[0] + 1:strides[0],

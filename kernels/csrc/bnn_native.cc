@@ -180,7 +180,8 @@ inline int popc32(uint32_t x) { return __builtin_popcount(x); }
 struct GemmArgs {
   const uint32_t *as, *am, *bs, *bm;
   int64_t m, kw, n, length;
-  int32_t* out;
+  int32_t* out;   // (m, n), row stride n
+  int64_t ldb;    // row stride of the b planes (n, or a packed panel's width)
 };
 
 // Word terms for one (row word a, column word b): s (sign XOR) and m (mask AND).
@@ -202,7 +203,7 @@ void gemm_scalar(const GemmArgs& g, int64_t r0, int64_t r1, int64_t c0, int64_t 
       for (int64_t k = 0; k < g.kw; ++k) {
         uint32_t s, m;
         terms<AS, AM, BS, BM>(AS ? g.as[r * g.kw + k] : 0, AM ? g.am[r * g.kw + k] : 0,
-                              BS ? g.bs[k * g.n + c] : 0, BM ? g.bm[k * g.n + c] : 0, &s, &m);
+                              BS ? g.bs[k * g.ldb + c] : 0, BM ? g.bm[k * g.ldb + c] : 0, &s, &m);
         if (HAS_Q) q += popc32(s);
         if (HAS_P) p += popc32(m);
       }
@@ -246,8 +247,8 @@ BNN_AVX2 void gemm_tile(const GemmArgs& g, int64_t r0, int64_t c0) {
     for (int64_t k = k0; k < k1; ++k) {
       __m256i bs[NR], bm[NR];
       for (int v = 0; v < NR; ++v) {
-        if (BS) bs[v] = _mm256_loadu_si256((const __m256i*)(g.bs + k * g.n + c0 + 8 * v));
-        if (BM) bm[v] = _mm256_loadu_si256((const __m256i*)(g.bm + k * g.n + c0 + 8 * v));
+        if (BS) bs[v] = _mm256_loadu_si256((const __m256i*)(g.bs + k * g.ldb + c0 + 8 * v));
+        if (BM) bm[v] = _mm256_loadu_si256((const __m256i*)(g.bm + k * g.ldb + c0 + 8 * v));
       }
       for (int i = 0; i < MR; ++i) {
         const int64_t ai = (r0 + i) * g.kw + k;
@@ -322,8 +323,8 @@ BNN_AVX512 void gemm_tile512(const GemmArgs& g, int64_t r0, int64_t c0, __mmask1
     __m512i bs[NR], bm[NR];
     for (int v = 0; v < NR; ++v) {
       __mmask16 lanes = v == NR - 1 ? tail : static_cast<__mmask16>(0xffff);
-      if (BS) bs[v] = _mm512_maskz_loadu_epi32(lanes, g.bs + k * g.n + c0 + 16 * v);
-      if (BM) bm[v] = _mm512_maskz_loadu_epi32(lanes, g.bm + k * g.n + c0 + 16 * v);
+      if (BS) bs[v] = _mm512_maskz_loadu_epi32(lanes, g.bs + k * g.ldb + c0 + 16 * v);
+      if (BM) bm[v] = _mm512_maskz_loadu_epi32(lanes, g.bm + k * g.ldb + c0 + 16 * v);
     }
     for (int i = 0; i < MR; ++i) {
       const int64_t ai = (r0 + i) * g.kw + k;
@@ -391,15 +392,39 @@ void gemm_run(const GemmArgs& g) {
     int64_t splits = std::min<int64_t>((4 * threads + n_panels - 1) / n_panels, (g.m + 3) / 4);
     row_block = ((g.m + splits - 1) / splits + 3) / 4 * 4;
   }
+  // At most 128 rows per task: a task's rows of a (with its panel of b) stay in L2.
+  row_block = std::min<int64_t>(row_block, 128);
   int64_t n_rows = (g.m + row_block - 1) / row_block;
   const int level = isa_level();
   auto task = [&](int64_t t) {
     int64_t p = t / n_rows, rb = t % n_rows;
     int64_t c0 = p * panel, c1 = std::min(g.n, c0 + panel);
     int64_t r0 = rb * row_block, r1 = std::min(g.m, r0 + row_block);
-    if (level == 2) gemm_block_avx512<AS, AM, BS, BM>(g, r0, r1, c0, c1);
-    else if (level == 1) gemm_block_avx2<AS, AM, BS, BM>(g, r0, r1, c0, c1);
-    else gemm_scalar<AS, AM, BS, BM>(g, r0, r1, c0, c1);
+    GemmArgs gp = g;
+    // With many rows the panel of b is read once per 4-row tile: copy it to a contiguous
+    // buffer first. In place its rows are n words apart, and a stride of a multiple of 4 KiB
+    // maps every row to the same L1 sets.
+    thread_local std::vector<uint32_t> buf;
+    if (r1 - r0 >= 16 && level >= 1) {
+      const int64_t w = c1 - c0;
+      buf.resize(planes * g.kw * w);
+      uint32_t* dst = buf.data();
+      for (const uint32_t* src : {BS ? g.bs : nullptr, BM ? g.bm : nullptr}) {
+        if (!src) continue;
+        for (int64_t k = 0; k < g.kw; ++k)
+          std::memcpy(dst + k * w, src + k * g.n + c0, w * sizeof(uint32_t));
+        if (src == g.bs) gp.bs = dst;
+        else gp.bm = dst;
+        dst += g.kw * w;
+      }
+      gp.ldb = w;
+      gp.out = g.out + c0;
+      c1 -= c0;
+      c0 = 0;
+    }
+    if (level == 2) gemm_block_avx512<AS, AM, BS, BM>(gp, r0, r1, c0, c1);
+    else if (level == 1) gemm_block_avx2<AS, AM, BS, BM>(gp, r0, r1, c0, c1);
+    else gemm_scalar<AS, AM, BS, BM>(gp, r0, r1, c0, c1);
   };
   // Below ~64K word products (a few microseconds) a hand-off to the pool costs more than it saves.
   if (g.m * g.n * g.kw < (1 << 16)) {
@@ -818,11 +843,13 @@ int64_t ceiling_loop(int64_t reps, int32_t* sink) {
   for (int i = 0; i < 4 * 64; ++i) a[i] = 2654435761u * (i + 1);
   for (int i = 0; i < 64 * 64; ++i) b[i] = 2246822519u * (i + 7);
   int32_t out[4 * 64];
-  GemmArgs g{a, nullptr, b, nullptr, 4, 64, cols, 64 * 32, out};
+  GemmArgs g{a, nullptr, b, nullptr, 4, 64, cols, 64 * 32, out, cols};
   for (int64_t r = 0; r < reps; ++r) {
     if (use_avx512()) gemm_tile512<true, false, true, false, 4, 4>(g, 0, 0, 0xffff);
     else gemm_tile<true, false, true, false, 4, 2>(g, 0, 0);
-    a[r & 255] ^= static_cast<uint32_t>(out[r & 63]);  // a data dependence the compiler keeps
+    // The results escape and memory may have changed: every tile is computed, none is merged
+    // with the next, and no tile waits for the previous one.
+    asm volatile("" : : "r"(out) : "memory");
   }
   *sink = out[0];
   return reps * 4 * cols * 64 * 32;  // bit-MACs
@@ -848,26 +875,43 @@ const char* bnn_isa() {
   return names[isa_level()];
 }
 
-// Gbit-MAC/s of the XNOR-popcount register tile of the dispatched ISA on `threads` threads.
+// Gbit-MAC/s of the XNOR-popcount register tile of the dispatched ISA on `threads` threads run
+// together for about `seconds`: each thread times bursts of ~0.2 ms and its rate is the median
+// burst (a burst in which the thread was descheduled by other processes counts as one slow
+// burst, not as a slower average); the threads' rates are summed.
 double bnn_ceiling(int threads, double seconds) {
   if (!use_avx2()) return 0.0;
-  std::vector<int64_t> macs(threads, 0);
+  threads = std::max(1, threads);
+  std::vector<double> rate(threads, 0.0);
   std::vector<int32_t> sink(threads, 0);
-  auto t0 = std::chrono::steady_clock::now();
   std::vector<std::thread> ts;
   for (int t = 0; t < threads; ++t) {
     ts.emplace_back([&, t] {
-      auto start = std::chrono::steady_clock::now();
-      while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() <
-             seconds)
-        macs[t] += ceiling_loop(2000, &sink[t]);
+      using clock = std::chrono::steady_clock;
+      int64_t reps = 16;
+      for (;;) {  // calibrate a burst to about 0.2 ms
+        auto t0 = clock::now();
+        ceiling_loop(reps, &sink[t]);
+        if (std::chrono::duration<double>(clock::now() - t0).count() > 2e-4 || reps > (1 << 24))
+          break;
+        reps *= 2;
+      }
+      std::vector<double> bursts;
+      auto start = clock::now();
+      while (std::chrono::duration<double>(clock::now() - start).count() < seconds ||
+             bursts.size() < 5) {
+        auto t0 = clock::now();
+        int64_t macs = ceiling_loop(reps, &sink[t]);
+        bursts.push_back(macs / std::chrono::duration<double>(clock::now() - t0).count());
+      }
+      std::nth_element(bursts.begin(), bursts.begin() + bursts.size() / 2, bursts.end());
+      rate[t] = bursts[bursts.size() / 2];
     });
   }
   for (auto& t : ts) t.join();
-  double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  int64_t total = 0;
-  for (auto m : macs) total += m;
-  return static_cast<double>(total) / dt * 1e-9;
+  double total = 0;
+  for (double r : rate) total += r;
+  return total * 1e-9;
 }
 }
 
@@ -889,7 +933,7 @@ ffi::Error GemmImpl(ffi::AnyBuffer as, ffi::AnyBuffer am, ffi::AnyBuffer bs, ffi
   if (a_any.dimensions().size() != 2 || b_any.dimensions().size() != 2)
     return ffi::Error::InvalidArgument("bnn_gemm: planes must be 2-D");
   GemmArgs g{plane(as, has & 8), plane(am, has & 4), plane(bs, has & 2), plane(bm, has & 1),
-             od[0], a_any.dimensions()[1], od[1], length, out->typed_data()};
+             od[0], a_any.dimensions()[1], od[1], length, out->typed_data(), od[1]};
   if (b_any.dimensions()[0] != g.kw || a_any.dimensions()[0] != g.m || b_any.dimensions()[1] != g.n)
     return ffi::Error::InvalidArgument("bnn_gemm: plane shapes do not match");
   gemm_dispatch(g);

@@ -190,7 +190,6 @@ def test_no_compiler_falls_back_with_one_warning(tmp_path):
         with warnings.catch_warnings(record=True) as caught:
             from bnn_jax import kernels as K
             from bnn_jax.kernels import backend, native
-from test_packed_conv import _np_conv
             a = np.where(np.random.default_rng(0).random((3, 40)) < 0.5, -1, 1)
             for _ in range(3):
                 out = K.packed_matmul(K.pack(a, -1), K.pack(a.T, 0))
