@@ -242,8 +242,15 @@ def _border_correction(w: Packed, size, pads, strides, out_size) -> jax.Array:
     taps = np.stack([border[i:i + (ho - 1) * strides[0] + 1:strides[0],
                             j:j + (wo - 1) * strides[1] + 1:strides[1]]
                      for i in range(kh) for j in range(kw)], axis=-1)  # (Ho, Wo, taps), static
-    return jnp.dot(jnp.asarray(taps.reshape(ho * wo, kh * kw)), tap_sum,
-                   preferred_element_type=jnp.int32).reshape(1, ho, wo, c_out)
+    taps = jnp.asarray(taps.reshape(ho * wo, kh * kw))
+    if kh * kw * w.length < 2 ** 24:
+        # Every partial sum is an integer below 2^24, exact in float32, and XLA's float dot is
+        # far faster than its integer one on CPU.
+        corr = jnp.dot(taps.astype(jnp.float32), tap_sum.astype(jnp.float32),
+                       precision=lax.Precision.HIGHEST).astype(jnp.int32)
+    else:
+        corr = jnp.dot(taps, tap_sum, preferred_element_type=jnp.int32)
+    return corr.reshape(1, ho, wo, c_out)
 
 
 # ----------------------------------------------------------------------------- W1A16
