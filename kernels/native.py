@@ -224,8 +224,14 @@ def pack_last(x, encoding: str):
     """(sign, mask) planes of ``x`` packed along its last axis (as :func:`packing.pack`)."""
     _lib()
     x = lax.stop_gradient(jnp.asarray(x))
-    if x.dtype != jnp.float32:
-        x = x.astype(jnp.float32)  # exact for sign and non-zero tests of every float/int type
+    if x.dtype not in (jnp.float32, jnp.int32):
+        # Exact for the sign and non-zero tests: every float type widens to float32 exactly,
+        # and every other integer (or bool) type to int32 with its sign and zero kept.
+        wide = jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating) else jnp.int32
+        if x.dtype in (jnp.uint32, jnp.uint64, jnp.int64):
+            x = jnp.sign(x).astype(jnp.int32)  # would wrap around in int32
+        else:
+            x = x.astype(wide)
     lead, k = x.shape[:-1], x.shape[-1]
     kw = -(-k // 32)
     which = {"binary": 2, "bool": 1, "ternary": 3}[encoding]

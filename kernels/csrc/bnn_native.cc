@@ -817,14 +817,44 @@ BNN_AVX2 void pack_rows_avx2(const float* x, int64_t r0, int64_t r1, int64_t k, 
   }
 }
 
-void pack_rows_scalar(const float* x, int64_t r0, int64_t r1, int64_t k, int64_t kw,
+// The same for int32 rows: the sign bit of an int32 is x < 0.
+BNN_AVX2 void pack_rows_i32_avx2(const int32_t* x, int64_t r0, int64_t r1, int64_t k, int64_t kw,
+                                 uint32_t* sign, uint32_t* mask) {
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t r = r0; r < r1; ++r) {
+    const int32_t* row = x + r * k;
+    for (int64_t w = 0; w < kw; ++w) {
+      uint32_t s = 0, m = 0;
+      int64_t base = 32 * w;
+      if (base + 32 <= k) {
+        for (int i = 0; i < 4; ++i) {
+          __m256i v = _mm256_loadu_si256((const __m256i*)(row + base + 8 * i));
+          s |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(v))) << (8 * i);
+          uint32_t eq = static_cast<uint32_t>(
+              _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero))));
+          m |= (~eq & 0xffu) << (8 * i);
+        }
+      } else {
+        for (int64_t i = base; i < k; ++i) {
+          s |= static_cast<uint32_t>(row[i] < 0) << (i - base);
+          m |= static_cast<uint32_t>(row[i] != 0) << (i - base);
+        }
+      }
+      if (sign) sign[r * kw + w] = s;
+      if (mask) mask[r * kw + w] = m;
+    }
+  }
+}
+
+template <typename T>
+void pack_rows_scalar(const T* x, int64_t r0, int64_t r1, int64_t k, int64_t kw,
                       uint32_t* sign, uint32_t* mask) {
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t w = 0; w < kw; ++w) {
       uint32_t s = 0, m = 0;
       for (int64_t i = 32 * w; i < std::min<int64_t>(k, 32 * w + 32); ++i) {
-        s |= static_cast<uint32_t>(x[r * k + i] < 0.0f) << (i - 32 * w);
-        m |= static_cast<uint32_t>(x[r * k + i] != 0.0f) << (i - 32 * w);
+        s |= static_cast<uint32_t>(x[r * k + i] < T(0)) << (i - 32 * w);
+        m |= static_cast<uint32_t>(x[r * k + i] != T(0)) << (i - 32 * w);
       }
       if (sign) sign[r * kw + w] = s;
       if (mask) mask[r * kw + w] = m;
@@ -952,23 +982,38 @@ ffi::Error GemvImpl(ffi::AnyBuffer x, ffi::AnyBuffer ws, ffi::AnyBuffer wm,
   return ffi::Error::Success();
 }
 
-// x (R, K) f32 -> sign and mask words (R, Kw); which: bit 1 sign, bit 0 mask.
-ffi::Error PackImpl(ffi::Buffer<ffi::F32> x, ffi::Result<ffi::Buffer<ffi::U32>> sign,
+// x (R, K) f32 or int32 -> sign and mask words (R, Kw); which: bit 1 sign, bit 0 mask.
+ffi::Error PackImpl(ffi::AnyBuffer x, ffi::Result<ffi::Buffer<ffi::U32>> sign,
                     ffi::Result<ffi::Buffer<ffi::U32>> mask, int64_t which) {
   auto xd = x.dimensions();
   if (xd.size() != 2) return ffi::Error::InvalidArgument("bnn_pack: x must be 2-D");
+  const bool is_int = x.element_type() == ffi::DataType::S32;
+  if (!is_int && x.element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("bnn_pack: x must be float32 or int32");
   int64_t rows = xd[0], k = xd[1], kw = (k + 31) / 32;
   uint32_t* s = (which & 2) ? sign->typed_data() : nullptr;
   uint32_t* m = (which & 1) ? mask->typed_data() : nullptr;
-  const float* xp = x.typed_data();
+  const void* xp = x.untyped_data();
   const bool avx2 = use_avx2();
   int64_t block = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k));
   int64_t n_blocks = (rows + block - 1) / block;
-  Pool::get().run(n_blocks, [&](int64_t t) {
+  auto task = [&](int64_t t) {
     int64_t r0 = t * block, r1 = std::min(rows, r0 + block);
-    if (avx2) pack_rows_avx2(xp, r0, r1, k, kw, s, m);
-    else pack_rows_scalar(xp, r0, r1, k, kw, s, m);
-  });
+    if (is_int) {
+      const int32_t* xi = static_cast<const int32_t*>(xp);
+      if (avx2) pack_rows_i32_avx2(xi, r0, r1, k, kw, s, m);
+      else pack_rows_scalar<int32_t>(xi, r0, r1, k, kw, s, m);
+    } else {
+      const float* xf = static_cast<const float*>(xp);
+      if (avx2) pack_rows_avx2(xf, r0, r1, k, kw, s, m);
+      else pack_rows_scalar<float>(xf, r0, r1, k, kw, s, m);
+    }
+  };
+  if (rows * k < (1 << 15)) {
+    for (int64_t t = 0; t < n_blocks; ++t) task(t);
+  } else {
+    Pool::get().run(n_blocks, task);
+  }
   return ffi::Error::Success();
 }
 
@@ -995,7 +1040,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BnnGemv, GemvImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BnnPack, PackImpl,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::U32>>()
                                   .Ret<ffi::Buffer<ffi::U32>>()
                                   .Attr<int64_t>("which"));

@@ -129,6 +129,14 @@ def test_pack_equals_xla(encoding, isa_and_threads):
             assert (g is None) == (r is None)
             if r is not None:
                 np.testing.assert_array_equal(np.asarray(g), np.asarray(r))
+    xi = np.concatenate([rng.integers(-3, 4, (3, 5, 69)), np.full((3, 5, 1), -2 ** 31)], -1)
+    for v in (xi.astype(np.int32), xi.astype(np.int8).clip(-3, 3)):  # int32 natively, int8 widened
+        np.testing.assert_array_equal(
+            np.asarray(K.pack(v, -1, "ternary", backend="cpu_native").sign),
+            np.asarray(K.pack(v, -1, "ternary", backend="xla").sign))
+        np.testing.assert_array_equal(
+            np.asarray(K.pack(v, -1, "bool", backend="cpu_native").mask),
+            np.asarray(K.pack(v, -1, "bool", backend="xla").mask))
     xb = jnp.asarray(x, jnp.bfloat16)  # other dtypes are tested for sign / non-zero exactly
     np.testing.assert_array_equal(np.asarray(K.pack(xb, -1, "ternary", backend="cpu_native").mask),
                                   np.asarray(K.pack(xb, -1, "ternary", backend="xla").mask))
