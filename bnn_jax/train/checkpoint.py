@@ -344,12 +344,12 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def restore_params(workdir: str, like: dict[str, Any]) -> dict[str, Any]:
+def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False) -> dict[str, Any]:
     """``{"params", "rest"}`` of the newest good checkpoint of another run (teacher, stage 2).
 
     The other run's optimizer may differ, so only the model arrays are taken, matched by path
     to ``like`` (this run's ``{"params": ..., "rest": ...}``); a missing or reshaped array is an
-    error naming it.
+    error naming it. ``ema=True`` takes the run's weight EMA (``config.ema``) as the params.
     """
     from bnn_jax.train.sharding import path_str
 
@@ -360,8 +360,11 @@ def restore_params(workdir: str, like: dict[str, Any]) -> dict[str, Any]:
         ckpt.close()
     if got is None:
         raise ValueError(f"no checkpoint found under {os.path.join(workdir, 'checkpoints')}")
-    saved = {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(
-        {k: got[0][k] for k in ("params", "rest")})}
+    if ema and "ema" not in got[0]:
+        raise ValueError(f"the run in {workdir} kept no weight EMA (its config.ema.decay was 0); "
+                         "restore its params without ema=True")
+    arrays = {"params": got[0]["ema" if ema else "params"], "rest": got[0]["rest"]}
+    saved = {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(arrays)}
 
     def pick(path, target):
         name = path_str(path)

@@ -51,6 +51,12 @@ def defaults() -> ml_collections.ConfigDict:
     # Method schedules fed to the quantizers every step: {"kernel": {"o": {kind, start, end}}}.
     c.schedules = dict(input={}, kernel={})
     c.init_from = ""              # workdir whose newest checkpoint initializes the params
+    # Weight EMA: ema = decay*ema + (1-decay)*params after every step (0: off); with `eval`,
+    # evaluation and the final model use the EMA weights (diffusion models sample from them).
+    c.ema = dict(decay=0.0, eval=True)
+    # Host-side updates of non-parameter model state (bnn_jax.train.hooks):
+    # [dict(name=..., every=N, at_start=False, **fields)].
+    c.hooks = []
     # Resume a workdir whose run had another config (e.g. a longer total_steps): without it a
     # different model/optimizer/data/seed/... is refused (bnn_jax.train.workdir).
     c.allow_config_change = False
@@ -208,7 +214,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     base = defaults()
     _check_fields("the config", config, base)
-    for section in ("loss", "mesh", "distributed", "kd", "schedules", "quant"):
+    for section in ("loss", "mesh", "distributed", "kd", "schedules", "quant", "ema"):
         if section in config:
             _check_fields(f"config.{section}", config[section], base[section])
     # Intervals are used as `step % every` in the loop: a zero would fail only after compiling.
@@ -222,6 +228,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not isinstance(config.get(field, False), bool):
             raise ValueError(f"config.{field} must be True or False, got {config[field]!r}")
     _number("config.loss.label_smoothing", config.loss.label_smoothing, below=1)
+    ema = {**_fields(base.ema), **_fields(config.get("ema", {}))}
+    _number("config.ema.decay", ema["decay"], below=1)
+    if not isinstance(ema["eval"], bool):
+        raise ValueError(f"config.ema.eval must be True or False, got {ema['eval']!r}")
+    from bnn_jax.train import hooks
+
+    hooks.validate(config.get("hooks", []))
     data.validate(config.data)
     tasks.validate(config.get("task", {"name": "classification"}))
     models.validate(config.model)

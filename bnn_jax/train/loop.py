@@ -5,8 +5,10 @@ processes and mesh, data, task, model, optimizer, sharded state, jitted steps, r
 final evaluation and summary. What is trained for comes from the task (``bnn_jax.tasks``): how
 the model is called on a batch, the loss, the eval metrics; the loop names no task or model.
 The state is a dict of plain arrays (``params``, ``rest`` = BatchNorm statistics and other
-model state, ``opt_state``, ``step``, ``rng``); the NNX model is rebuilt inside the jitted step
-with ``nnx.merge``, so checkpoints and shardings see ordinary pytrees.
+model state, ``opt_state``, ``step``, ``rng``, and ``ema`` when ``config.ema.decay`` > 0); the
+NNX model is rebuilt inside the jitted step with ``nnx.merge``, so checkpoints and shardings see
+ordinary pytrees. Step hooks (``config.hooks``, :mod:`bnn_jax.train.hooks`) update non-parameter
+state on the host between steps.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bnn_jax.nn.policy import quantize_config
 from bnn_jax.train import checkpoint as ckpt_lib
 from bnn_jax.train import config as config_lib
 from bnn_jax.train import distill as distill_lib
+from bnn_jax.train import hooks as hooks_lib
 from bnn_jax.train import metrics as metrics_lib
 from bnn_jax.train import optimizers
 from bnn_jax.train import sharding as sharding_lib
@@ -203,10 +206,17 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
     constrain = optimizers.build_constraints(config.constraints)
 
     # ---------------------------------------------------------------------- sharded state --
+    ema_decay = float(config.ema.decay)
+    # Evaluation (and the final model) read these params: the EMA when one is kept for eval.
+    eval_key = "ema" if ema_decay > 0 and config.ema.eval else "params"
+
     def init_state():
-        return {"params": params, "rest": rest, "opt_state": tx.init(params),
-                "step": jnp.zeros((), jnp.int32),
-                "rng": jax.random.key_data(jax.random.key(config.seed))}
+        state = {"params": params, "rest": rest, "opt_state": tx.init(params),
+                 "step": jnp.zeros((), jnp.int32),
+                 "rng": jax.random.key_data(jax.random.key(config.seed))}
+        if ema_decay > 0:
+            state["ema"] = jax.tree.map(jnp.array, params)
+        return state
 
     abstract = jax.eval_shape(init_state)
     state_sh = sharding_lib.shardings(abstract, config.partition_rules, mesh)
@@ -291,12 +301,15 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
                **health.flip_ratios(flip_paths, state["params"], params)}
         new_state = {"params": params, "rest": new_rest, "opt_state": opt_state,
                      "step": state["step"] + 1, "rng": state["rng"]}
+        if ema_decay > 0:
+            new_state["ema"] = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
+                                            state["ema"], params)
         return new_state, out
 
     def eval_step(state, batch, index):
         # A fixed key per eval batch: tasks that sample (denoising) give reproducible metrics.
         batch = task.prepare(batch, jax.random.fold_in(jax.random.key(config.seed + 1), index))
-        out, _, _ = apply_model(graph_eval, state["params"], state["rest"], batch,
+        out, _, _ = apply_model(graph_eval, state[eval_key], state["rest"], batch,
                                 state["step"])
         return metrics_lib.average(task.eval_metrics(out, batch), mask=batch["mask"])
 
@@ -344,9 +357,24 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
             # A Bop stage 2 starts from the signs of the stage-1 latent weights.
             loaded = optimizers.binarize_bop_params(config.optimizer, saved["params"])
             state["params"] = jax.device_put(loaded, state_sh["params"])
+            if "ema" in state:  # the average starts from the loaded weights too
+                state["ema"] = jax.device_put(loaded, state_sh["ema"])
             state["rest"] = jax.device_put(saved["rest"], state_sh["rest"])
             say(f"Initialized parameters from {config.init_from}")
     claim.write_config(config)  # only now: everything above has been checked
+    step_hooks = hooks_lib.parse(config.hooks)
+
+    def run_hooks(state, batch, step, starting=False):
+        """The hooks due after ``step`` (or, ``starting``, those with at_start); new state."""
+        for fn, every, at_start, fields in step_hooks:
+            if (at_start if starting else step % every == 0):
+                rest = hooks_lib.apply(fn, fields, graph_train, state["params"], state["rest"],
+                                       batch, step)
+                state = {**state, "rest": jax.device_put(rest, state_sh["rest"])}
+        return state
+
+    if start == 0 and any(h[2] for h in step_hooks):
+        state = run_hooks(state, next(iter(ds.train_batches(0))), 0, starting=True)
 
     from bnn_jax.analysis import summary as summary_lib
 
@@ -390,8 +418,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
 
     try:
         for step in range(start + 1, total + 1):
-            state, m = p_train(state, sharding_lib.global_batch(next(batches), mesh))
+            local = next(batches)
+            state, m = p_train(state, sharding_lib.global_batch(local, mesh))
             pending.append((step, m))
+            if step_hooks:
+                state = run_hooks(state, local, step)
             if step == start + 1 and step < total:
                 jax.block_until_ready(m)  # the first step includes compilation: time from here
                 progress.restart(step)
@@ -412,7 +443,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
         eval_metrics = evaluate(state)
         # e.g. decoding the eval set: the task gets the final model once, in eval mode
         eval_metrics.update(task.model_metrics(
-            nnx.merge(graph_eval, state["params"], state["rest"]), ds))
+            nnx.merge(graph_eval, state[eval_key], state["rest"]), ds))
         if start < total or not workdir_lib.has_line(workdir, total, "test"):
             writers.write(total, "test", eval_metrics)
         say(f"final | test {task.describe(eval_metrics)} | {progress.elapsed():.1f}s",
