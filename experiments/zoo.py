@@ -80,6 +80,9 @@ OTHERS = {
     "resnet20_bireal": ("Bi-Real ResNet-20, ReSTE layout (ste_sign)", (32, 32, 3), 10),
     "resnet18_cifar": ("ResNet-18 CIFAR, ReSTE layout (ste_sign)", (32, 32, 3), 10),
     "vgg_small": ("VGG-Small, ReSTE layout (ste_sign)", (32, 32, 3), 10),
+    "pvt_v2_b0": ("PVTv2 (Wang et al. 2022), float; EcoFormer's base", (224, 224, 3), 1000),
+    "pvt_v2_b1": ("PVTv2 (Wang et al. 2022), float; EcoFormer's base", (224, 224, 3), 1000),
+    "pvt_v2_b2": ("PVTv2 (Wang et al. 2022), float; EcoFormer's base", (224, 224, 3), 1000),
 }
 # The CIFAR modules default to float; the table shows them binary, as the papers train them.
 BINARY = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign")

@@ -78,6 +78,23 @@ MODELS = {
     "bart": "bart",
     "mbart": "mbart",
     "bert": "bert",
+    "vit": "vit",
+    "vit_tiny": "variants.vit_tiny",
+    "vit_small": "variants.vit_small",
+    "vit_base": "variants.vit_base",
+    "deit_tiny": "variants.deit_tiny",
+    "deit_small": "variants.deit_small",
+    "deit_base": "variants.deit_base",
+    "deit_tiny_distilled": "variants.deit_tiny_distilled",
+    "deit_small_distilled": "variants.deit_small_distilled",
+    "deit_base_distilled": "variants.deit_base_distilled",
+    "swin": "swin",
+    "swin_tiny": "variants.swin_tiny",
+    "swin_small": "variants.swin_small",
+    "pvt_v2": "pvt",
+    "pvt_v2_b0": "variants.pvt_v2_b0",
+    "pvt_v2_b1": "variants.pvt_v2_b1",
+    "pvt_v2_b2": "variants.pvt_v2_b2",
 }
 
 

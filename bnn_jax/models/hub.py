@@ -29,11 +29,23 @@ from flax import nnx
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """PyTorch name regex -> NNX parameter path (``\\1`` groups allowed), transposed or not."""
+    """PyTorch name regex -> NNX parameter path (``\\1`` groups allowed), transposed or not
+    (``True``: all axes reversed, a linear weight; a tuple: that axis order, e.g.
+    :data:`CONV` for a ``torch.nn.Conv2d`` weight)."""
 
     pattern: str
     target: str
-    transpose: bool = False
+    transpose: bool | tuple[int, ...] = False
+
+
+#: ``torch.nn.Conv2d`` ``[out, in, kh, kw]`` -> Flax ``[kh, kw, in, out]``.
+CONV = (2, 3, 1, 0)
+
+
+def _oriented(rule: Rule, value: np.ndarray) -> np.ndarray:
+    if rule.transpose is True:
+        return value.T
+    return np.transpose(value, rule.transpose) if rule.transpose else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +64,9 @@ class Family:
     # checkpoint, a head the checkpoint lacks keeps its fresh initialization (with a warning),
     # so e.g. a pretraining checkpoint loads under a new classification head.
     heads: tuple[str, ...] = ()
+    # Regexes of targets a model built with other fields may lack: their tensors are dropped
+    # (e.g. the query/key biases, which OFQ's reparameterized W_qk cannot hold).
+    droppable: tuple[str, ...] = ()
 
 
 def _check_llama(cfg: dict) -> None:
@@ -222,7 +237,105 @@ BERT = Family(
     heads=(r"pooler/.*", r"classifier/.*", r"mlm_.*", r"nsp/.*"),
 )
 
-FAMILIES: dict[str, Family] = {"llama": LLAMA, "bart": BART, "mbart": MBART, "bert": BERT}
+
+def _image_fields(cfg: dict) -> dict:
+    size = cfg.get("image_size", 224)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return {"num_classes": len(cfg.get("id2label") or {}) or cfg.get("num_labels", 2),
+            "input_shape": (h, w, cfg.get("num_channels", 3))}
+
+
+def _check_vision(cfg: dict) -> None:
+    kind = cfg.get("model_type")
+    if cfg.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"{kind} import: hidden_act={cfg.get('hidden_act')!r} is not "
+                         "supported; only 'gelu' (exact)")
+    if cfg.get("qkv_bias", True) is not True:
+        raise ValueError(f"{kind} import: qkv_bias=false is not supported")
+    if kind == "swin" and cfg.get("use_absolute_embeddings"):
+        raise ValueError("swin import: use_absolute_embeddings=true is not supported")
+    arch = (cfg.get("architectures") or [None])[0]
+    valid = _VISION_ARCHS[kind]
+    if arch not in valid:
+        raise ValueError(f"{kind} import: architectures={cfg.get('architectures')!r}; "
+                         f"importable: {sorted(valid)}")
+
+
+_VISION_ARCHS = {"vit": ("ViTForImageClassification",),
+                 "deit": ("DeiTForImageClassificationWithTeacher",),
+                 "swin": ("SwinForImageClassification",)}
+
+
+def _vit_rules(prefix: str) -> tuple[Rule, ...]:
+    layer = prefix + r"\.encoder\.layer\.(\d+)"
+    rules = [Rule(prefix + r"\.embeddings\.cls_token", "cls_token"),
+             Rule(prefix + r"\.embeddings\.distillation_token", "dist_token"),
+             Rule(prefix + r"\.embeddings\.position_embeddings", "pos_embed"),
+             Rule(prefix + r"\.embeddings\.patch_embeddings\.projection\.weight",
+                  "patch_embed/kernel", transpose=CONV),
+             Rule(prefix + r"\.embeddings\.patch_embeddings\.projection\.bias",
+                  "patch_embed/bias"),
+             *_linear(layer + r"\.attention\.attention\.(query|key|value)",
+                      r"blocks/\1/attn/\2"),
+             *_linear(layer + r"\.attention\.output\.dense", r"blocks/\1/attn/out"),
+             *_linear(layer + r"\.intermediate\.dense", r"blocks/\1/mlp/fc1"),
+             *_linear(layer + r"\.output\.dense", r"blocks/\1/mlp/fc2"),
+             *_norm(layer + r"\.layernorm_before", r"blocks/\1/ln1"),
+             *_norm(layer + r"\.layernorm_after", r"blocks/\1/ln2"),
+             *_norm(prefix + r"\.layernorm", "norm"),
+             *_linear(r"(?:classifier|cls_classifier)", "head"),
+             *_linear(r"distillation_classifier", "head_dist")]
+    return tuple(rules)
+
+
+_VIT_CONFIG = {"patch_size": "patch_size", "hidden": "hidden_size",
+               "depth": "num_hidden_layers", "num_heads": "num_attention_heads",
+               "mlp_dim": "intermediate_size", "norm_eps": "layer_norm_eps"}
+
+VIT = Family(model="vit", model_types=("vit",), config=_VIT_CONFIG, rules=_vit_rules("vit"),
+             ignore=(r"vit\.pooler\..*",), check_config=_check_vision, derived=_image_fields,
+             droppable=(r"blocks/\d+/attn/(query|key)/bias",))
+DEIT = Family(model="vit", model_types=("deit",), config=_VIT_CONFIG,
+              rules=_vit_rules("deit"), ignore=(r"deit\.pooler\..*",),
+              check_config=_check_vision,
+              derived=lambda cfg: {**_image_fields(cfg), "distilled": True},
+              droppable=VIT.droppable)
+
+_SWIN_BLOCK = r"swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)"
+SWIN = Family(
+    model="swin",
+    model_types=("swin",),
+    config={"patch_size": "patch_size", "embed_dim": "embed_dim", "depths": "depths",
+            "num_heads": "num_heads", "window_size": "window_size", "mlp_ratio": "mlp_ratio",
+            "norm_eps": "layer_norm_eps"},
+    rules=(
+        Rule(r"swin\.embeddings\.patch_embeddings\.projection\.weight", "patch_embed/kernel",
+             transpose=CONV),
+        Rule(r"swin\.embeddings\.patch_embeddings\.projection\.bias", "patch_embed/bias"),
+        *_norm(r"swin\.embeddings\.norm", "embed_norm"),
+        *_linear(_SWIN_BLOCK + r"\.attention\.self\.(query|key|value)",
+                 r"stages/\1/blocks/\2/attn/\3"),
+        Rule(_SWIN_BLOCK + r"\.attention\.self\.relative_position_bias_table",
+             r"stages/\1/blocks/\2/rel_bias_table"),
+        *_linear(_SWIN_BLOCK + r"\.attention\.output\.dense", r"stages/\1/blocks/\2/attn/out"),
+        *_linear(_SWIN_BLOCK + r"\.intermediate\.dense", r"stages/\1/blocks/\2/mlp/fc1"),
+        *_linear(_SWIN_BLOCK + r"\.output\.dense", r"stages/\1/blocks/\2/mlp/fc2"),
+        *_norm(_SWIN_BLOCK + r"\.layernorm_before", r"stages/\1/blocks/\2/ln1"),
+        *_norm(_SWIN_BLOCK + r"\.layernorm_after", r"stages/\1/blocks/\2/ln2"),
+        *_norm(r"swin\.encoder\.layers\.(\d+)\.downsample\.norm", r"stages/\1/downsample/norm"),
+        Rule(r"swin\.encoder\.layers\.(\d+)\.downsample\.reduction\.weight",
+             r"stages/\1/downsample/reduction/kernel", transpose=True),
+        *_norm(r"swin\.layernorm", "norm"),
+        *_linear(r"classifier", "head"),
+    ),
+    ignore=(r".*relative_position_index", r"swin\.pooler\..*"),
+    check_config=_check_vision,
+    derived=_image_fields,
+    droppable=(r"stages/\d+/blocks/\d+/attn/(query|key)/bias",),
+)
+
+FAMILIES: dict[str, Family] = {"llama": LLAMA, "bart": BART, "mbart": MBART, "bert": BERT,
+                               "vit": VIT, "deit": DEIT, "swin": SWIN}
 
 
 def family_of(cfg: dict) -> Family:
@@ -293,7 +406,7 @@ def map_tensors(tensors: dict[str, np.ndarray], family: Family) -> dict[str, np.
         for rule in family.rules:
             m = re.fullmatch(rule.pattern, name)
             if m:
-                mapped[m.expand(rule.target)] = (name, value.T if rule.transpose else value)
+                mapped[m.expand(rule.target)] = (name, _oriented(rule, value))
                 break
         else:
             unknown.append(name)
@@ -336,7 +449,8 @@ def _check(model: nnx.Module, mapped: dict, family: Family) -> dict[str, Any]:
     for p in family.tied:
         if p not in params:
             mapped.pop(p, None)
-    for p in [p for p in mapped if p not in params and _is_head(family, p)]:
+    for p in [p for p in mapped if p not in params and (
+            _is_head(family, p) or any(re.fullmatch(d, p) for d in family.droppable))]:
         mapped.pop(p)
     absent = sorted(p for p in mapped if p not in params)
     if absent:

@@ -162,25 +162,40 @@ def check_positive_ints(model: str, **values) -> None:
 
 
 class MLP(nnx.Module):
-    """``fc2(gelu(fc1(x)))`` with quantized layers."""
+    """``fc2(act(fc1(x)))`` with quantized layers (``act`` default: tanh-approximated GELU);
+    ``fc2_input_quantizer`` (if given) replaces the input quantizer of ``fc2`` alone, e.g. an
+    unsigned quantizer after the GELU."""
 
-    def __init__(self, hidden: int, intermediate: int, *, quant: dict, rngs: nnx.Rngs):
+    def __init__(self, hidden: int, intermediate: int, *, quant: dict, rngs: nnx.Rngs,
+                 act: Any = jax.nn.gelu, fc2_input_quantizer: Any = None):
         self.fc1 = QuantLinear(hidden, intermediate, **quant, rngs=rngs)
-        self.fc2 = QuantLinear(intermediate, hidden, **quant, rngs=rngs)
+        fc2 = quant if fc2_input_quantizer is None else {
+            **quant, "input_quantizer": fc2_input_quantizer}
+        self.fc2 = QuantLinear(intermediate, hidden, **fc2, rngs=rngs)
+        self.act = act
 
     def __call__(self, x):
-        return self.fc2(jax.nn.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class EncoderBlock(nnx.Module):
-    """``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
+    """``x + attn(ln(x))`` then ``x + mlp(ln(x))``.
+
+    ``attention`` builds the attention layer as ``attention(num_heads, hidden, rngs=rngs)``
+    (default: :class:`bnn_jax.nn.MultiHeadAttention` with the block's quantizers); ``mlp``
+    holds extra :class:`MLP` arguments (``act``, ``fc2_input_quantizer``).
+    """
 
     def __init__(self, hidden: int, intermediate: int, num_heads: int, *, quant: dict,
-                 rngs: nnx.Rngs):
-        self.ln1 = nnx.LayerNorm(hidden, rngs=rngs)
-        self.attn = MultiHeadAttention(num_heads, hidden, **quant, rngs=rngs)
-        self.ln2 = nnx.LayerNorm(hidden, rngs=rngs)
-        self.mlp = MLP(hidden, intermediate, quant=quant, rngs=rngs)
+                 rngs: nnx.Rngs, attention: Any = None, norm_eps: float = 1e-6,
+                 mlp: dict | None = None):
+        self.ln1 = nnx.LayerNorm(hidden, epsilon=norm_eps, rngs=rngs)
+        if attention is None:
+            self.attn = MultiHeadAttention(num_heads, hidden, **quant, rngs=rngs)
+        else:
+            self.attn = attention(num_heads, hidden, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(hidden, epsilon=norm_eps, rngs=rngs)
+        self.mlp = MLP(hidden, intermediate, quant=quant, rngs=rngs, **(mlp or {}))
 
     def __call__(self, x, mask):
         x = x + self.attn(self.ln1(x), mask=mask)

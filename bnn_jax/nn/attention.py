@@ -160,19 +160,25 @@ class SABAttention(MultiHeadAttention):
                  out_features: int | None = None, *, ratio: float = 0.25,
                  input_quantizer: Any = dict(name="bnn_ste", boundary="exclusive"),
                  kernel_quantizer: Any = "bivit_weight",
-                 qkv_quantizer: Any = dict(name="bnn_ste", boundary="exclusive"), **kwargs):
+                 qkv_quantizer: Any = dict(name="bnn_ste", boundary="exclusive"),
+                 binarize_attention: bool = True, **kwargs):
         check(isinstance(ratio, (int, float)) and 0 < ratio <= 1,
               f"ratio must be a number in (0, 1], got {ratio!r}")
+        check_choice("binarize_attention", binarize_attention, (True, False))
         super().__init__(num_heads, in_features, qkv_features, out_features,
                          input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer,
                          qkv_quantizer=qkv_quantizer, **kwargs)
         self.ratio = ratio
+        self.binarize_attention = binarize_attention
 
     def attend(self, q, k, v, *, mask=None, inputs=None) -> jax.Array:
-        """Thresholded-softmax attention {0, 1} times the quantized V."""
+        """Thresholded-softmax attention {0, 1} times the quantized V (``binarize_attention=
+        False``: the softmax probabilities, for a full-precision stage)."""
         q, k, v = self.q_quant(q), self.k_quant(k), self.v_quant(v)
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) * self.head_dim ** -0.5
-        attention = sab_binarize(apply_mask(scores, mask), ratio=self.ratio)
+        scores = apply_mask(jnp.einsum("bhqd,bhkd->bhqk", q, k) * self.head_dim ** -0.5, mask)
+        if not self.binarize_attention:
+            return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(scores, axis=-1), v)
+        attention = sab_binarize(scores, ratio=self.ratio)
         self.sow(nnx.Intermediate, "attention", attention, capture_noop=True)
         return jnp.einsum("bhqk,bhkd->bhqd", attention, v)
 
@@ -229,30 +235,52 @@ class BiPFTAttention(MultiHeadAttention):
 
 
 class QKReparamAttention(MultiHeadAttention):
-    """OFQ's query-key reparameterization (Liu, Liu, Cheng; ICML 2023), self-attention only.
+    """OFQ's attention with query-key reparameterization (Liu, Liu, Cheng; ICML 2023;
+    nbasyl/OFQ ``src/quantization/modules/attention.py::QAttention_qkreparam``), self-attention.
 
-    The logits are ``x_q·Q_t(W_qk,h·x_qᵀ)·d^-½`` with ``W_qk,h = W_q,h W_k,hᵀ`` quantized by
-    StatsQ per row (:func:`bnn_jax.quant.qk_reparam`), ``x_q`` the block input after
-    ``input_quantizer`` and ``Q_t`` = ``t_quantizer``. ``query``/``key`` only hold ``W_q``,
-    ``W_k`` (no bias: a bias would not fold into ``W_qk``); V and the output projection use
-    StatsQ kernels. OFQ defaults: LSQ with ``bits`` for the input, T and (unsigned) the
-    probabilities. OFQ's learned biases around the LSQ of T are not implemented.
+    Per head the logits are ``x_q·T·d^-½`` with ``T = Q_t(W_qk,h·x_qᵀ)`` and ``W_qk,h =
+    W_q,h W_k,hᵀ`` quantized by StatsQ per row (:func:`bnn_jax.quant.qk_reparam`); ``x_q`` is
+    the block input after ``input_quantizer``. ``query``/``key`` only hold ``W_q``, ``W_k``
+    (no bias: a bias would not fold into ``W_qk``). The OFQ defaults (``"default"``) are:
+
+    * ``input_quantizer``: ``ofq_lsq`` (learned bias, per-token LSQ step, learned bias), the
+      reference's ``LSQ_input`` shared by the logits and the value path;
+    * ``t_quantizer``: per-token LSQ of ``T`` viewed as ``[B, N·H, C]`` (one step per token and
+      head, ``quan_a_qkx_fn``) between the learned biases ``t_bias_before``/``t_bias_after``
+      of shape ``(H·C,)`` (``move_qkx_b4``/``move_qkx_aft``);
+    * ``v_quantizer``: ``ofq_lsq`` with one step per channel (``move_v_b4`` ->
+      ``LsqQuantizer4v`` -> ``move_v_aft``) on ``x_q·StatsQ(W_v) + b_v``;
+    * ``attn_quantizer``: unsigned per-token (per query) LSQ of the probabilities;
+    * ``kernel_quantizer``: StatsQ for V and the output projection, whose input takes
+      ``ofq_lsq`` per token (``QLinear``).
+
+    Each quantizer may be replaced (a registry spec) or switched off (None).
     """
 
-    def __init__(self, num_heads: int, in_features: int, out_features: int | None = None, *,
-                 bits: int = 2, input_quantizer: Any = "default",
-                 t_quantizer: Any = "default", attn_quantizer: Any = "default",
-                 kernel_quantizer: Any = "default", use_bias: bool = True, rngs: nnx.Rngs):
-        lsq = dict(name="lsq", bits=bits)
-        input_quantizer = lsq if input_quantizer == "default" else input_quantizer
-        t_quantizer = lsq if t_quantizer == "default" else t_quantizer
-        attn_quantizer = (dict(lsq, signed=False) if attn_quantizer == "default"
-                          else attn_quantizer)
-        kernel_quantizer = (dict(name="statsq", bits=bits) if kernel_quantizer == "default"
-                            else kernel_quantizer)
+    def __init__(self, num_heads: int, in_features: int, qkv_features: int | None = None,
+                 out_features: int | None = None, *, bits: int = 2,
+                 input_quantizer: Any = "default", t_quantizer: Any = "default",
+                 v_quantizer: Any = "default", attn_quantizer: Any = "default",
+                 kernel_quantizer: Any = "default", out_input_quantizer: Any = "default",
+                 use_bias: bool = True, rngs: nnx.Rngs):
+        check(qkv_features in (None, in_features),
+              f"QKReparamAttention: qkv_features must equal in_features={in_features} "
+              f"(W_qk is in_features x in_features), got {qkv_features!r}")
+
+        def pick(value, default):
+            return default if isinstance(value, str) and value == "default" else value
+
+        act = dict(name="ofq_lsq", bits=bits, granularity="token")
+        input_quantizer = pick(input_quantizer, act)
+        out_input_quantizer = pick(out_input_quantizer, act)
+        t_quantizer = pick(t_quantizer, dict(name="lsq", bits=bits, granularity="token"))
+        v_quantizer = pick(v_quantizer, dict(act, granularity="channel"))
+        attn_quantizer = pick(attn_quantizer, dict(name="lsq", bits=bits, signed=False,
+                                                   granularity="token"))
+        kernel_quantizer = pick(kernel_quantizer, dict(name="statsq", bits=bits))
         super().__init__(num_heads, in_features, in_features, out_features,
-                         kernel_quantizer=kernel_quantizer, input_quantizer=input_quantizer,
-                         attn_quantizer=attn_quantizer, use_bias=use_bias, rngs=rngs)
+                         kernel_quantizer=kernel_quantizer, attn_quantizer=attn_quantizer,
+                         use_bias=use_bias, rngs=rngs)
         # Q and K are never applied as layers: only their kernels enter W_qk.
         self.query = QuantLinear(in_features, in_features, use_bias=False, rngs=rngs)
         self.key = QuantLinear(in_features, in_features, use_bias=False, rngs=rngs)
@@ -260,7 +288,16 @@ class QKReparamAttention(MultiHeadAttention):
         self.x_quant = Quantize(input_quantizer)
         self.value = QuantLinear(in_features, in_features, kernel_quantizer=kernel_quantizer,
                                  use_bias=use_bias, rngs=rngs)
+        self.v_quant = Quantize(v_quantizer)
+        self.out = QuantLinear(in_features, self.out_features,
+                               input_quantizer=out_input_quantizer,
+                               kernel_quantizer=kernel_quantizer, use_bias=use_bias, rngs=rngs)
         self.t_quant = Quantize(t_quantizer)
+        self.t_biases = t_quantizer is not None
+        if self.t_biases:
+            zeros = jnp.zeros((num_heads * in_features,), jnp.float32)
+            self.t_bias_before = nnx.Param(zeros)
+            self.t_bias_after = nnx.Param(zeros)
         self.bits = bits
 
     def qk_weight(self) -> jax.Array:
@@ -268,13 +305,23 @@ class QKReparamAttention(MultiHeadAttention):
         return qk_reparam(self.query.kernel[...], self.key.kernel[...],
                           num_heads=self.num_heads, bits=self.bits)
 
+    def quantize_t(self, t: jax.Array) -> jax.Array:
+        """OFQ's ``T`` path: ``[B, H, C, M]`` -> bias -> LSQ per (token, head) -> bias."""
+        if not self.t_biases:
+            return t
+        b, h, c, m = t.shape
+        tokens = t.transpose(0, 3, 1, 2).reshape(b, m, h * c) + self.t_bias_before[...]
+        q = self.t_quant(tokens.reshape(b, m * h, c)).reshape(b, m, h * c)
+        q = q + self.t_bias_after[...]
+        return q.reshape(b, m, h, c).transpose(0, 2, 3, 1)
+
     def context(self, inputs_q, inputs_kv, mask) -> jax.Array:
-        """Per-head context from the reparameterized logits."""
+        """Per-head context from the reparameterized logits and the quantized V."""
         check(inputs_kv is inputs_q, "QKReparamAttention is self-attention only")
         xq = self.x_quant(inputs_q)
-        logits = qk_reparam_logits(xq, self.qk_weight(), t_quant=self.t_quant)
+        logits = qk_reparam_logits(xq, self.qk_weight(), t_quant=self.quantize_t)
         scores = apply_mask(logits * self.head_dim ** -0.5, mask)
         probs = self.attn_quant(jax.nn.softmax(scores, axis=-1))
-        v = split_heads(self.value(xq), self.num_heads)
+        v = split_heads(self.v_quant(self.value(xq)), self.num_heads)
         self.sow(nnx.Intermediate, "v", v, capture_noop=True)
         return jnp.einsum("bhqk,bhkd->bhqd", probs, v)

@@ -60,16 +60,27 @@ def _init_bivit(x, **_):
     return {"alpha": jax.lax.stop_gradient(mean(jnp.abs(x), axis=per_channel_axes(x.ndim, -1)))}
 
 
-@register("bivit_weight", init=_init_bivit,
-          validate=lambda boundary="exclusive": check_choice("boundary", boundary,
-                                                             ("inclusive", "exclusive")),
+def _check_bivit_weight(boundary="exclusive", binary=True):
+    check_choice("boundary", boundary, ("inclusive", "exclusive"))
+    check_choice("binary", binary, (True, False))
+
+
+@register("bivit_weight", init=_init_bivit, validate=_check_bivit_weight,
+          bits=lambda boundary="exclusive", binary=True: 1 if binary else None,
           paper="BiViT (He et al., ICCV 2023), parameterized weight scales",
           formula="α_c·sign(W − mean_c W), sign(0)=+1; g·α·1[|W − mean| < 1] through the "
                   "(differentiated) "
                   "centring; dα = Σ sign(W − mean)·g; α init mean|W_c|",
           result="ImageNet Swin-S top-1 75.6 [ABS]")
-def bivit_weight(x, *, alpha, boundary="exclusive"):
+def bivit_weight(x, *, alpha, boundary="exclusive", binary=True):
     """BiViT weights (``BinaryLinear_adapscaling``): learned per-output-channel alpha times the
-    sign of the per-channel-centred kernel (last axis = output channel)."""
+    sign of the per-channel-centred kernel (last axis = output channel).
+
+    ``binary=False`` passes the kernel through unchanged (alpha unused): the full-precision
+    part of a Cross-layer Binarization stage, which keeps the parameter tree of the binary
+    stage so that the next stage can start from it (``config.init_from``).
+    """
+    if not binary:
+        return x
     centred = x - mean(x, axis=per_channel_axes(x.ndim, -1), keepdims=True)
     return alpha * bnn_ste(centred, boundary=boundary)

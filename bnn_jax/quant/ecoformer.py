@@ -23,8 +23,13 @@ BIAS_FORMS = ("code", "kernel")
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
-    """``x / ||x||`` over the last axis, without an epsilon (performer.py line 302)."""
-    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    """``x / ||x||`` over the last axis (performer.py line 302).
+
+    The norm is ``sqrt(Σx² + 1e-24)``: equal to the reference's in float32 for any token that is
+    not all zeros, where the reference's ``0/0`` is NaN (blank image patches do that when the
+    biases are still 0) and here the token stays 0, with a finite gradient.
+    """
+    return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-24)
 
 
 def square_dist(x: jax.Array, anchors: jax.Array) -> jax.Array:

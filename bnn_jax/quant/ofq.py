@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnn_jax.quant.core import identity_ste, mean
+from bnn_jax.quant.lsq import _check_lsq, _lsq_init, lsq
 from bnn_jax.quant.registry import check_choice, check_int_range, check_positive, register
 
 #: The clip's upper edge ``clip_val/2 - 1e-6`` in float32 (keeps 1.0 in the top level).
@@ -62,6 +63,37 @@ def _statsq(w, bits, axes):
 def statsq(x, *, bits=2):
     """StatsQ: ``2^b`` mid-rise levels scaled by twice the per-channel mean|W|, identity STE."""
     return _statsq(x, bits, tuple(range(x.ndim - 1)))
+
+
+def _ofq_lsq_init(x, *, bits=2, signed=True, granularity="token", **kw):
+    # The biases start at 0 (OFQ's LearnableBias), so the step sees the raw input.
+    zeros = jnp.zeros((x.shape[-1],), jnp.result_type(x))
+    return {**_lsq_init(x, bits=bits, signed=signed, granularity=granularity, **kw),
+            "bias_before": zeros, "bias_after": zeros}
+
+
+def _check_ofq_lsq(bits=2, signed=True, boundary="inclusive", granularity="token", **_):
+    _check_lsq(bits, signed, boundary, granularity)
+
+
+@register("ofq_lsq", init=_ofq_lsq_init, validate=_check_ofq_lsq,
+          bits=lambda bits=2, **_: bits, kind="quantizer",
+          paper="OFQ (Liu, Liu, Cheng; ICML 2023), LSQ activations between learned biases",
+          formula="LSQ(x + b_before) + b_after, b per channel (last axis, init 0); the LSQ step "
+                  "per token (granularity='token', OFQ's LsqQuantizer) or per channel "
+                  "('channel', LsqQuantizer4v); OFQ qlinear.py LSQ_input / QLinear.forward",
+          result="ImageNet DeiT-T / DeiT-S / Swin-T W2A2 top-1 64.33 / 75.72 / 78.52 [README]")
+def ofq_lsq(x, *, step, bias_before, bias_after, bits=2, signed=True, boundary="inclusive",
+            granularity="token"):
+    """OFQ's activation quantizer: learned bias, LSQ (per-token step by default), learned bias.
+
+    As ``LSQ_input``, the input path of ``QLinear`` and the V path of
+    ``QAttention_qkreparam`` (``move_b4`` -> LSQ -> ``move_aft``); the biases are per
+    channel (last axis).
+    """
+    q = lsq(x + bias_before, step=step, bits=bits, signed=signed, boundary=boundary,
+            granularity=granularity)
+    return q + bias_after
 
 
 def cga_mask(w, *, bits=2, boundary_range=0.005, active=True, layout="flax"):

@@ -344,12 +344,16 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False) -> dict[str, Any]:
+def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False,
+                   kept: list[str] | None = None) -> dict[str, Any]:
     """``{"params", "rest"}`` of the newest good checkpoint of another run (teacher, stage 2).
 
     The other run's optimizer may differ, so only the model arrays are taken, matched by path
     to ``like`` (this run's ``{"params": ..., "rest": ...}``); a missing or reshaped array is an
     error naming it. ``ema=True`` takes the run's weight EMA (``config.ema``) as the params.
+    With a ``kept`` list, non-parameter state the other run lacks (e.g. hash functions of a
+    layer the earlier stage did not have) keeps this run's fresh value and its path is
+    appended to ``kept``; missing parameters are always an error.
     """
     from bnn_jax.train.sharding import path_str
 
@@ -368,6 +372,9 @@ def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False) -> 
 
     def pick(path, target):
         name = path_str(path)
+        if name not in saved and kept is not None and name.startswith("rest/"):
+            kept.append(name[len("rest/"):])
+            return np.asarray(target)
         if name not in saved:
             raise ValueError(f"checkpoint in {workdir} has no array {name!r}")
         value = np.asarray(saved[name])

@@ -349,8 +349,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
         start = 0
         if config.init_from:
             try:
+                fresh: list[str] = []  # state the earlier stage did not have
                 saved = ckpt_lib.restore_params(config.init_from,
-                                                {"params": params, "rest": rest})
+                                                {"params": params, "rest": rest}, kept=fresh)
             except (ValueError, ckpt_lib.CorruptCheckpoint) as e:
                 ckpt.close()
                 raise ConfigError(f"config.init_from={config.init_from}: {e}") from e
@@ -361,6 +362,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
                 state["ema"] = jax.device_put(loaded, state_sh["ema"])
             state["rest"] = jax.device_put(saved["rest"], state_sh["rest"])
             say(f"Initialized parameters from {config.init_from}")
+            if fresh:
+                say(f"  state not in {config.init_from}, kept at its initial value: "
+                    + ", ".join(fresh))
     claim.write_config(config)  # only now: everything above has been checked
     step_hooks = hooks_lib.parse(config.hooks)
 

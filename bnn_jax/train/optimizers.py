@@ -4,14 +4,16 @@
 ``(regex, overrides)`` pairs: the first regex that matches a parameter path (``conv1/kernel``)
 gives its settings (``weight_decay=0.0`` for scales and BatchNorm, ``name="bop"`` for the binary
 kernels Bop trains without latent weights, a different learning rate, ...). Parameters matched
-by no group use the defaults. ``config.constraints`` (``weight_clip`` and other registry
-constraints) are applied to the parameters after every update, as larq's kernel constraints.
+by no group use the defaults. ``config.optimizer.cga`` (:func:`cga`) freezes confident StatsQ
+weights over the last steps of a run (OFQ's CGA fine-tune). ``config.constraints``
+(``weight_clip`` and other registry constraints) are applied to the parameters after every
+update, as larq's kernel constraints.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +27,9 @@ SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "cosine", "linear", "
 SETTINGS = ("name", "learning_rate", "schedule", "warmup_steps", "end_factor", "boundaries",
             "decay_factor", "decay_rate", "weight_decay", "momentum", "nesterov", "b1", "b2", "eps",
             "threshold", "gamma")
-TOP_FIELDS = (*SETTINGS, "grad_clip_norm", "groups")
+TOP_FIELDS = (*SETTINGS, "grad_clip_norm", "groups", "cga")
+#: ``config.optimizer.cga``: OFQ's Confidence-Guided Annealing over the last ``steps`` steps.
+CGA_FIELDS = ("bits", "boundary_range", "steps", "pattern")
 
 
 def schedule(cfg: dict, total_steps: int) -> Callable[[Any], Any]:
@@ -117,6 +121,8 @@ def validate(cfg: Any) -> None:
     if unknown:
         raise ValueError(f"unknown field(s) {unknown} in config.optimizer; valid fields: "
                          f"{sorted(TOP_FIELDS)}")
+    if cfg.get("cga"):
+        _check_cga(cfg["cga"])
     settings = [cfg]
     for g in cfg.get("groups") or ():
         if len(g) != 2 or not isinstance(g[0], str):
@@ -135,17 +141,83 @@ def validate(cfg: Any) -> None:
                              f"{list(SCHEDULES)}")
 
 
+class CGAState(NamedTuple):
+    count: Any
+    inner: Any
+
+
+def cga(inner: optax.GradientTransformation, params: Any, *, total_steps: int, steps: int,
+        bits: int = 2, boundary_range: float = 0.005,
+        pattern: str = r"(fc1|fc2|value|out|reduction)/kernel$") -> optax.GradientTransformation:
+    """OFQ's Confidence-Guided Annealing (nbasyl/OFQ ``cga.py`` lines 953-1012) around ``inner``.
+
+    During the last ``steps`` optimizer steps, every kernel whose path matches ``pattern``
+    keeps training only where :func:`bnn_jax.quant.cga_mask` says its StatsQ code lies within
+    ``boundary_range`` of a rounding boundary: the other weights get a zero gradient, and
+    their update is zeroed too, which is OFQ's restore of the frozen weights after the step
+    (momentum and weight decay cannot move them). Before that the wrapper changes nothing.
+    """
+    from bnn_jax.quant.ofq import cga_mask
+
+    regex = re.compile(pattern)
+    selected = jax.tree_util.tree_map_with_path(
+        lambda path, p: bool(regex.search(path_str(path))) and jnp.ndim(p) >= 2, params)
+    if not any(jax.tree.leaves(selected)):
+        raise ValueError(f"config.optimizer.cga.pattern={pattern!r} matches no kernel")
+    start = total_steps - steps
+
+    def masks(params, count):
+        active = count >= start
+        return jax.tree.map(
+            lambda p, s: cga_mask(p, bits=bits, boundary_range=boundary_range, active=active)
+            if s else jnp.ones((), jnp.result_type(p)), params, selected)
+
+    def init(params):
+        return CGAState(jnp.zeros((), jnp.int32), inner.init(params))
+
+    def update(grads, state, params=None):
+        m = masks(params, state.count)
+        grads = jax.tree.map(lambda g, k: g * k, grads, m)
+        updates, inner_state = inner.update(grads, state.inner, params)
+        updates = jax.tree.map(lambda u, k: u * k, updates, m)
+        return updates, CGAState(state.count + 1, inner_state)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _check_cga(spec: Any, total_steps: int | None = None) -> dict:
+    spec = dict(spec)
+    unknown = sorted(set(spec) - set(CGA_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} in config.optimizer.cga; valid fields: "
+                         f"{list(CGA_FIELDS)}")
+    steps = spec.get("steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"config.optimizer.cga.steps must be a positive integer (the CGA "
+                         f"fine-tune steps at the end of the run), got {steps!r}")
+    if total_steps is not None and steps > total_steps:
+        raise ValueError(f"config.optimizer.cga.steps={steps} exceeds total_steps={total_steps}")
+    from bnn_jax.quant.registry import check_int_range, check_positive
+
+    check_int_range("config.optimizer.cga.bits", spec.get("bits", 2), 1, 16)
+    check_positive("config.optimizer.cga.boundary_range", spec.get("boundary_range", 0.005))
+    return spec
+
+
 def build(cfg: Any, params: Any, total_steps: int):
     """``(tx, lr_fn)``: the optax transformation for ``params`` and the default group's schedule."""
     validate(cfg)
     cfg = dict(cfg)
     groups = [(g[0], dict(g[1])) for g in (cfg.pop("groups", None) or ())]
     clip = cfg.pop("grad_clip_norm", None)
+    cga_spec = cfg.pop("cga", None)
     transforms = {"default": _single(cfg, total_steps)}
     for i, (_, overrides) in enumerate(groups):
         transforms[f"g{i}"] = _single({**cfg, **overrides}, total_steps)
     tx = (optax.multi_transform(transforms, group_labels(params, groups)) if groups
           else transforms["default"])
+    if cga_spec:
+        tx = cga(tx, params, total_steps=total_steps, **_check_cga(cga_spec, total_steps))
     if clip:
         tx = optax.chain(optax.clip_by_global_norm(float(clip)), tx)
     return tx, schedule(cfg, total_steps)

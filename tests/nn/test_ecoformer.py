@@ -75,37 +75,36 @@ def _state(m):
     return tuple(np.asarray(v[...], np.float64) for v in (m.anchors, m.mvec, m.proj))
 
 
-def test_forward_matches_reference():
-    m = _fitted_layer()
-    want, y = _np_attention(_params(m), X.astype(np.float64), _state(m))
-    assert np.abs(y).min() > 1e-4  # no code decided by rounding
-    got = np.asarray(m(jnp.asarray(X)))
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
-
-
-def test_backward_matches_the_straight_through_reference():
+def test_forward_and_backward_match_the_reference():
     m = _fitted_layer()
     p, x, state = _params(m), X.astype(np.float64), _state(m)
-    _, y0 = _np_attention(p, x, state)
+    want, y0 = _np_attention(p, x, state)
+    assert np.abs(y0).min() > 1e-4  # no code decided by rounding
     at = (y0, (np.abs(y0) < 1).astype(np.float64))
     assert 0.1 < at[1].mean() < 0.9  # both sides of the STE's clip are exercised
     w = RNG.standard_normal((B, N, D + 1))
 
+    def weighted(m):
+        out = m(jnp.asarray(X))
+        return jnp.sum(out * jnp.asarray(w, jnp.float32)), out
+
+    (_, got), grads = nnx.jit(nnx.value_and_grad(weighted, has_aux=True))(m)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=2e-5)
+
     def loss(q):
         return float((_np_attention(q, x, state, at)[0] * w).sum())
 
-    grads = nnx.grad(lambda m: jnp.sum(m(jnp.asarray(X)) * jnp.asarray(w, jnp.float32)))(m)
     for name, layer, attr in (("wq", "query", "kernel"), ("bq", "query", "bias"),
                               ("wv", "value", "kernel")):
-        got = np.asarray(getattr(getattr(grads, layer), attr)[...], np.float64)
-        want = np.zeros_like(p[name])
+        grad = np.asarray(getattr(getattr(grads, layer), attr)[...], np.float64)
+        fd = np.zeros_like(p[name])
         for idx in np.ndindex(p[name].shape):
             hi, lo = {**p, name: p[name].copy()}, {**p, name: p[name].copy()}
             hi[name][idx] += 1e-6
             lo[name][idx] -= 1e-6
-            want[idx] = (loss(hi) - loss(lo)) / 2e-6
-        assert np.abs(want).max() > 1e-3, name
-        np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-4 * np.abs(want).max(),
+            fd[idx] = (loss(hi) - loss(lo)) / 2e-6
+        assert np.abs(fd).max() > 1e-3, name
+        np.testing.assert_allclose(grad, fd, rtol=1e-3, atol=2e-4 * np.abs(fd).max(),
                                    err_msg=name)
     # The hash functions take no gradient: they are not parameters.
     assert set(nnx.to_pure_dict(grads)) == {"query", "value", "out"}
@@ -201,27 +200,27 @@ def test_fit_takes_anchors_from_the_first_example_and_refresh_leaves_params():
                            ksh_iterations=5, ksh_learning_rate=0.05)
     params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(m, nnx.Param)))
     proj0 = np.asarray(m.proj[...])
-    x = jnp.asarray(X)
     refresh_hook(m, {"image": X}, 7, seed=1)
     assert int(m.refreshes[...]) == 1 and m.pending_fit is None
-    _, inter = nnx.capture(m, nnx.Intermediate)(x)
-    qk = np.asarray(inter["qk"][0])
+    w = np.asarray(m.query.kernel[...]), np.asarray(m.query.bias[...])
+    qk = _np_normalize((X @ w[0] + w[1]).reshape(B, N, H, -1).transpose(0, 2, 1, 3))
     anchors = np.asarray(m.anchors[...])
     for head in range(H):
         rows = [int(np.argmin(((qk[0, head] - a) ** 2).sum(-1))) for a in anchors[head]]
         np.testing.assert_allclose(qk[0, head, rows], anchors[head], atol=1e-6)
         assert len(set(rows)) == 6
+    want_m = _np_features(qk, anchors).mean(2).mean(0)
+    np.testing.assert_allclose(np.asarray(m.mvec[...]), want_m, rtol=1e-5)
     assert not np.array_equal(np.asarray(m.proj[...]), proj0)
-    assert np.all(np.asarray(m.mvec[...]) > 0)  # mean kernel features, zero before the fit
     after = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(m, nnx.Param)))
     jax.tree.map(np.testing.assert_array_equal, params, after)
-    # The same seed and step give the same anchors; another step others.
-    again = EcoFormerAttention(H, D + 1, rngs=nnx.Rngs(2), num_bits=4, num_anchors=6, topk=2,
-                               ksh_iterations=3)
-    refresh(again, x, seed=1, step=7)
-    np.testing.assert_array_equal(np.asarray(again.anchors[...]), anchors)
-    refresh(again, x, seed=1, step=8)
-    assert not np.array_equal(np.asarray(again.anchors[...]), anchors)
+    # Another step draws other anchors; the same seed and step the same ones.
+    refresh(m, jnp.asarray(X), seed=1, step=8)
+    other = np.asarray(m.anchors[...])
+    assert not np.array_equal(other, anchors)
+    refresh(m, jnp.asarray(X), seed=1, step=7)
+    np.testing.assert_array_equal(np.asarray(m.anchors[...]), anchors)
+    assert int(m.refreshes[...]) == 3
 
 
 def test_bad_inputs_are_refused():

@@ -202,7 +202,8 @@ def _statsq(w, bits, axis):
 
 def test_ofq_query_key_reparameterization():
     m = QKReparamAttention(H, F, bits=2, input_quantizer=None, t_quantizer=None,
-                           attn_quantizer=None, rngs=nnx.Rngs(5))
+                           v_quantizer=None, attn_quantizer=None, out_input_quantizer=None,
+                           rngs=nnx.Rngs(5))
     wq, wk = _kb(m.query)[0], _kb(m.key)[0]
     (wv, bv), (wo, bo) = _kb(m.value), _kb(m.out)
     wqk = np.einsum("chd,ehd->hce", wq.reshape(F, H, DH), wk.reshape(F, H, DH))
@@ -223,11 +224,12 @@ def test_ofq_default_lsq_quantizers_learn_under_jit():
     m = QKReparamAttention(H, F, rngs=nnx.Rngs(6))
     y = _run(m, X[..., :F], None)
     assert y.shape == (B, N, F) and np.all(np.isfinite(y))
-    for q in (m.x_quant, m.t_quant, m.attn_quant):
+    for q in (m.x_quant, m.t_quant, m.v_quant, m.attn_quant):
         assert isinstance(q.step, nnx.Param)
+    assert isinstance(m.out.input_step, nnx.Param)
     g = nnx.jit(nnx.grad(lambda m: jnp.sum(m(jnp.asarray(X[..., :F])) ** 2)))(m)
     assert np.any(np.asarray(g.query.kernel[...]) != 0)
-    assert np.isfinite(g.t_quant.step[...]) and g.t_quant.step[...] != 0
+    assert np.all(np.isfinite(g.t_quant.step[...])) and np.any(g.t_quant.step[...] != 0)
 
 
 def test_bad_arguments():

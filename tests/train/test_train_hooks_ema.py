@@ -124,3 +124,27 @@ def test_bad_hooks_are_refused_before_anything_is_built(tmp_path, spec, message)
 def test_bad_ema_settings_are_refused(ema, message):
     with pytest.raises(ValueError, match=message):
         config_lib.validate(tiny(1, ema=ema))
+
+
+class TallyPlus(Tally):
+    """Tally with one more non-parameter variable (state a later stage adds)."""
+
+    def __init__(self, *, num_classes, input_shape, rngs):
+        super().__init__(num_classes=num_classes, input_shape=input_shape, rngs=rngs)
+        self.extra = nnx.Variable(jnp.full((3,), 7.0))
+
+
+models.register("tally_plus_for_hook_tests", TallyPlus)
+
+
+def test_init_from_keeps_fresh_state_the_earlier_stage_lacked(tmp_path, capsys):
+    run(tiny(1), str(tmp_path / "stage1"))
+    c = tiny(1, init_from=str(tmp_path / "stage1"))
+    c.model = dict(name="tally_plus_for_hook_tests")
+    c.optimizer.learning_rate = 0.0  # the loaded weights stay as loaded
+    run(c, str(tmp_path / "stage2"))
+    assert "kept at its initial value: extra" in capsys.readouterr().out
+    one, two = states(tmp_path / "stage1", (1,))[1], states(tmp_path / "stage2", (1,))[1]
+    np.testing.assert_array_equal(np.asarray(two["rest"]["extra"]), np.full((3,), 7.0))
+    np.testing.assert_array_equal(np.asarray(two["params"]["dense"]["kernel"]),
+                                  np.asarray(one["params"]["dense"]["kernel"]))

@@ -1,0 +1,7 @@
+"""Swin-T (``bnn_jax.models.swin``; timm ``swin_tiny_patch4_window7_224`` at 224x224)."""
+
+from bnn_jax.models import swin
+from bnn_jax.models.blocks import variant
+
+Model = variant(swin.Model, "swin_tiny", __doc__, patch_size=4, embed_dim=96,
+                depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)

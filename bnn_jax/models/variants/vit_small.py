@@ -1,0 +1,7 @@
+"""ViT-S/16, patch 16 (``bnn_jax.models.vit``; timm ``vit_small_patch16_224`` at 224x224)."""
+
+from bnn_jax.models import vit
+from bnn_jax.models.blocks import variant
+
+Model = variant(vit.Model, "vit_small", __doc__,
+                patch_size=16, hidden=384, depth=12, num_heads=6, mlp_dim=1536)
