@@ -18,6 +18,8 @@ setup(
     python_requires=">=3.12",
     packages=packages + kernel_packages,
     package_dir={"bnn_jax.kernels": "kernels"},
+    # The C++ source of the native CPU backend, compiled on first use (bnn_jax.kernels.native).
+    package_data={"bnn_jax.kernels": ["csrc/*.cc"]},
     install_requires=[
         "jax>=0.11",
         "flax>=0.12.9",

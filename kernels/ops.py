@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bnn_jax.kernels import pallas, xla
+from bnn_jax.kernels import native, pallas, xla
 from bnn_jax.kernels.backend import resolve
+from bnn_jax.kernels.bitops import popcount
 from bnn_jax.kernels.packing import WORD_BITS, Packed, _pack_plane, num_words, unpack
 
 PAD_VALUES = (0.0, 1.0, -1.0)
@@ -77,6 +78,8 @@ def _matmul_2d(a: Packed, b: Packed, length: int, backend: str, blocks) -> jax.A
     args = (a.sign, a.mask, b.sign, b.mask, length)
     if impl == "xla":
         return xla.matmul(*args)
+    if impl == "cpu_native":
+        return native.matmul(*args)
     return pallas.matmul(*args, backend=impl, interpret=interpret, block_m=blocks[0],
                          block_n=blocks[1])
 
@@ -228,34 +231,71 @@ def _packed_conv2d_jit(x: Packed, w: Packed, scale, bias, strides, padding, pad_
 def _border_correction(w: Packed, size, pads, strides, out_size) -> jax.Array:
     """Sum of the weights over the taps that fall on the (+1-filled) border: (1, Ho, Wo, O)."""
     kh, kw, _, c_out = w.shape
-    tap_sum = jnp.sum(unpack(w), axis=2).reshape(kh * kw, c_out)  # (taps, O) int32
+    # Sum over the input channels of each tap from popcounts of the packed words (no unpacking):
+    # (non-zero count) - 2 (negative count); pad bits are zero in both planes.
+    nonzero = (jnp.int32(w.length) if w.mask is None
+               else jnp.sum(popcount(w.mask), axis=2))
+    negative = 0 if w.sign is None else jnp.sum(popcount(w.sign), axis=2)
+    tap_sum = jnp.broadcast_to(nonzero - 2 * negative, (kh, kw, c_out)).reshape(kh * kw, c_out)
     border = np.pad(np.zeros(size, np.int32), pads, constant_values=1)
     ho, wo = out_size
     taps = np.stack([border[i:i + (ho - 1) * strides[0] + 1:strides[0],
                             j:j + (wo - 1) * strides[1] + 1:strides[1]]
                      for i in range(kh) for j in range(kw)], axis=-1)  # (Ho, Wo, taps), static
-    return jnp.dot(jnp.asarray(taps.reshape(ho * wo, kh * kw)), tap_sum,
-                   preferred_element_type=jnp.int32).reshape(1, ho, wo, c_out)
+    taps = jnp.asarray(taps.reshape(ho * wo, kh * kw))
+    if kh * kw * w.length < 2 ** 24:
+        # Every partial sum is an integer below 2^24, exact in float32, and XLA's float dot is
+        # far faster than its integer one on CPU.
+        corr = jnp.dot(taps.astype(jnp.float32), tap_sum.astype(jnp.float32),
+                       precision=lax.Precision.HIGHEST).astype(jnp.int32)
+    else:
+        corr = jnp.dot(taps, tap_sum, preferred_element_type=jnp.int32)
+    return corr.reshape(1, ho, wo, c_out)
 
 
 # ----------------------------------------------------------------------------- W1A16
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _weight_matmul(x, w_sign, w_mask, length, backend, blocks):
+ACT_QUANT = (None, "int8")
+
+
+def quantize_int8(x):
+    """Per-row absmax int8 codes of ``x`` (BitNet b1.58's activations) and the row scales:
+    ``x ≈ codes * scale`` with ``codes = round(x * 127 / absmax)`` in [-127, 127]."""
+    x = x.astype(jnp.float32)
+    absmax = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+    safe = jnp.where(absmax > 0, absmax, 1.0)
+    codes = jnp.clip(jnp.round(x * (127.0 / safe)), -127, 127)
+    return codes, safe / 127.0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _weight_matmul(x, w_sign, w_mask, length, backend, blocks, act_quant=None):
     impl, interpret = resolve(backend)
+    if act_quant == "int8":
+        # Integer codes times ±1/0: every backend returns the same exact integer sums.
+        codes, step = quantize_int8(x)
+        if impl == "cpu_native":
+            acc = native.weight_matmul(codes, w_sign, w_mask, "int8").astype(jnp.float32)
+        else:
+            acc = _weight_matmul(codes, w_sign, w_mask, length, backend, blocks)
+        return acc * step
     if impl == "xla":
         return xla.weight_matmul(x, w_sign, w_mask, jnp.float32)
+    if impl == "cpu_native":
+        return native.weight_matmul(x, w_sign, w_mask)
     return pallas.weight_matmul(x, w_sign, w_mask, backend=impl, interpret=interpret,
                                 block_m=blocks[0], block_n=blocks[1])
 
 
-def _weight_matmul_fwd(x, w_sign, w_mask, length, backend, blocks):
-    return _weight_matmul(x, w_sign, w_mask, length, backend, blocks), (x, w_sign, w_mask)
+def _weight_matmul_fwd(x, w_sign, w_mask, length, backend, blocks, act_quant=None):
+    out = _weight_matmul(x, w_sign, w_mask, length, backend, blocks, act_quant)
+    return out, (x, w_sign, w_mask)
 
 
-def _weight_matmul_bwd(length, backend, blocks, res, g):
+def _weight_matmul_bwd(length, backend, blocks, act_quant, res, g):
     x, w_sign, w_mask = res
-    # dx = g @ W^T with W the unpacked ±1/ternary matrix: reference XLA, exact in f32 for ±1.
+    # dx = g @ W^T with W the unpacked ±1/ternary matrix: reference XLA, exact in f32 for ±1
+    # (the int8 activation quantizer passes the gradient straight through).
     w = Packed(w_sign, w_mask, length=length, axis=0)
     dx = jnp.dot(g, unpack(w, jnp.float32).T, precision=lax.Precision.HIGHEST)
 
@@ -270,25 +310,30 @@ _weight_matmul.defvjp(_weight_matmul_fwd, _weight_matmul_bwd)
 
 def packed_weight_matmul(x, w: Packed, *, scale=None, bias=None, preferred_element_type=None,
                          backend: str = "auto", block_m: int | None = None,
-                         block_n: int | None = None) -> jax.Array:
+                         block_n: int | None = None, act_quant: str | None = None) -> jax.Array:
     """``x @ W``: float/bf16 ``x`` (..., K) times packed ±1/ternary ``W`` (K, N) (W1A16/W1.58A16).
 
     Accumulates in float32; the result has ``preferred_element_type`` (default ``x.dtype``).
     Differentiable in ``x`` (and in ``scale``/``bias``); the packed weights are constants.
+    ``act_quant="int8"`` first rounds each row of ``x`` to int8 codes times its absmax / 127
+    (:func:`quantize_int8`, BitNet b1.58's activations; W1.58A8) and sums the codes exactly.
     """
     w = _require_packed("w", w)
     _check_call("packed_weight_matmul", backend, block_m, block_n)
+    if act_quant not in ACT_QUANT:
+        raise ValueError(f"packed_weight_matmul: act_quant must be one of {list(ACT_QUANT)}, "
+                         f"got {act_quant!r}")
     try:
         x = jnp.asarray(x)
     except TypeError as e:
         raise ValueError(f"packed_weight_matmul: x must be an array, got {type(x).__name__}") from e
     return _packed_weight_matmul_jit(x, w, scale, bias, preferred_element_type, backend,
-                                     (block_m, block_n))
+                                     (block_m, block_n), act_quant)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
 def _packed_weight_matmul_jit(x, w: Packed, scale, bias, preferred_element_type, backend,
-                              blocks) -> jax.Array:
+                              blocks, act_quant=None) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"packed_weight_matmul: x must be floating point (bf16/f16/f32), "
@@ -304,6 +349,7 @@ def _packed_weight_matmul_jit(x, w: Packed, scale, bias, preferred_element_type,
                          f"K={w.length}")
     n = w.shape[1]
     lead = x.shape[:-1]
-    out = _weight_matmul(x.reshape(-1, w.length), w.sign, w.mask, w.length, backend, blocks)
+    out = _weight_matmul(x.reshape(-1, w.length), w.sign, w.mask, w.length, backend, blocks,
+                         act_quant)
     out = _epilogue(out.reshape(*lead, n), scale, bias, n, "packed_weight_matmul")
     return out.astype(preferred_element_type or x.dtype)

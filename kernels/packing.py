@@ -102,8 +102,13 @@ def _normalize_axis(axis: int, ndim: int) -> int:
     return axis % ndim
 
 
-def pack(x, axis: int = -1, encoding: str = "binary") -> Packed:
-    """Pack ``x`` along ``axis``: binary packs sign(x) (0 -> +1), bool x != 0, ternary both."""
+def pack(x, axis: int = -1, encoding: str = "binary", *, backend: str = "auto") -> Packed:
+    """Pack ``x`` along ``axis``: binary packs sign(x) (0 -> +1), bool x != 0, ternary both.
+
+    Packing along the last axis (activations) runs on the native CPU kernel when ``backend``
+    resolves to ``cpu_native`` (see ``backend.py``); every other case, and every other backend,
+    is the XLA expression below (both give the same words).
+    """
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; valid choices: {list(ENCODINGS)}")
     try:
@@ -120,6 +125,11 @@ def pack(x, axis: int = -1, encoding: str = "binary") -> Packed:
     axis = _normalize_axis(axis, x.ndim)
     if x.shape[axis] == 0:
         raise ValueError(f"cannot pack an empty axis (shape {x.shape}, axis {axis})")
+    from bnn_jax.kernels import backend as _backend, native
+
+    if axis == x.ndim - 1 and _backend.resolve(backend)[0] == "cpu_native":
+        sign, mask = native.pack_last(x, encoding)
+        return Packed(sign=sign, mask=mask, length=int(x.shape[axis]), axis=axis)
     sign = _pack_plane(x < 0, axis) if encoding in ("binary", "ternary") else None
     mask = _pack_plane(x != 0, axis) if encoding in ("bool", "ternary") else None
     return Packed(sign=sign, mask=mask, length=int(x.shape[axis]), axis=axis)
