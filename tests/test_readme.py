@@ -22,7 +22,7 @@ REPO = README.parent
 PREFIX = "bash scripts/in_venv.sh "
 LANGS = ("bash", "python", "text")
 # Commands shown but not run here, with the reason.
-NOT_RUN = {"python -m pytest -q": "the test suite itself"}
+NOT_RUN = {"python -m pytest -q -n 2": "the test suite itself"}
 QUICKSTART = ("<!-- quickstart:start -->", "<!-- quickstart:end -->")
 
 
@@ -102,7 +102,7 @@ def _events(logdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_quickstart_command_outputs_and_tensorboard(tmp_path):
     cmds = [c for _, code, _ in readme_fenced_blocks(*QUICKSTART) for c in _commands(code)]
-    assert len(cmds) == 2 and cmds[1] == PREFIX + "python -m pytest -q"
+    assert len(cmds) == 2 and cmds[1] == PREFIX + "python -m pytest -q -n 2"
     proc = _run_shell(cmds[0], tmp_path, steps=3)
     workdir = tmp_path / "digits_bnn"
     lines = proc.stdout.splitlines()
