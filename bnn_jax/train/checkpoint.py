@@ -122,6 +122,18 @@ def _abandoned_read(unraisable) -> bool:
     return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
 
 
+class _AbandonedReadLogs(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for orbax's abandoned reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tb = record.exc_info[2] if record.exc_info else None
+        while tb is not None:
+            if "orbax" in tb.tb_frame.f_code.co_filename:
+                return False
+            tb = tb.tb_next
+        return "orbax" not in record.getMessage()
+
+
 def _collect_abandoned_reads() -> None:
     # Orbax reads the arrays with concurrent coroutines; when one fails, the others are left
     # suspended, and whenever the garbage collector finds them (now or at exit) each prints an
@@ -135,6 +147,9 @@ def _collect_abandoned_reads() -> None:
 
         hook._bnn_jax_quiet = True
         sys.unraisablehook = hook
+    asyncio_log = logging.getLogger("asyncio")  # the same reads, reported as "never retrieved"
+    if not any(isinstance(f, _AbandonedReadLogs) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_AbandonedReadLogs())
     gc.collect()
 
 
