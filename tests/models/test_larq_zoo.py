@@ -121,14 +121,7 @@ def test_small_forward_and_train_step(name, shape):
     assert model(x).shape == (2, 10)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", [d[0] for d in DOCSTRINGS])
-def test_forward_at_224(name):
-    model = models.build(dict(name=name), num_classes=1000, input_shape=(224, 224, 3),
-                         rngs=nnx.Rngs(0))
-    model.eval()
-    out = model(jnp.zeros((1, 224, 224, 3)))
-    assert out.shape == (1, 1000) and bool(jnp.all(jnp.isfinite(out)))
+# The forward and a training step at 224x224 of every zoo network: tests/models/test_zoo_native.py.
 
 
 def test_unknown_arch_and_bad_fields_are_rejected():
