@@ -16,8 +16,9 @@ distillation-token head, as DeiT evaluates it (and Hugging Face's
 ``input_quantizer`` / ``kernel_quantizer`` / ``kernel_constraint`` apply to the MLPs
 (``fc2_input_quantizer`` to the second MLP layer alone). The patch embedding and the head stay
 full precision unless ``config.quant`` rules address ``patch_embed`` / ``head``. ``pretrained``
-names a local Hugging Face directory whose weights initialize the model
-(:func:`bnn_jax.models.hub.load_into`).
+names local weights that initialize the model: a Hugging Face directory
+(:func:`bnn_jax.models.hub.load_into`) or a timm state dict file
+(:func:`bnn_jax.models.hub_timm.load_into`).
 
 The methods' placements are field sets: :func:`ofq_fields` (OFQ W{b}A{b}), :func:`bivit_fields`
 (BiViT, attention and MLP binarized separately for Cross-layer Binarization) and
@@ -27,6 +28,7 @@ The methods' placements are field sets: :func:`ofq_fields` (OFQ W{b}A{b}), :func
 from __future__ import annotations
 
 import functools
+import pathlib
 from typing import Any, Sequence
 
 import jax
@@ -67,12 +69,19 @@ def attention_factory(name: str, fields: dict | None) -> Any:
     return lambda num_heads, dim, *, rngs: cls(num_heads, dim, rngs=rngs, **fields)
 
 
-def load_pretrained(model: nnx.Module, directory: str) -> None:
-    """Fill ``model`` with the weights of a local Hugging Face directory (if one is named)."""
-    if directory:
+def load_pretrained(model: nnx.Module, path: str) -> None:
+    """Fill ``model`` with local weights, if ``path`` names them: a Hugging Face directory
+    (``config.json``) or a timm state dict (``.safetensors`` / ``.npz`` file)."""
+    if not path:
+        return
+    if pathlib.Path(path).suffix in (".safetensors", ".npz"):
+        from bnn_jax.models import hub_timm
+
+        hub_timm.load_into(model, path)
+    else:
         from bnn_jax.models import hub
 
-        hub.load_into(model, directory)
+        hub.load_into(model, path)
 
 
 def mlp_quant(input_quantizer, kernel_quantizer, kernel_constraint) -> dict:
