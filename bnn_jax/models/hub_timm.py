@@ -34,21 +34,12 @@ import numpy as np
 from flax import nnx
 
 from bnn_jax.models import hub
-from bnn_jax.models.hub import CONV, Rule
+from bnn_jax.models.hub import CONV, Rule, _linear, _norm
 
 #: timm's ViT / DeiT sizes (``vision_transformer.py`` / ``deit.py`` model functions): heads.
 TIMM_HEADS = {"tiny": 3, "small": 6, "base": 12, "large": 16, "huge": 16}
 _QKV = re.compile(r"(.*)\.attn\.qkv\.(weight|bias)")
 _QUERY_KEY_BIAS = r"attn/(query|key)/bias"
-
-
-def _linear(src: str, dst: str) -> tuple[Rule, Rule]:
-    return (Rule(src + r"\.weight", dst + "/kernel", transpose=True),
-            Rule(src + r"\.bias", dst + "/bias"))
-
-
-def _norm(src: str, dst: str) -> tuple[Rule, Rule]:
-    return Rule(src + r"\.weight", dst + "/scale"), Rule(src + r"\.bias", dst + "/bias")
 
 
 _BLOCK = r"blocks\.(\d+)"
