@@ -144,21 +144,22 @@ def _count(tensors: dict, pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def vit_fields(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+def vit_fields(tensors: dict[str, np.ndarray], input_shape=None) -> dict[str, Any]:
     """ViT / DeiT constructor fields from a prepared state dict's shapes (all but
-    ``num_heads``); the image is square, ``sqrt(patches) · patch_size`` wide."""
+    ``num_heads``); without ``input_shape`` the image is square, ``sqrt(patches)·patch`` wide."""
     hidden, channels, patch, _ = tensors["patch_embed.proj.weight"].shape
     distilled = "dist_token" in tensors
-    patches = tensors["pos_embed"].shape[1] - (2 if distilled else 1)
-    side = math.isqrt(patches)
-    if side * side != patches:
-        raise ValueError(f"pos_embed holds {patches} patch positions, not a square grid; pass "
-                         "input_shape=(H, W, C)")
+    if input_shape is None:
+        patches = tensors["pos_embed"].shape[1] - (2 if distilled else 1)
+        side = math.isqrt(patches)
+        if side * side != patches:
+            raise ValueError(f"pos_embed holds {patches} patch positions, not a square grid; "
+                             "pass input_shape=(H, W, C)")
+        input_shape = (side * patch, side * patch, int(channels))
     return dict(hidden=int(hidden), patch_size=int(patch), distilled=distilled,
                 depth=_count(tensors, r"blocks\.(\d+)\."),
                 mlp_dim=int(tensors["blocks.0.mlp.fc1.weight"].shape[0]),
-                num_classes=int(tensors["head.weight"].shape[0]),
-                input_shape=(side * patch, side * patch, int(channels)))
+                num_classes=int(tensors["head.weight"].shape[0]), input_shape=input_shape)
 
 
 def swin_fields(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -196,7 +197,7 @@ def fields_of(tensors: dict[str, np.ndarray], path: str | pathlib.Path,
             raise ValueError("a Swin state dict does not record the image size; pass "
                              "input_shape=(H, W, C), e.g. (224, 224, 3)")
         return {**swin_fields(tensors), **given}
-    fields = {**vit_fields(tensors), **given}
+    fields = {**vit_fields(tensors, given.get("input_shape")), **given}
     if "num_heads" not in fields:
         heads = architecture_heads(path)
         if heads is None:
