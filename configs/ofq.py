@@ -8,7 +8,9 @@ Two stages, as the reference's ``train_scripts/deit_t/w2a2_deit_t.sh``:
   and the query-key reparameterization (:func:`bnn_jax.models.vit.ofq_fields`); patch embedding
   and head at 8 bits (per-tensor LSQ here; the reference's ``LsqQuantizer4img`` /
   ``LsqQuantizer4head_input`` use other step shapes). KD "hard + soft" from the same float
-  model (``KDLossSoftandHard``: cross-entropy to the labels + the teacher's soft labels).
+  model (``KDLossSoftandHard``, ``src/quantization/utils.py`` lines 65-77: cross-entropy to
+  the labels on the class-token head + the teacher's soft labels on the distillation-token
+  head, the two heads the distilled DeiT returns in training; ``distilled_training``).
   AdamW lr 5.47e-4, weight decay 0.05, batch 140 x 4 GPUs, 300 epochs, 5 warmup epochs, cosine
   to timm's min_lr 1e-5; mixup and cutmix off (this loop has neither).
 * ``stage=cga``: Confidence-Guided Annealing for 30 epochs from the ``qat=`` run
@@ -69,6 +71,8 @@ def get_config(arg=None):
         # how to place it there).
         arg.pretrained = arg.pretrained or f"hf/{arg.model}"
         c.model = dict(name=arg.model, pretrained=arg.pretrained, **fields)
+        if "distilled" in arg.model:
+            c.model["distilled_training"] = True
         c.data = dict(name="imagenet2012", batch_size=BATCH, eval_batch_size=500, data_dir="")
         steps_per_epoch = math.ceil(IMAGENET_TRAIN / BATCH)
         c.total_steps = (300 if arg.stage == "qat" else 30) * steps_per_epoch

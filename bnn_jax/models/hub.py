@@ -419,23 +419,30 @@ def load_into(model: nnx.Module, directory: str | pathlib.Path,
               family: Family | None = None) -> nnx.Module:
     """Copy a checkpoint's weights into ``model`` (built to match it); returns ``model``."""
     family = family or family_of(read_config(directory))
-    return _fill(model, map_tensors(read_safetensors(directory), family), family)
+    return fill(model, map_tensors(read_safetensors(directory), family), family)
 
 
 def load(directory: str | pathlib.Path, *, rngs: nnx.Rngs | None = None,
          **fields) -> nnx.Module:
     """Build the bnn_jax model ``config.json`` describes (``fields`` add or override
     constructor fields, e.g. quantizers) and fill it with the directory's weights."""
-    from bnn_jax import models
-
     cfg = read_config(directory)
     family = family_of(cfg)
     mapped = map_tensors(read_safetensors(directory), family)
     kwargs = {**model_fields(cfg, family), **fields}
+    return build(family, mapped, kwargs, rngs=rngs)
+
+
+def build(family: Family, mapped: dict, kwargs: dict[str, Any], *,
+          rngs: nnx.Rngs | None = None) -> nnx.Module:
+    """The family's model built with ``kwargs`` and filled with ``mapped`` (of
+    :func:`map_tensors`); shapes are checked on the abstract model first, so a mismatch costs
+    no initialization."""
+    from bnn_jax import models
+
     cls = models.get(family.model)
-    # Shapes are checked on the abstract model first: a mismatch costs no initialization.
     _check(nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(0), **kwargs)), mapped, family)
-    return _fill(cls(rngs=rngs or nnx.Rngs(0), **kwargs), mapped, family)
+    return fill(cls(rngs=rngs or nnx.Rngs(0), **kwargs), mapped, family)
 
 
 def _params(model: nnx.Module) -> dict[str, Any]:
@@ -474,7 +481,8 @@ def _is_head(family: Family, path: str) -> bool:
     return any(re.fullmatch(h, path) for h in family.heads)
 
 
-def _fill(model: nnx.Module, mapped: dict, family: Family) -> nnx.Module:
+def fill(model: nnx.Module, mapped: dict, family: Family) -> nnx.Module:
+    """Copy ``mapped`` (of :func:`map_tensors`) into ``model``, after :func:`_check`."""
     params = _check(model, mapped, family)
     fresh = sorted(p for p in params if _is_head(family, p) and p not in mapped)
     if fresh:

@@ -9,7 +9,7 @@ the shift mask as one additive mask. As in timm and Hugging Face, a stage whose 
 not larger than the window uses one window of that resolution and no shift. Resolutions must be
 divisible by the window and even before each merging (no padding here), so the ``quick`` shape
 is 28x28 images, ``patch_size=2``, ``depths=(2, 2)``, ``window_size=7``. ``pretrained``: a
-local Hugging Face Swin directory whose weights initialize the model.
+local Hugging Face Swin directory or timm state dict file whose weights initialize the model.
 """
 
 from __future__ import annotations

@@ -5,7 +5,11 @@ Patch embedding (a ``patch_size`` conv with stride ``patch_size``), a class toke
 :class:`bnn_jax.models.transformer.EncoderBlock` s, a final LayerNorm and a linear head on the
 class token. The distilled model's logits are the mean of the class-token head and the
 distillation-token head, as DeiT evaluates it (and Hugging Face's
-``DeiTForImageClassificationWithTeacher``). Patch size and resolution follow the data
+``DeiTForImageClassificationWithTeacher``); so it also trains, unless ``distilled_training``
+(timm's name): then in training mode it returns both heads (:class:`HeadLogits`), as DeiT's
+``DistilledVisionTransformer`` and OFQ's ``deit_vision_transformer.py`` do, and the
+classification task trains the class head on the labels and the distillation head on the
+teacher, each with its own loss. Patch size and resolution follow the data
 (``input_shape``), so a 28x28 image with ``patch_size=7`` gives 16 patches.
 
 ``attention`` picks the attention layer by name (:data:`ATTENTIONS`): ``"softmax"``
@@ -16,8 +20,9 @@ distillation-token head, as DeiT evaluates it (and Hugging Face's
 ``input_quantizer`` / ``kernel_quantizer`` / ``kernel_constraint`` apply to the MLPs
 (``fc2_input_quantizer`` to the second MLP layer alone). The patch embedding and the head stay
 full precision unless ``config.quant`` rules address ``patch_embed`` / ``head``. ``pretrained``
-names a local Hugging Face directory whose weights initialize the model
-(:func:`bnn_jax.models.hub.load_into`).
+names local weights that initialize the model: a Hugging Face directory
+(:func:`bnn_jax.models.hub.load_into`) or a timm state dict file
+(:func:`bnn_jax.models.hub_timm.load_into`).
 
 The methods' placements are field sets: :func:`ofq_fields` (OFQ W{b}A{b}), :func:`bivit_fields`
 (BiViT, attention and MLP binarized separately for Cross-layer Binarization) and
@@ -27,7 +32,8 @@ The methods' placements are field sets: :func:`ofq_fields` (OFQ W{b}A{b}), :func
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+import pathlib
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -67,12 +73,19 @@ def attention_factory(name: str, fields: dict | None) -> Any:
     return lambda num_heads, dim, *, rngs: cls(num_heads, dim, rngs=rngs, **fields)
 
 
-def load_pretrained(model: nnx.Module, directory: str) -> None:
-    """Fill ``model`` with the weights of a local Hugging Face directory (if one is named)."""
-    if directory:
+def load_pretrained(model: nnx.Module, path: str) -> None:
+    """Fill ``model`` with local weights, if ``path`` names them: a Hugging Face directory
+    (``config.json``) or a timm state dict (``.safetensors`` / ``.npz`` file)."""
+    if not path:
+        return
+    if pathlib.Path(path).suffix in (".safetensors", ".npz"):
+        from bnn_jax.models import hub_timm
+
+        hub_timm.load_into(model, path)
+    else:
         from bnn_jax.models import hub
 
-        hub.load_into(model, directory)
+        hub.load_into(model, path)
 
 
 def mlp_quant(input_quantizer, kernel_quantizer, kernel_constraint) -> dict:
@@ -116,6 +129,22 @@ def sign_fields() -> dict[str, Any]:
                 **sign)
 
 
+class HeadLogits(NamedTuple):
+    """A distilled model's two heads in training (``distilled_training=True``): the class
+    token's and the distillation token's logits, each ``[B, C]``; ``shape`` is one head's."""
+
+    cls: jax.Array
+    dist: jax.Array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.cls.shape)
+
+    def average(self) -> jax.Array:
+        """The mean of the two heads, DeiT's prediction at evaluation."""
+        return (self.cls + self.dist) / 2
+
+
 class Model(nnx.Module):
     """ViT / DeiT classifier; defaults are ViT-Ti/16 (DeiT-Ti) at the data's resolution."""
 
@@ -125,7 +154,7 @@ class Model(nnx.Module):
                  attention_fields: dict | None = None, input_quantizer: Any = None,
                  kernel_quantizer: Any = None, kernel_constraint: Any = None,
                  fc2_input_quantizer: Any = None, norm_eps: float = 1e-6,
-                 pretrained: str = ""):
+                 distilled_training: bool = False, pretrained: str = ""):
         check_positive_ints("vit", patch_size=patch_size, hidden=hidden, depth=depth,
                             num_heads=num_heads, mlp_dim=mlp_dim, num_classes=num_classes)
         h, w, c = tuple(input_shape)
@@ -134,7 +163,13 @@ class Model(nnx.Module):
         check(hidden % num_heads == 0, f"vit: num_heads={num_heads} must divide hidden={hidden}")
         check(distilled in (True, False), f"vit: distilled must be True or False, got "
                                           f"{distilled!r}")
-        self.distilled = distilled
+        check(distilled_training in (True, False) and (distilled or not distilled_training),
+              f"vit: distilled_training={distilled_training!r} needs distilled=True (it trains "
+              "the class and distillation heads separately)")
+        self.distilled, self.distilled_training = distilled, distilled_training
+        # nnx's train() / eval() set it; in training a distilled_training model returns
+        # both heads (DeiT's and OFQ's training forward), in evaluation their mean.
+        self.deterministic = False
         self.num_patches = (h // patch_size) * (w // patch_size)
         extra = 2 if distilled else 1
         self.patch_embed = QuantConv(c, hidden, (patch_size, patch_size), patch_size,
@@ -170,10 +205,14 @@ class Model(nnx.Module):
             x = block(x, None)
         return self.norm(x)
 
-    def __call__(self, images: jax.Array) -> jax.Array:
-        """Logits for a batch of NHWC images."""
+    def __call__(self, images: jax.Array) -> jax.Array | HeadLogits:
+        """Logits for a batch of NHWC images (:class:`HeadLogits` when training with
+        ``distilled_training``)."""
         x = self.features(images)
         logits = self.head(x[:, 0])
         if self.distilled:
-            logits = (logits + self.head_dist(x[:, 1])) / 2
+            heads = HeadLogits(logits, self.head_dist(x[:, 1]))
+            if self.distilled_training and not self.deterministic:
+                return heads
+            logits = heads.average()
         return logits

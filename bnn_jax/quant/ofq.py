@@ -149,7 +149,13 @@ def qk_reparam_weight(w_q, w_k, *, num_heads):
 
 
 def qk_reparam(w_q, w_k, *, num_heads, bits=2):
-    """OFQ's query-key reparameterization: StatsQ of ``W_qk,h`` per row (over the key axis)."""
+    """OFQ's query-key reparameterization: StatsQ of ``W_qk,h`` per row (over the key axis).
+
+    It also stands for the reference's CGA-phase quantizer
+    (``StatsQuantizer_specific_4_qkreparam_cga``, ``statsq.py`` lines 164-193), whose
+    freeze of near-certain entries is undone by the detach at line 191: value and gradient
+    are the same.
+    """
     check_int_range("bits", bits, 1, 16)
     return _statsq(qk_reparam_weight(w_q, w_k, num_heads=num_heads), bits, (2,))
 

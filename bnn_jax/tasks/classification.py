@@ -2,6 +2,14 @@
 
 ``model_regularizer=True`` calls the model as ``model(image, regularizer=True)`` and adds the
 second output (a weight regularizer the model computes, e.g. BiPer's) to the training loss.
+
+A distilled ViT with ``distilled_training`` returns both heads in training
+(:class:`bnn_jax.models.vit.HeadLogits`); then each head has its own loss, as DeiT's
+``DistillationLoss`` (facebookresearch/deit ``losses.py`` lines 38-69): the task loss is the
+cross-entropy of the class-token head to the labels, and logit distillation
+(``config.kd.terms``, e.g. ``hard`` with weight alpha and ``task_weight`` 1 - alpha) compares
+the distillation-token head with the teacher. The training accuracy and evaluation use the
+mean of the two heads, DeiT's prediction.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bnn_jax.models.vit import HeadLogits
 from bnn_jax.tasks.base import Task as BaseTask
 
 
@@ -26,6 +35,11 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
     if label_smoothing:
         onehot = optax.smooth_labels(onehot, label_smoothing)
     return optax.softmax_cross_entropy(logits, onehot)
+
+
+def _prediction(out):
+    """The logits a prediction is read from (a distilled model's head mean)."""
+    return out.average() if isinstance(out, HeadLogits) else out
 
 
 class Task(BaseTask):
@@ -46,6 +60,15 @@ class Task(BaseTask):
             raise ValueError(f"config.task.model_regularizer must be True or False, got "
                              f"{cfg['model_regularizer']!r}")
 
+    def check_batch(self, batch, model=None):
+        super().check_batch(batch, model)
+        kd = getattr(self.config, "kd", None)
+        if getattr(model, "distilled_training", False) and not (kd is not None and kd.enabled):
+            raise ValueError("config.model.distilled_training=True trains the distillation "
+                             "head from a teacher only; enable config.kd (e.g. terms="
+                             "[dict(name='hard', weight=0.5)], task_weight=0.5, DeiT's hard "
+                             "distillation) or set distilled_training=False")
+
     def _regularized(self) -> bool:
         return bool(self.cfg.get("model_regularizer", False))
 
@@ -60,17 +83,21 @@ class Task(BaseTask):
 
     def loss(self, out, batch):
         out, reg = self._split(out)
-        loss = jnp.mean(cross_entropy(out, batch["label"], self._smoothing()))
+        # DeiT: the labels train the class-token head alone (the other head is distilled).
+        supervised = out.cls if isinstance(out, HeadLogits) else out
+        out = _prediction(out)
+        loss = jnp.mean(cross_entropy(supervised, batch["label"], self._smoothing()))
         acc = jnp.mean((jnp.argmax(out, -1) == batch["label"]).astype(jnp.float32))
         if reg is None:
             return loss, {"accuracy": acc}
         return loss + reg, {"accuracy": acc, "regularizer": reg}
 
     def distill_logits(self, out, batch):
-        return self._split(out)[0], None
+        out = self._split(out)[0]
+        return (out.dist if isinstance(out, HeadLogits) else out), None
 
     def eval_metrics(self, out, batch):
-        out = self._split(out)[0]
+        out = _prediction(self._split(out)[0])
         return {"loss": cross_entropy(out, batch["label"], self._smoothing()),
                 "top1": top_k_correct(out, batch["label"], 1),
                 "top5": top_k_correct(out, batch["label"], 5)}

@@ -43,6 +43,8 @@ LOGIT_TERMS = {
     # ReActNet/TBT's distributional loss (cross-entropy to the teacher's softmax, or its KL).
     "distribution": (("kind",), lambda s, t, m, kind="cross_entropy": losses.distribution_loss(
         s, t, kind=kind)),
+    # DeiT's hard-label distillation (cross-entropy to the teacher's argmax).
+    "hard": ((), lambda s, t, m: losses.hard_label_loss(s, t, mask=m)),
     # DB-LLM's deviation-aware token distillation.
     "dad": (("beta", "temperature"), lambda s, t, m, **kw: losses.dad_loss(s, t, mask=m, **kw)),
 }

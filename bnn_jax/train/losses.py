@@ -47,6 +47,13 @@ def softmax_cross_entropy(logits, labels, *, mask=None):
     return _masked_mean(nll, mask)
 
 
+def hard_label_loss(student_logits, teacher_logits, *, mask=None):
+    """DeiT's hard-label distillation (facebookresearch/deit ``losses.py`` line 67):
+    cross-entropy to the teacher's top class, ``−log softmax(s)[argmax t]``."""
+    labels = jnp.argmax(jax.lax.stop_gradient(teacher_logits), axis=-1)
+    return softmax_cross_entropy(student_logits, labels, mask=mask)
+
+
 def _masked_mean(values, mask):
     if mask is None:
         return jnp.mean(values)

@@ -181,6 +181,12 @@ def cga(inner: optax.GradientTransformation, params: Any, *, total_steps: int, s
     ``boundary_range`` of a rounding boundary: the other weights get a zero gradient, and
     their update is zeroed too, which is OFQ's restore of the frozen weights after the step
     (momentum and weight decay cannot move them). Before that the wrapper changes nothing.
+    ``grad_clip_norm`` clips the masked gradients, OFQ's order (mask at lines 956-980, clip at
+    982-985). The query and key kernels of the reparameterized attention keep training, as in
+    the reference: its loops skip ``q`` and ``k`` (lines 959, 967), and the freeze inside
+    its CGA quantizer (``statsq.py`` ``StatsQuantizer_specific_4_qkreparam_cga``, lines
+    181-188) detaches a value that line 191 detaches again, so it changes neither the
+    forward nor the gradient.
     """
     from bnn_jax.quant.ofq import cga_mask
 
@@ -242,6 +248,8 @@ def build(cfg: Any, params: Any, total_steps: int):
     tx = (optax.multi_transform(transforms, group_labels(params, groups)) if groups
           else transforms["default"])
     if cga_spec:
+        if clip:  # OFQ clips the gradients CGA has masked (cga.py lines 956-985)
+            tx, clip = optax.chain(optax.clip_by_global_norm(float(clip)), tx), None
         tx = cga(tx, params, total_steps=total_steps, **_check_cga(cga_spec, total_steps))
     if clip:
         tx = optax.chain(optax.clip_by_global_norm(float(clip)), tx)

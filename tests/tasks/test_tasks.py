@@ -216,7 +216,7 @@ def test_distillation_terms_pair_features_by_path_and_layer_map():
                                          r"records \['s/0', 's/1'\]"):
         distill.Distiller({"terms": [{"name": "dmd", "student": "x"}]}, ["s/0", "s/1"], [])
     with pytest.raises(ValueError, match=r"unknown term 'mse'; valid terms: \['attention', "
-                                         r"'dad', 'distribution', 'dmd', 'hidden_mse'"):
+                                         r"'dad', 'distribution', 'dmd', 'hard', 'hidden_mse'"):
         distill.validate({"terms": [{"name": "mse"}]})
 
 
