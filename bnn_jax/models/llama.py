@@ -32,6 +32,19 @@ from bnn_jax.quant.registry import check
 
 SUBLN = ("rms", "layer")
 
+#: ``config.partition_rules`` for fsdp x model parallelism (Megatron-style): Q/K/V, gate and
+#: up projections split their outputs over ``model``, O and down projections their inputs, so
+#: each block needs one all-reduce per branch; the other dimension, the embedding and the LM
+#: head are split over ``fsdp``. Paths also match the optimizer's moments of these parameters
+#: and a kernel quantizer's learned arrays (``kernel_alpha1``, ``kernel_salient_mask``).
+PARTITION_RULES = (
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel", ("fsdp", "model")),
+    (r"(o_proj|down_proj)/kernel", ("model", "fsdp")),
+    (r"embed_tokens/embedding", ("model", "fsdp")),
+    (r"lm_head/kernel", ("fsdp", "model")),
+    (r".*", "replicate"),
+)
+
 
 def subln(x: jax.Array, kind: str | None, eps: float) -> jax.Array:
     """Parameter-free normalization over features of a BitLinear input (identity for None)."""
