@@ -122,7 +122,9 @@ One AdamW step of `configs/bitnet.py:size=3b` (vocab {data['vocab']}, global bat
 devices; the parameters and optimizer state are sharded by `llama.PARTITION_RULES`. Figures
 are the XLA CPU compiler's `memory_analysis()` per device; a GPU/TPU compiler schedules
 differently, so read them as the shape of the split (arguments = params + Adam moments +
-batch), not as a GPU budget.
+batch), not as a GPU budget. The step keeps every layer's activations for the backward pass
+(no rematerialization), which is what the temporaries are: at 2048 tokens per device they,
+not the weights, bound the model's size per device.
 
 {table(data)}
 
