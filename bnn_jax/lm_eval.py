@@ -349,9 +349,12 @@ def zero_shot(model, tokenizer, items: Sequence[Item], *, max_len: int, bos: boo
 
 def load_model(directory: str, **fields) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of a local Hugging Face-format model directory."""
+    from bnn_jax.compress import io
     from bnn_jax.data.text import load_tokenizer
     from bnn_jax.models import hub
 
+    if io.is_compressed(directory):  # a bnn_jax.compress output
+        return io.load(directory), load_tokenizer(directory)
     return hub.load(directory, **fields), load_tokenizer(directory)
 
 
