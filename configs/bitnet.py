@@ -8,10 +8,12 @@ precision. ``median`` is BitNet b1.58 Reloaded (median weight scale, LayerNorm i
 BitLinear, activation scale 128). ``float`` trains the same shape without quantizers.
 
 Shapes: ``3b`` is the LLaMA 3B shape b1.58 is compared with (hidden 3200, SwiGLU 8640, 26
-layers, 32 heads); ``700m`` and ``1.3b`` are the smaller LLaMA-style sizes of the paper's
-table. The optimizer is AdamW with the two-stage learning rate and weight decay of the b1.58
-training tips (``bnn_jax.train.optimizers.two_stage_schedule``: the rate drops at mid-run, the
-weight decay of 0.1 is switched off in the second stage). Sizes above ``tiny`` shard the
+layers, 32 heads: 3.43B parameters with a 32000 vocabulary); ``700m`` (0.78B) and ``1.3b``
+(1.34B) are LLaMA-style shapes of those sizes, and the peak / second-stage learning rates
+per size are our reading of the b1.58 training tips, not checked against the paper's table
+here. The optimizer is AdamW with the two-stage learning rate and weight decay
+(``bnn_jax.train.optimizers.two_stage_schedule``: the rate drops at mid-run, the weight decay
+of 0.1 is switched off in the second stage). Sizes above ``tiny`` shard the
 parameters over a ``fsdp`` x ``model`` mesh (:data:`bnn_jax.models.llama.PARTITION_RULES`).
 
   python -m bnn_jax.main --config configs/bitnet.py:size=tiny --workdir /tmp/bitnet_tiny
@@ -60,8 +62,9 @@ def get_config(arg=None):
     c.task = dict(name="causal_lm")
     big = arg.size != "tiny"
     c.data = dict(name="pydoc", batch_size=32, eval_batch_size=256,
-                  seq_len=arg.seq_len or (2048 if big else 64), tokenizer="byte",
-                  packing="stream", data_dir="")
+                  seq_len=arg.seq_len or (2048 if big else 64), tokenizer="byte", data_dir="")
+    if not big:  # the big sizes expect a streamed corpus (--config.data.name=c4), no packing
+        c.data.packing = "stream"
     c.model = model_fields(arg.size, median=arg.median, quantized=not arg.float)
     peak, stage2 = SIZES[arg.size][4:]
     c.optimizer = dict(name="adamw", learning_rate=peak, schedule="two_stage",
