@@ -105,3 +105,26 @@ def test_zero_shot_accuracy_is_the_argmax_of_continuation_loglikelihoods():
     c, x = tok.encode(items[0].contexts[0]), tok.encode(items[0].continuations[0])
     np.testing.assert_allclose(ll[0], -token_nll(model, np.array(c + x), 64)[len(c) - 1:].sum(),
                                rtol=1e-5)
+
+
+def test_wikitext_files_give_the_protocol_streams_and_calibration_windows(tmp_path):
+    from bnn_jax.data.text import ByteTokenizer
+
+    tok = ByteTokenizer()
+    folder = tmp_path / "wikitext-2-raw"
+    folder.mkdir()
+    (folder / "wiki.test.raw").write_text(" = A = \n\n b c \n")
+    (folder / "wiki.train.raw").write_text("".join(f" line {i} \n" for i in range(40)))
+    stream = lm_eval.eval_stream("wikitext2", tok, window=8, data_dir=tmp_path)
+    assert stream.tolist() == [tok.bos_id] + tok.encode(" = A = \n\n\n\n\n\n b c \n")
+    calib = lm_eval.calibration("wikitext2", tok, n=3, seq_len=10, seed=4, data_dir=tmp_path)
+    import random
+
+    ids = [tok.bos_id] + tok.encode(" ".join(f" line {i} \n" for i in range(40)))
+    rng = random.Random(4)
+    starts = [rng.randint(0, len(ids) - 10 - 1) for _ in range(3)]
+    assert calib.tolist() == [ids[s:s + 10] for s in starts]
+    with pytest.raises(ValueError, match="c4-validation.00000-of-00008.json.gz"):
+        lm_eval.eval_stream("c4", tok, window=8, data_dir=tmp_path)
+    with pytest.raises(ValueError, match="valid corpora"):
+        lm_eval.eval_stream("ptb", tok, window=8, data_dir=tmp_path)
