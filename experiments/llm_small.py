@@ -132,7 +132,9 @@ steps and two-stage schedule; the float run is then compressed ({cal['samples']}
 windows of {cal['seq_len']} tokens from the training documents, seed {cal['seed']}). All
 perplexities are `bnn_jax.lm_eval.perplexity` on the same validation stream (disjoint
 windows). One seed, CPU; "mean layer rel. error" is `‖X(Ŵ − W)‖²/‖XW‖²` averaged over the
-block linears. Weight bits count only the block linears (embeddings and head stay float);
+block linears, X the calibration inputs of each linear (block by block for the PTQ methods,
+the float model's for QAT and DB-LLM, whose training minimizes the LM or distillation loss,
+not this error). Weight bits count only the block linears (embeddings and head stay float);
 PB-LLM's count is 1 + 7·salient fraction (the mask's storage not included). The table shows a
 model this small, not the papers' 7B results: read the ordering, not the gaps.
 
