@@ -109,6 +109,7 @@ def test_two_stage_learning_rate_and_weight_decay_follow_the_formula():
         np.testing.assert_allclose(np.asarray(upd["w"]), -want(s) * decay * 2.0, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_llama_partition_rules_shard_a_bitnet_decoder_and_match_one_device():
     assert jax.device_count() == 8
     mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "model": 2})
