@@ -1,11 +1,13 @@
 """Evaluation of causal LMs: corpus perplexity in windows and zero-shot multiple choice.
 
 Perplexity (:func:`perplexity`) follows the protocol of the GPTQ / PB-LLM evaluation
-(hahnyuan/PB-LLM ``gptq_pb/eval_ppl_utils.py`` ``llama_eval``, ``gptq_pb/datautils.py``): the
+(hahnyuan/PB-LLM ``gptq_pb/eval_ppl_utils.py`` ``llama_eval`` lines 9-85,
+``gptq_pb/datautils.py`` lines 28-93): the
 test text is tokenized as one stream (WikiText-2: the rows of the test split joined by
 ``"\\n\\n"``; C4: the first 1100 validation documents joined by ``" "`` and cut to 256 windows),
 cut into ``n = len // window`` windows of ``window`` tokens (2048; the rest is dropped), each
-scored on its own (``window − 1`` next-token predictions), ``ppl = exp(mean nll)``. With
+scored on its own (``window − 1`` next-token predictions), ``ppl = exp(mean nll)`` (the
+reference's ``Σ mean_loss·window / (n·window)``: every window has the same count). With
 ``stride < window`` windows overlap and each scores only the tokens no earlier window scored
 (Hugging Face's sliding-window perplexity).
 
