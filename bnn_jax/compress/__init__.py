@@ -14,9 +14,9 @@
 The PTQ methods run block by block as PB-LLM's ``gptq_pb/run.py`` ``quant_sequential`` does
 (lines 116-178): the inputs of every linear of block ``i`` are collected from the float block
 ``i`` fed with the outputs of the already-compressed blocks ``< i``; then the block is
-compressed and run again to give block ``i + 1`` its inputs. Each method stores its choice in the model as the linears'
-kernel quantizer and its learned arrays, so loading the output directory
-(:func:`bnn_jax.compress.io.load`) rebuilds the compressed forward pass.
+compressed and run again to give block ``i + 1`` its inputs. Each method stores its choice
+in the model as the linears' kernel quantizer and its learned arrays, so loading the output
+directory (:func:`bnn_jax.compress.io.load`) rebuilds the compressed forward pass.
 """
 
 from bnn_jax.compress.methods import METHODS, compress
