@@ -74,6 +74,7 @@ MODELS = {
     "conv_denoiser": "conv_denoiser",
     "encoder_decoder": "encoder_decoder",
     "llama": "llama",
+    "opt": "opt",
     "text_encoder": "text_encoder",
     "bart": "bart",
     "mbart": "mbart",

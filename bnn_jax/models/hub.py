@@ -334,8 +334,44 @@ SWIN = Family(
     droppable=(r"stages/\d+/blocks/\d+/attn/(query|key)/bias",),
 )
 
+def _check_opt(cfg: dict) -> None:
+    if cfg.get("activation_function", "relu") != "relu":
+        raise ValueError(f"opt import: activation_function={cfg['activation_function']!r} is "
+                         "not supported; only 'relu'")
+    if not cfg.get("do_layer_norm_before", True):
+        raise ValueError("opt import: do_layer_norm_before=false (OPT-350M's post-LN) is not "
+                         "supported")
+    hidden = cfg.get("hidden_size")
+    if cfg.get("word_embed_proj_dim", hidden) != hidden:
+        raise ValueError(f"opt import: word_embed_proj_dim={cfg['word_embed_proj_dim']} != "
+                         f"hidden_size={hidden} (project_in/out) is not supported")
+    if cfg.get("_remove_final_layer_norm", False):
+        raise ValueError("opt import: _remove_final_layer_norm=true is not supported")
+
+
+_OPT = r"model\.decoder"
+_OPT_LAYER = _OPT + r"\.layers\.(\d+)"
+OPT = Family(
+    model="opt",
+    model_types=("opt",),
+    config={"vocab_size": "vocab_size", "max_len": "max_position_embeddings",
+            "hidden": "hidden_size", "ffn": "ffn_dim", "num_layers": "num_hidden_layers",
+            "num_heads": "num_attention_heads", "bias": "enable_bias"},
+    rules=(
+        Rule(_OPT + r"\.embed_tokens\.weight", "embed_tokens/embedding"),
+        Rule(_OPT + r"\.embed_positions\.weight", "embed_positions/embedding"),
+        *_linear(_OPT_LAYER + r"\.self_attn\.([qkv])_proj", r"layers/\1/self_attn/\2_proj"),
+        *_linear(_OPT_LAYER + r"\.self_attn\.out_proj", r"layers/\1/self_attn/o_proj"),
+        *_linear(_OPT_LAYER + r"\.(fc1|fc2)", r"layers/\1/\2"),
+        *_norm(_OPT_LAYER + r"\.(self_attn_layer_norm|final_layer_norm)", r"layers/\1/\2"),
+        *_norm(_OPT + r"\.final_layer_norm", "norm"),
+    ),
+    ignore=(r"lm_head\.weight",),  # tied to the token embedding
+    check_config=_check_opt,
+)
+
 FAMILIES: dict[str, Family] = {"llama": LLAMA, "bart": BART, "mbart": MBART, "bert": BERT,
-                               "vit": VIT, "deit": DEIT, "swin": SWIN}
+                               "vit": VIT, "deit": DEIT, "swin": SWIN, "opt": OPT}
 
 
 def family_of(cfg: dict) -> Family:

@@ -32,6 +32,19 @@ from bnn_jax.quant.registry import check
 
 SUBLN = ("rms", "layer")
 
+#: ``config.partition_rules`` for fsdp x model parallelism (Megatron-style): Q/K/V, gate and
+#: up projections split their outputs over ``model``, O and down projections their inputs, so
+#: each block needs one all-reduce per branch; the other dimension, the embedding and the LM
+#: head are split over ``fsdp``. Paths also match the optimizer's moments of these parameters
+#: and a kernel quantizer's learned arrays (``kernel_alpha1``, ``kernel_salient_mask``).
+PARTITION_RULES = (
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel", ("fsdp", "model")),
+    (r"(o_proj|down_proj)/kernel", ("model", "fsdp")),
+    (r"embed_tokens/embedding", ("model", "fsdp")),
+    (r"lm_head/kernel", ("fsdp", "model")),
+    (r".*", "replicate"),
+)
+
 
 def subln(x: jax.Array, kind: str | None, eps: float) -> jax.Array:
     """Parameter-free normalization over features of a BitLinear input (identity for None)."""
@@ -59,10 +72,11 @@ def apply_rotary(x: jax.Array, angles: jax.Array) -> jax.Array:
 
 
 class Attention(nnx.Module):
-    """Grouped-query self-attention: ``num_kv_heads`` K/V heads shared by groups of Q heads."""
+    """Grouped-query self-attention: ``num_kv_heads`` K/V heads shared by groups of Q heads
+    (``rope_theta=None``: no rotary embedding, for models with learned positions)."""
 
     def __init__(self, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-                 rope_theta: float, bias: bool, quant: dict, rngs: nnx.Rngs,
+                 rope_theta: float | None, bias: bool, quant: dict, rngs: nnx.Rngs,
                  subln: str | None = None, eps: float = 1e-6):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.rope_theta, self.subln, self.eps = rope_theta, subln, eps
@@ -78,10 +92,12 @@ class Attention(nnx.Module):
         are written at slots ``[index, index+T)`` and the queries attend over all S slots."""
         b, t, _ = x.shape
         kv, g, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
-        angles = rotary_angles(positions, d, self.rope_theta)
         x = subln(x, self.subln, self.eps)
-        q = apply_rotary(self.q_proj(x).reshape(b, t, kv * g, d), angles)
-        k = apply_rotary(self.k_proj(x).reshape(b, t, kv, d), angles)
+        q = self.q_proj(x).reshape(b, t, kv * g, d)
+        k = self.k_proj(x).reshape(b, t, kv, d)
+        if self.rope_theta is not None:
+            angles = rotary_angles(positions, d, self.rope_theta)
+            q, k = apply_rotary(q, angles), apply_rotary(k, angles)
         v = self.v_proj(x).reshape(b, t, kv, d)
         if cache is not None:
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
@@ -178,6 +194,10 @@ class Model(nnx.Module):
         self.lm_head = (None if tie_embeddings else
                         nnx.Linear(hidden, vocab_size, use_bias=False, rngs=rngs))
 
+    def _embed(self, input_ids, positions):
+        del positions  # rotary: positions enter in the attention
+        return self.embed_tokens(input_ids)
+
     def _logits(self, x):
         x = self.norm(x)
         return self.embed_tokens.attend(x) if self.tie_embeddings else self.lm_head(x)
@@ -198,7 +218,7 @@ class Model(nnx.Module):
         mask = jnp.tril(jnp.ones((length, length), bool))[None]
         if segment_ids is not None:
             mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-        x = self.embed_tokens(input_ids)
+        x = self._embed(input_ids, positions)
         for layer in self.layers:
             x, _ = layer(x, positions, mask)
             self.sow(nnx.Intermediate, "hidden_states", x, capture_noop=True)
@@ -225,7 +245,7 @@ class Model(nnx.Module):
         t, slots = input_ids.shape[1], cache[0]["k"].shape[1]
         query_slot = index + jnp.arange(t)
         mask = (jnp.arange(slots)[None, :] <= query_slot[:, None])[None] & kv_mask[:, None, :]
-        x = self.embed_tokens(input_ids)
+        x = self._embed(input_ids, positions)
         new_cache = []
         for layer, c in zip(self.layers, cache):
             x, c = layer(x, positions, mask, c, index)

@@ -54,3 +54,7 @@ __all__ = [
     "tbt_act8", "tbt_weight", "twn", "weight_clip", "weight_standardization", "xnor_act",
     "xnor_scaling_map", "xnor_weight", "xnor_weight_scale",
 ]
+
+from bnn_jax.quant.ptq import int_weight, pbllm_ptq_weight  # noqa: E402
+
+__all__ += ["int_weight", "pbllm_ptq_weight"]

@@ -30,6 +30,9 @@ SETTINGS = ("name", "learning_rate", "schedule", "warmup_steps", "end_factor", "
 # PokeBNN's piecewise-linear schedule with a knee (google/aqt imagenet/train.py "piecewise").
 SCHEDULES += ("piecewise",)
 SETTINGS += ("knee_steps", "knee_factor")
+# BitNet b1.58's two-stage learning rate and weight decay (see two_stage_schedule).
+SCHEDULES += ("two_stage",)
+SETTINGS += ("stage_boundary", "stage1_end_factor", "stage2_factor", "stage2_weight_decay")
 TOP_FIELDS = (*SETTINGS, "grad_clip_norm", "groups", "cga")
 #: ``config.optimizer.cga``: OFQ's Confidence-Guided Annealing over the last ``steps`` steps.
 CGA_FIELDS = ("bits", "boundary_range", "steps", "pattern")
@@ -55,6 +58,10 @@ def schedule(cfg: dict, total_steps: int) -> Callable[[Any], Any]:
         return piecewise_schedule(lr, int(cfg.get("knee_steps", total_steps)),
                                   lr * float(cfg.get("knee_factor", 0.0) or 0.0), end,
                                   total_steps)
+    if kind == "two_stage":
+        return two_stage_schedule(lr, warmup, _boundary(cfg, total_steps),
+                                  lr * float(cfg.get("stage1_end_factor", 1.0)),
+                                  lr * float(cfg.get("stage2_factor", 0.5)), end, total_steps)
     if kind in ("warmup_cosine", "cosine"):
         w = warmup if kind == "warmup_cosine" else 0
         return optax.warmup_cosine_decay_schedule(0.0 if w else lr, lr, w,
@@ -89,6 +96,45 @@ def piecewise_schedule(lr: float, knee_steps: int, knee_lr: float, end_lr: float
     return fn
 
 
+def _boundary(cfg: dict, total_steps: int) -> int:
+    b = float(cfg.get("stage_boundary", 0.5))
+    return int(b * total_steps) if b < 1 else int(b)
+
+
+def two_stage_schedule(lr: float, warmup: int, boundary: int, stage1_end: float,
+                       stage2_start: float, end: float, total_steps: int) -> Callable[[Any], Any]:
+    """BitNet b1.58's two-stage learning rate: linear warmup to ``lr``, cosine decay to
+    ``stage1_end`` at ``boundary``, then a drop to ``stage2_start`` and a cosine decay to
+    ``end`` at ``total_steps``.
+
+    The b1.58 "Training Tips, Code and FAQ" and the b1.58 2B4T report (Ma et al., 2025, sec.
+    3.1: peak 1.5e-3 decaying to 8e-4, then 5e-4 decaying to 0) describe this shape; settings
+    ``stage_boundary`` (fraction < 1 of the run or a step), ``stage1_end_factor`` and
+    ``stage2_factor`` (fractions of ``lr``), ``end_factor``.
+    """
+    first = optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, warmup,
+                                               max(boundary, warmup + 1), stage1_end)
+    second = optax.cosine_decay_schedule(stage2_start, max(total_steps - boundary, 1),
+                                         end / stage2_start if stage2_start else 0.0)
+    return optax.join_schedules([first, second], [boundary])
+
+
+def scheduled_weight_decay(rate: Callable[[Any], Any], mask: Any) -> optax.GradientTransformation:
+    """``updates + rate(step)·params`` on the masked parameters (a weight decay that follows a
+    schedule; BitNet b1.58 switches it off in the second stage)."""
+
+    def init(params):
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        r = rate(state.count)
+        m = mask(params) if callable(mask) else mask
+        updates = jax.tree.map(lambda u, p, k: u + r * p if k else u, updates, params, m)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
 def _default_decay_mask(params):
     # No weight decay on vectors: biases, BatchNorm scales/offsets, learned quantizer scales.
     # Per-channel scales are stored in keepdims form ((1, 1, 1, C) for a conv), so a "vector"
@@ -109,6 +155,16 @@ def _single(cfg: dict, total_steps: int) -> optax.GradientTransformation:
     wd = float(cfg.get("weight_decay", 0.0) or 0.0)
     b1, b2 = float(cfg.get("b1", 0.9)), float(cfg.get("b2", 0.999))
     eps = float(cfg.get("eps", 1e-8))
+    two_stage_wd = None
+    if cfg.get("schedule") == "two_stage":
+        # The decay rate drops to stage2_weight_decay at the stage boundary.
+        wd2 = float(cfg.get("stage2_weight_decay", 0.0) or 0.0)
+        boundary = _boundary(cfg, total_steps)
+        two_stage_wd = scheduled_weight_decay(lambda step: jnp.where(step < boundary, wd, wd2),
+                                              _default_decay_mask)
+        if name == "adamw":  # decoupled: the decay is scaled by the learning rate only
+            return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), two_stage_wd,
+                               optax.scale_by_learning_rate(lr))
     if name == "sgd":
         tx = optax.sgd(lr)
     elif name == "momentum":
@@ -120,7 +176,9 @@ def _single(cfg: dict, total_steps: int) -> optax.GradientTransformation:
         return optax.lamb(lr, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=_default_decay_mask)
     else:  # adamw: decoupled decay (Loshchilov & Hutter, 2019)
         return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=_default_decay_mask)
-    if wd:  # L2-style decay added to the update for sgd/momentum/adam
+    if two_stage_wd is not None:
+        tx = optax.chain(two_stage_wd, tx)
+    elif wd:  # L2-style decay added to the update for sgd/momentum/adam
         tx = optax.chain(optax.add_decayed_weights(wd, _default_decay_mask), tx)
     return tx
 
