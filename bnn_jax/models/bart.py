@@ -37,6 +37,26 @@ from bnn_jax.nn import QuantLinear
 from bnn_jax.quant.registry import check
 
 POSITION_OFFSET = 2  # BartLearnedPositionalEmbedding: rows 0-1 are never looked up
+# TBT's student layers -> teacher layers of a 6-layer stack (``run_summarization_no_trainer.py``
+# ``distill_mappings``, lines 98-104): which teacher layer initializes each student layer.
+TBT_LAYER_MAPS = {1: (5,), 2: (0, 5), 3: (0, 2, 5), 4: (0, 2, 3, 5), 5: (0, 1, 3, 4, 5),
+                  6: (0, 1, 2, 3, 4, 5)}
+
+
+def tbt_layer_map(student: int, teacher: int) -> list[int]:
+    """The teacher layer each of ``student`` layers starts from (and is distilled to)."""
+    if student == teacher:
+        return list(range(student))
+    check(teacher == 6 and student in TBT_LAYER_MAPS,
+          f"TBT maps 1-6 student layers onto a 6-layer teacher; got {student} student and "
+          f"{teacher} teacher layers (use a 6-layer teacher or as many layers as it has)")
+    return list(TBT_LAYER_MAPS[student])
+
+
+def tbt_hidden_map(student: int, teacher: int) -> list[int]:
+    """Teacher hidden state (0 = embeddings output, ``l+1`` = layer ``l``) per student state,
+    as TBT's hidden-state loss pairs them (``run_summarization_no_trainer.py`` l. 716-723)."""
+    return [0] + [j + 1 for j in tbt_layer_map(student, teacher)]
 
 
 class FeedForward(nnx.Module):
@@ -133,7 +153,9 @@ class Model(nnx.Module):
     decoder_attention_mask=None) -> logits [B, T, V]``.
 
     Defaults are a small BART; BART-base is ``hidden=768, ffn=3072, heads=12,
-    encoder_layers=decoder_layers=6, max_len=1024``.
+    encoder_layers=decoder_layers=6, max_len=1024``. ``pretrained``: a local Hugging Face
+    directory whose weights initialize the model, layers picked by :func:`tbt_layer_map` when
+    the model has fewer than the checkpoint (TBT's student from its teacher).
     """
 
     is_encoder_decoder = True
@@ -145,7 +167,7 @@ class Model(nnx.Module):
                  encoder_ffn: int | None = None, decoder_ffn: int | None = None,
                  act: str = "gelu", pre_norm: bool | None = None,
                  scale_embedding: bool | None = None, norm_eps: float = 1e-5,
-                 bits: str | None = None):
+                 bits: str | None = None, pretrained: str = ""):
         decoder_heads = encoder_heads if decoder_heads is None else decoder_heads
         encoder_ffn = ffn if encoder_ffn is None else encoder_ffn
         decoder_ffn = ffn if decoder_ffn is None else decoder_ffn
@@ -171,6 +193,13 @@ class Model(nnx.Module):
         self.decoder = Stack(DecoderLayer, decoder_layers, hidden, decoder_heads, decoder_ffn,
                              **common)
         self.final_logits_bias = nnx.Param(jnp.zeros((1, vocab_size)))
+        if pretrained:
+            from bnn_jax.models import hub
+
+            t = hub.checkpoint_layers(pretrained)
+            hub.load_student(self, pretrained, layer_map={
+                "encoder/layers": tbt_layer_map(encoder_layers, t["encoder"]),
+                "decoder/layers": tbt_layer_map(decoder_layers, t["decoder"])})
 
     def _tokens(self, ids):
         return self.shared(ids) * self.embed_scale
