@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bnn_jax.models.transformer import (Attention, QuantEmbed, activation, check_positive_ints,
-                                        layer_norm, tbt_placement)
+                                        layer_norm, pretrained_fields, tbt_placement)
 from bnn_jax.nn import QuantLinear
 from bnn_jax.quant.registry import check
 
@@ -154,26 +154,40 @@ class Model(nnx.Module):
 
     Defaults are a small BART; BART-base is ``hidden=768, ffn=3072, heads=12,
     encoder_layers=decoder_layers=6, max_len=1024``. ``pretrained``: a local Hugging Face
-    directory whose weights initialize the model, layers picked by :func:`tbt_layer_map` when
-    the model has fewer than the checkpoint (TBT's student from its teacher).
+    directory whose architecture and weights the model takes (the layer counts, when given,
+    may be smaller: layers picked by :func:`tbt_layer_map`, TBT's student from its teacher).
     """
 
     is_encoder_decoder = True
     pre_norm_default = False
 
     def __init__(self, *, vocab_size: int, max_len: int, rngs: nnx.Rngs, hidden: int = 64,
-                 ffn: int = 128, encoder_layers: int = 2, decoder_layers: int = 2,
-                 encoder_heads: int = 4, decoder_heads: int | None = None,
-                 encoder_ffn: int | None = None, decoder_ffn: int | None = None,
-                 act: str = "gelu", pre_norm: bool | None = None,
+                 ffn: int = 128, encoder_layers: int | None = None,
+                 decoder_layers: int | None = None, encoder_heads: int = 4,
+                 decoder_heads: int | None = None, encoder_ffn: int | None = None,
+                 decoder_ffn: int | None = None, act: str = "gelu", pre_norm: bool | None = None,
                  scale_embedding: bool | None = None, norm_eps: float = 1e-5,
                  bits: str | None = None, pretrained: str = ""):
+        name = type(self).__module__.rsplit(".", 1)[-1]
+        if pretrained:  # the checkpoint's architecture; the layer counts may be smaller
+            arch = pretrained_fields(pretrained, name, vocab_size=vocab_size, max_len=max_len,
+                                     layers=dict(encoder_layers=encoder_layers,
+                                                 decoder_layers=decoder_layers))
+            hidden, act = arch.get("hidden", hidden), arch.get("act", act)
+            encoder_layers = arch.get("encoder_layers", encoder_layers)
+            decoder_layers = arch.get("decoder_layers", decoder_layers)
+            encoder_heads = arch.get("encoder_heads", encoder_heads)
+            decoder_heads = arch.get("decoder_heads", decoder_heads)
+            encoder_ffn = arch.get("encoder_ffn", encoder_ffn)
+            decoder_ffn = arch.get("decoder_ffn", decoder_ffn)
+            scale_embedding = arch.get("scale_embedding", scale_embedding)
+        encoder_layers = 2 if encoder_layers is None else encoder_layers
+        decoder_layers = 2 if decoder_layers is None else decoder_layers
         decoder_heads = encoder_heads if decoder_heads is None else decoder_heads
         encoder_ffn = ffn if encoder_ffn is None else encoder_ffn
         decoder_ffn = ffn if decoder_ffn is None else decoder_ffn
         pre_norm = self.pre_norm_default if pre_norm is None else pre_norm
         scale_embedding = self.pre_norm_default if scale_embedding is None else scale_embedding
-        name = type(self).__module__.rsplit(".", 1)[-1]
         check_positive_ints(name, vocab_size=vocab_size, max_len=max_len, hidden=hidden,
                             encoder_layers=encoder_layers, decoder_layers=decoder_layers,
                             encoder_heads=encoder_heads, decoder_heads=decoder_heads,

@@ -55,9 +55,9 @@ def test_tbt_layer_map_is_the_reference_table():
 
 def test_a_three_layer_student_copies_teacher_layers_0_2_5(tmp_path):
     d, tensors = six_layer_bart(tmp_path)
-    student = bart.Model(vocab_size=96, max_len=32, hidden=16, ffn=32, encoder_layers=3,
-                         decoder_layers=1, encoder_heads=4, rngs=nnx.Rngs(3), pretrained=str(d),
-                         bits="W1E1A1")
+    student = bart.Model(vocab_size=96, max_len=32, encoder_layers=3, decoder_layers=1,
+                         rngs=nnx.Rngs(3), pretrained=str(d), bits="W1E1A1")
+    assert len(student.encoder.layers) == 3 and student.hidden == 16
     for i, j in enumerate([0, 2, 5]):
         np.testing.assert_array_equal(
             np.asarray(student.encoder.layers[i].mlp.fc1.kernel[...]),
@@ -73,8 +73,8 @@ def test_a_shorter_student_equals_the_teacher_on_inputs_it_can_take():
     ref = dict(np.load(FIXTURES / "hf_bart" / "reference.npz"))
     teacher = hub.load(FIXTURES / "hf_bart")  # 32 positions
     length = ref["input_ids"].shape[1]
-    student = bart.Model(vocab_size=96, max_len=length, hidden=16, ffn=32, encoder_heads=4,
-                         rngs=nnx.Rngs(0), pretrained=str(FIXTURES / "hf_bart"))
+    student = bart.Model(vocab_size=96, max_len=length, rngs=nnx.Rngs(0),
+                         pretrained=str(FIXTURES / "hf_bart"))
     assert student.encoder.embed_positions.embedding.shape[0] == length + 2
     args = (jnp.asarray(ref["input_ids"]), jnp.asarray(ref["decoder_input_ids"]))
     mask = jnp.asarray(ref["attention_mask"])
@@ -87,13 +87,24 @@ def test_a_shorter_student_equals_the_teacher_on_inputs_it_can_take():
 def test_bert_student_starts_from_the_checkpoint_and_needs_its_depth(tmp_path):
     ref = dict(np.load(FIXTURES / "hf_bert_cls" / "reference.npz"))
     fields = hub.model_fields(hub.read_config(FIXTURES / "hf_bert_cls"))
-    fields.pop("max_len")
     length = ref["input_ids"].shape[1]
-    student = bert.Model(rngs=nnx.Rngs(0), max_len=length, **fields,
+    student = bert.Model(rngs=nnx.Rngs(0), max_len=length, vocab_size=fields["vocab_size"],
+                         num_labels=fields["num_labels"], method="bibert",
+                         pretrained=str(FIXTURES / "hf_bert_cls"))
+    assert student.embeddings.position_embeddings.embedding.shape[0] == length
+    student = bert.Model(rngs=nnx.Rngs(0), max_len=length, vocab_size=fields["vocab_size"],
+                         num_labels=fields["num_labels"],
                          pretrained=str(FIXTURES / "hf_bert_cls"))
     kw = {k: jnp.asarray(ref[k]) for k in ("attention_mask", "token_type_ids") if k in ref}
     np.testing.assert_allclose(np.asarray(student(jnp.asarray(ref["input_ids"]), **kw)),
                                ref["logits"], atol=1e-4)
     with pytest.raises(ValueError, match="set num_layers="):
-        bert.Model(rngs=nnx.Rngs(0), max_len=length, **{**fields, "num_layers": 1},
+        bert.Model(rngs=nnx.Rngs(0), max_len=length, vocab_size=fields["vocab_size"],
+                   num_labels=fields["num_labels"], num_layers=1,
                    pretrained=str(FIXTURES / "hf_bert_cls"))
+    with pytest.raises(ValueError, match="use the checkpoint's tokenizer"):
+        bert.Model(rngs=nnx.Rngs(0), max_len=length, vocab_size=7, num_labels=2,
+                   pretrained=str(FIXTURES / "hf_bert_cls"))
+    with pytest.raises(ValueError, match="longer than the 32 positions"):
+        bart.Model(rngs=nnx.Rngs(0), max_len=40, vocab_size=96,
+                   pretrained=str(FIXTURES / "hf_bart"))
