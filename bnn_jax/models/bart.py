@@ -14,7 +14,9 @@ and ``scale_embedding=True`` (token embeddings times ``sqrt(hidden)``) is mBART
 (1-2 bits) or min-max (8 bits) activations on the q/k/v/out/fc1 inputs and Q/K/V (signed),
 the fc2 input and attention probabilities (unsigned); 32 keeps a part in full precision. The LM
 head (tied to the latent table), positions and LayerNorms stay full precision. Encoder and
-decoder hidden states (embeddings output, then every layer) are sown as ``hidden_states``.
+decoder hidden states (embeddings output, then every layer, the last after the final
+LayerNorm as Hugging Face returns them) are sown as ``hidden_states``; ``weights="twn"`` is
+TBT's ternary baseline (TWN weights in the block linears).
 
 :meth:`Model.encode` / :meth:`Model.decode` are the encoder-decoder protocol of
 :mod:`bnn_jax.generate`: a fixed-size self-attention cache per decoder layer and cross-attention
@@ -147,6 +149,12 @@ class Stack(nnx.Module):
     def finish(self, x):
         return x if self.layer_norm is None else self.layer_norm(x)
 
+    def sow_state(self, x, *, last: bool):
+        """Record a layer's output; the last one after the final LayerNorm, as Hugging Face's
+        ``hidden_states`` (mBART appends it after ``layer_norm``)."""
+        self.sow(nnx.Intermediate, "hidden_states", self.finish(x) if last else x,
+                 capture_noop=True)
+
 
 class Model(nnx.Module):
     """BART: ``model(input_ids, decoder_input_ids, attention_mask=None,
@@ -167,7 +175,7 @@ class Model(nnx.Module):
                  decoder_heads: int | None = None, encoder_ffn: int | None = None,
                  decoder_ffn: int | None = None, act: str = "gelu", pre_norm: bool | None = None,
                  scale_embedding: bool | None = None, norm_eps: float = 1e-5,
-                 bits: str | None = None, pretrained: str = ""):
+                 bits: str | None = None, weights: str = "tbt", pretrained: str = ""):
         name = type(self).__module__.rsplit(".", 1)[-1]
         if pretrained:  # the checkpoint's architecture; the layer counts may be smaller
             arch = pretrained_fields(pretrained, name, vocab_size=vocab_size, max_len=max_len,
@@ -196,7 +204,7 @@ class Model(nnx.Module):
             check(hidden % heads == 0, f"{name}: heads={heads} must divide hidden={hidden}")
         activation(act)
         check(pre_norm in (True, False), f"{name}: pre_norm must be a bool, got {pre_norm!r}")
-        place = tbt_placement(bits)
+        place = tbt_placement(bits, weights)
         self.vocab_size, self.max_len, self.hidden, self.bits = vocab_size, max_len, hidden, bits
         self.embed_scale = hidden ** 0.5 if scale_embedding else 1.0
         common = dict(max_len=max_len, act=act, pre_norm=pre_norm, final_norm=pre_norm,
@@ -237,9 +245,9 @@ class Model(nnx.Module):
         mask = self._key_mask(attention_mask, b, s)
         enc = self.encoder
         x = enc.embed(self._tokens(input_ids), jnp.arange(s)[None])
-        for layer in enc.layers:
+        for i, layer in enumerate(enc.layers):
             x = layer(x, mask)
-            enc.sow(nnx.Intermediate, "hidden_states", x, capture_noop=True)
+            enc.sow_state(x, last=i == len(enc.layers) - 1)
         return enc.finish(x)
 
     @staticmethod
@@ -264,9 +272,9 @@ class Model(nnx.Module):
         enc_mask = self._key_mask(attention_mask, b, input_ids.shape[1])
         dec = self.decoder
         x = dec.embed(self._tokens(decoder_input_ids), jnp.arange(t)[None])
-        for layer in dec.layers:
+        for i, layer in enumerate(dec.layers):
             x, _ = layer(x, mask, encoded, enc_mask)
-            dec.sow(nnx.Intermediate, "hidden_states", x, capture_noop=True)
+            dec.sow_state(x, last=i == len(dec.layers) - 1)
         return self._logits(dec.finish(x))
 
     # -- KV-cache decoding (the encoder-decoder protocol of bnn_jax.generate) -------------------

@@ -58,7 +58,10 @@ def parse_bits(bits: str | None) -> tuple[int, int, int] | None:
     return w, e, a
 
 
-def tbt_placement(bits: str | None) -> dict[str, Any]:
+WEIGHT_RULES = ("tbt", "twn")
+
+
+def tbt_placement(bits: str | None, weights: str = "tbt") -> dict[str, Any]:
     """TBT's quantizers by role (``modeling_bart_quant.py``, ``utils_quant.py``).
 
     ``kernel``: every linear of the blocks (statistics weights, per output row); ``embed``:
@@ -66,7 +69,12 @@ def tbt_placement(bits: str | None) -> dict[str, Any]:
     (``sym_quant_qkvo``); ``unsigned``: the fc2 input and the attention probabilities
     (``sym_quant_ffn_attn = False``). A8 is the min-max quantizer (symmetric for signed,
     asymmetric for unsigned). The LM head, positions and LayerNorms stay full precision.
+    ``weights="twn"`` (TBT's ternary baseline, 2-bit weights only) puts Ternary Weight
+    Networks' rule, per output row, on the block linears; the token table keeps TBT's rule.
     """
+    from bnn_jax.quant.registry import check_choice
+
+    check_choice("weights", weights, WEIGHT_RULES)
     parsed = parse_bits(bits)
     none = dict(kernel=None, embed=None, signed=None, unsigned=None)
     if parsed is None:
@@ -75,6 +83,10 @@ def tbt_placement(bits: str | None) -> dict[str, Any]:
     out = dict(none)
     if w != FULL:
         out["kernel"] = dict(name="tbt_weight", bits=w)
+    if weights == "twn":
+        check(w == 2, f"weights='twn' is a ternary baseline: it needs 2-bit weights, got "
+                      f"bits={bits!r}")
+        out["kernel"] = dict(name="twn", per_channel=True)
     if e != FULL:
         out["embed"] = dict(name="tbt_weight", bits=e, channel_axis=0)
     if a in (1, 2):
