@@ -17,7 +17,7 @@ FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures"
 
 def six_layer_bart(tmp_path):
     """A 6+6-layer BART checkpoint made from the 2-layer fixture: layer l is layer l % 2 of
-    the fixture plus l (so every layer differs)."""
+    the fixture times 1 + l/10 (so every layer differs)."""
     from safetensors.numpy import save_file
 
     tensors = hub.read_safetensors(FIXTURES / "hf_bart")
@@ -31,7 +31,7 @@ def six_layer_bart(tmp_path):
         if i == "0":
             for layer in range(6):
                 src = tensors[f"{head}.layers.{layer % 2}.{tail}"]
-                out[f"{head}.layers.{layer}.{tail}"] = (src + layer).astype(src.dtype)
+                out[f"{head}.layers.{layer}.{tail}"] = (src * (1 + 0.1 * layer)).astype(src.dtype)
     d = tmp_path / "bart6"
     d.mkdir()
     cfg = json.loads((FIXTURES / "hf_bart" / "config.json").read_text())
