@@ -4,6 +4,7 @@ seeds.
 
   PYTHONPATH=. python experiments/nlp_small.py            # train (resumes), then render
   PYTHONPATH=. python experiments/nlp_small.py --render   # the tables from the json only
+  PYTHONPATH=. python experiments/nlp_small.py --part seq2seq   # one part (both can run at once)
 
 Writes ``results/nlp_small.json`` (a record per run, added as runs finish), then
 ``nlp_small.md``.
@@ -25,6 +26,7 @@ Writes ``results/nlp_small.json`` (a record per run, added as runs finish), then
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib.util
 import json
 import pathlib
@@ -98,7 +100,23 @@ def classification_config(method: str, seed: int, teacher: str):
     return finish(c, seed)
 
 
-def train_all() -> dict:
+def _key(r: dict) -> tuple:
+    return r["part"], r["method"], r["seed"]
+
+
+def save(results: dict) -> None:
+    """Write the runs, merged with those another process (the other part) wrote meanwhile."""
+    RESULTS.parent.mkdir(exist_ok=True)
+    with open(pathlib.Path(tempfile.gettempdir()) / "nlp_small.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        disk = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
+        mine = {_key(r) for r in results["runs"]}
+        results["runs"] += [r for r in disk["runs"] if _key(r) not in mine]
+        results["teachers"] = {**disk.get("teachers", {}), **results.get("teachers", {})}
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def train_all(only: str | None = None) -> dict:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
     setup = dict(seeds=list(SEEDS), steps=STEPS, seq2seq=list(SEQ2SEQ),
                  classification=list(CLASSIFICATION))
@@ -111,6 +129,8 @@ def train_all() -> dict:
                                                     classification_config))
     with tempfile.TemporaryDirectory() as tmp:
         for part, methods, make in parts:
+            if only not in (None, part):
+                continue
             teacher = f"{tmp}/{part}_teacher"
             todo = [(m, s) for s in SEEDS for m in methods if (part, m, s) not in done]
             if not todo:
@@ -126,9 +146,9 @@ def train_all() -> dict:
                       + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
                                   if isinstance(v, float)), flush=True)
                 results["runs"].append(record)
-                RESULTS.parent.mkdir(exist_ok=True)
-                RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    return results
+                save(results)
+    save(results)
+    return json.loads(RESULTS.read_text())
 
 
 # ---------------------------------------------------------------------------- render --
@@ -182,11 +202,13 @@ def markdown(results: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--render", action="store_true", help="only render from the json")
+    p.add_argument("--part", choices=("seq2seq", "classification"), default=None,
+                   help="train one part only (the two can run at once)")
     a = p.parse_args(argv)
     jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(tempfile.gettempdir())
                                                        / "bnn_jax_nlp_small_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    results = json.loads(RESULTS.read_text()) if a.render else train_all()
+    results = json.loads(RESULTS.read_text()) if a.render else train_all(a.part)
     (HERE / "nlp_small.md").write_text(markdown(results))
     print((HERE / "nlp_small.md").read_text())
     return 0

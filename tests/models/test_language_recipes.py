@@ -212,3 +212,14 @@ def test_bibert_step_one_loss_is_the_reference_total_and_it_falls(tmp_path):
             ps, pt = (np.where(x <= -100.0, 0.0, x) for x in (ps, pt))
             dmd += r2b(ps, pt)
     np.testing.assert_allclose(losses[0], pred + rep + dmd, rtol=1e-4)
+
+
+def test_nlp_small_table_is_rendered_from_its_results():
+    spec = importlib.util.spec_from_file_location("nlp_small", ROOT / "experiments/nlp_small.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = json.loads((ROOT / "experiments/results/nlp_small.json").read_text())
+    assert module.markdown(results) == (ROOT / "experiments/nlp_small.md").read_text()
+    runs = {(r["part"], r["method"]) for r in results["runs"]}
+    assert {("seq2seq", m) for m in module.SEQ2SEQ} <= runs
+    assert {("classification", m) for m in module.CLASSIFICATION} <= runs

@@ -108,3 +108,19 @@ def test_bert_student_starts_from_the_checkpoint_and_needs_its_depth(tmp_path):
     with pytest.raises(ValueError, match="longer than the 32 positions"):
         bart.Model(rngs=nnx.Rngs(0), max_len=40, vocab_size=96,
                    pretrained=str(FIXTURES / "hf_bart"))
+
+
+def test_the_last_hidden_state_is_after_the_final_norm_as_hugging_face_returns_it():
+    from bnn_jax.models import mbart
+
+    m = mbart.Model(vocab_size=20, max_len=8, hidden=16, rngs=nnx.Rngs(0))
+    ids = jnp.asarray([[3, 4, 5, 6]])
+    _, inter = nnx.capture(m, nnx.Intermediate)(ids, ids)
+    states = nnx.to_pure_dict(inter)["encoder"]["hidden_states"]
+    assert len(states) == 3
+    np.testing.assert_allclose(np.asarray(states[-1]), np.asarray(m.encoder_hidden(ids)),
+                               atol=1e-6)
+    # ...while the one before is the first layer's raw output (no final LayerNorm on it).
+    x = m.encoder.embed(m._tokens(ids), jnp.arange(4)[None])
+    np.testing.assert_allclose(np.asarray(states[1]),
+                               np.asarray(m.encoder.layers[0](x, None)), atol=1e-6)
