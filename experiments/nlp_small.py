@@ -163,7 +163,8 @@ def markdown(results: dict) -> str:
     md = ["# Tiny BART and BERT, offline: TBT's bit settings and TWN, BiBERT and sign", "",
           "Written by `experiments/nlp_small.py` from `experiments/results/nlp_small.json`; "
           f"every student {s['steps']} steps with the same distillation loss, data and "
-          f"optimizer; seeds {s['seeds']}; mean +- std over seeds. Students start from random "
+          f"optimizer; seeds {s['seeds']} (each seed draws its own data and initialization; the "
+          "teachers are the seed-0 runs); mean +- std over seeds. Students start from random "
           "weights (the papers start them from the teacher), so these are relative results "
           "of the quantizers under one small budget, not reproductions of the papers' "
           "numbers.", "",
