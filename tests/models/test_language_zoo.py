@@ -3,7 +3,6 @@ position tables cut to the student's length, and BERT students of the teacher's 
 
 import json
 import pathlib
-import shutil
 
 import jax.numpy as jnp
 import numpy as np
