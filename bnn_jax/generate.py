@@ -62,6 +62,17 @@ class Settings:
     early_stopping: bool = True
     eos_id: int | None = None
     pad_id: int = 0
+    min_new_tokens: int = 0
+
+
+def _forbid_early_eos(scores, i, s: Settings, low):
+    """EOS scored ``low`` while fewer than ``min_new_tokens`` tokens are out (Hugging Face's
+    ``MinNewTokensLengthLogitsProcessor``; its ``min_length`` counts the decoder start token
+    too, so ``min_length = m`` is ``min_new_tokens = m - 1`` for an encoder-decoder)."""
+    if not s.min_new_tokens or s.eos_id is None:
+        return scores
+    blocked = scores.at[..., s.eos_id].set(low)
+    return jnp.where(i < s.min_new_tokens, blocked, scores)
 
 
 def top_k_top_p(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
@@ -98,6 +109,9 @@ def _validate(model, input_ids, mask, s: Settings, enc_dec: bool, decoder_start_
         raise ValueError(f"unknown strategy {s.strategy!r}; valid: {', '.join(STRATEGIES)}")
     if not (isinstance(s.max_new_tokens, int) and s.max_new_tokens > 0):
         raise ValueError(f"max_new_tokens must be a positive integer, got {s.max_new_tokens!r}")
+    if not (isinstance(s.min_new_tokens, int) and 0 <= s.min_new_tokens <= s.max_new_tokens):
+        raise ValueError(f"min_new_tokens must be an integer in 0..max_new_tokens="
+                         f"{s.max_new_tokens}, got {s.min_new_tokens!r}")
     if s.strategy == "sample":
         if not s.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {s.temperature!r}")
@@ -190,16 +204,18 @@ def generate(model, input_ids, mask=None, *, max_new_tokens: int, strategy: str 
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              num_beams: int = 4, length_penalty: float = 1.0, early_stopping: bool = True,
              eos_id: int | None = None, pad_id: int = 0, decoder_start_id: int | None = None,
-             rng: jax.Array | None = None) -> dict[str, jax.Array]:
+             rng: jax.Array | None = None, min_new_tokens: int = 0) -> dict[str, jax.Array]:
     """Generate ``max_new_tokens`` after each prompt (decoder-only) or source (enc-dec).
 
     Returns ``tokens [B, max_new_tokens]`` (only the new tokens; ``pad_id`` after a row's
     EOS) and, for beam search, ``scores [B]`` (the length-normalized log-probability of the
-    returned hypothesis). ``rng`` is needed for ``strategy="sample"``.
+    returned hypothesis). ``rng`` is needed for ``strategy="sample"``. EOS cannot be among
+    the first ``min_new_tokens`` tokens.
     """
     s = Settings(max_new_tokens=max_new_tokens, strategy=strategy, temperature=temperature,
                  top_k=top_k, top_p=top_p, num_beams=num_beams, length_penalty=length_penalty,
-                 early_stopping=early_stopping, eos_id=eos_id, pad_id=pad_id)
+                 early_stopping=early_stopping, eos_id=eos_id, pad_id=pad_id,
+                 min_new_tokens=min_new_tokens)
     input_ids = np.asarray(input_ids, np.int32)
     mask = np.ones_like(input_ids) if mask is None else np.asarray(mask)
     enc_dec = is_encoder_decoder(model)
@@ -267,7 +283,8 @@ def _sample_loop(step, carry, rng, b, s: Settings):
 
     def body(state):
         i, carry, out, done = state
-        token = _choose(carry["logits"], jax.random.fold_in(rng, i), s)
+        logits = _forbid_early_eos(carry["logits"], i, s, jnp.finfo(jnp.float32).min)
+        token = _choose(logits, jax.random.fold_in(rng, i), s)
         token = jnp.where(done, s.pad_id, token)
         out = out.at[:, i].set(token)
         done = done | (token == eos)
@@ -289,7 +306,8 @@ def _beam(step, start, extra, b, s: Settings):
 
     def body(state):
         i, carry, run_tok, run_score, fin_tok, fin_score, done = state
-        logp = jax.nn.log_softmax(carry["logits"]).reshape(b, k, v)
+        logp = _forbid_early_eos(jax.nn.log_softmax(carry["logits"]), i, s, neg)
+        logp = logp.reshape(b, k, v)
         cand = (run_score[:, :, None] + logp).reshape(b, k * v)
         top_score, top_idx = jax.lax.top_k(cand, 2 * k)           # [B, 2K], best first
         origin, token = top_idx // v, (top_idx % v).astype(jnp.int32)

@@ -260,3 +260,23 @@ def test_evaluate_seq2seq_scores_decoded_text():
                                 strategy="beam", num_beams=2) == pytest.approx({"bleu": 100.0})
     worse = gen.evaluate_seq2seq(CopySeq2Seq(259, shift=1), ds)
     assert worse["rouge1"] < 50
+
+
+def test_min_new_tokens_keeps_eos_out_of_the_first_tokens():
+    model, start = TableLM(TABLE), np.array([[4]])
+    # Beam 2, no length penalty, EOS barred from tokens 0 and 1: step 1 keeps "a a" (.24) and
+    # "a b" (.21); step 2 closes "a b eos" (.21 * .9 = .189), better than the open "a a a"
+    # (.096). Without the bar "b eos" (.36) wins (test_hand_checked_beam_search).
+    out = gen.generate(model, start, max_new_tokens=3, strategy="beam", num_beams=2,
+                       eos_id=1, length_penalty=0.0, min_new_tokens=2)
+    assert out["tokens"].tolist() == [[2, 3, 1]]
+    np.testing.assert_allclose(out["scores"], [np.log(0.189)], rtol=1e-6)
+    eos_first = np.zeros((5, 5))
+    eos_first[4, [1, 2]] = 0.7, 0.3
+    eos_first[2, 2] = eos_first[1, 1] = eos_first[0, 0] = 1.0
+    assert gen.generate(TableLM(eos_first), start, max_new_tokens=2,
+                        eos_id=1)["tokens"].tolist() == [[1, 0]]
+    assert gen.generate(TableLM(eos_first), start, max_new_tokens=2, eos_id=1,
+                        min_new_tokens=1)["tokens"].tolist() == [[2, 2]]
+    with pytest.raises(ValueError, match="min_new_tokens must be an integer in 0..max_new"):
+        gen.generate(model, start, max_new_tokens=2, eos_id=1, min_new_tokens=3)

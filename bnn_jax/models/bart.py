@@ -14,7 +14,9 @@ and ``scale_embedding=True`` (token embeddings times ``sqrt(hidden)``) is mBART
 (1-2 bits) or min-max (8 bits) activations on the q/k/v/out/fc1 inputs and Q/K/V (signed),
 the fc2 input and attention probabilities (unsigned); 32 keeps a part in full precision. The LM
 head (tied to the latent table), positions and LayerNorms stay full precision. Encoder and
-decoder hidden states (embeddings output, then every layer) are sown as ``hidden_states``.
+decoder hidden states (embeddings output, then every layer, the last after the final
+LayerNorm as Hugging Face returns them) are sown as ``hidden_states``; ``weights="twn"`` is
+TBT's ternary baseline (TWN weights in the block linears).
 
 :meth:`Model.encode` / :meth:`Model.decode` are the encoder-decoder protocol of
 :mod:`bnn_jax.generate`: a fixed-size self-attention cache per decoder layer and cross-attention
@@ -32,11 +34,31 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bnn_jax.models.transformer import (Attention, QuantEmbed, activation, check_positive_ints,
-                                        layer_norm, tbt_placement)
+                                        layer_norm, pretrained_fields, tbt_placement)
 from bnn_jax.nn import QuantLinear
 from bnn_jax.quant.registry import check
 
 POSITION_OFFSET = 2  # BartLearnedPositionalEmbedding: rows 0-1 are never looked up
+# TBT's student layers -> teacher layers of a 6-layer stack (``run_summarization_no_trainer.py``
+# ``distill_mappings``, lines 98-104): which teacher layer initializes each student layer.
+TBT_LAYER_MAPS = {1: (5,), 2: (0, 5), 3: (0, 2, 5), 4: (0, 2, 3, 5), 5: (0, 1, 3, 4, 5),
+                  6: (0, 1, 2, 3, 4, 5)}
+
+
+def tbt_layer_map(student: int, teacher: int) -> list[int]:
+    """The teacher layer each of ``student`` layers starts from (and is distilled to)."""
+    if student == teacher:
+        return list(range(student))
+    check(teacher == 6 and student in TBT_LAYER_MAPS,
+          f"TBT maps 1-6 student layers onto a 6-layer teacher; got {student} student and "
+          f"{teacher} teacher layers (use a 6-layer teacher or as many layers as it has)")
+    return list(TBT_LAYER_MAPS[student])
+
+
+def tbt_hidden_map(student: int, teacher: int) -> list[int]:
+    """Teacher hidden state (0 = embeddings output, ``l+1`` = layer ``l``) per student state,
+    as TBT's hidden-state loss pairs them (``run_summarization_no_trainer.py`` l. 716-723)."""
+    return [0] + [j + 1 for j in tbt_layer_map(student, teacher)]
 
 
 class FeedForward(nnx.Module):
@@ -127,31 +149,53 @@ class Stack(nnx.Module):
     def finish(self, x):
         return x if self.layer_norm is None else self.layer_norm(x)
 
+    def sow_state(self, x, *, last: bool):
+        """Record a layer's output; the last one after the final LayerNorm, as Hugging Face's
+        ``hidden_states`` (mBART appends it after ``layer_norm``)."""
+        self.sow(nnx.Intermediate, "hidden_states", self.finish(x) if last else x,
+                 capture_noop=True)
+
 
 class Model(nnx.Module):
     """BART: ``model(input_ids, decoder_input_ids, attention_mask=None,
     decoder_attention_mask=None) -> logits [B, T, V]``.
 
     Defaults are a small BART; BART-base is ``hidden=768, ffn=3072, heads=12,
-    encoder_layers=decoder_layers=6, max_len=1024``.
+    encoder_layers=decoder_layers=6, max_len=1024``. ``pretrained``: a local Hugging Face
+    directory whose architecture and weights the model takes (the layer counts, when given,
+    may be smaller: layers picked by :func:`tbt_layer_map`, TBT's student from its teacher).
     """
 
     is_encoder_decoder = True
     pre_norm_default = False
 
     def __init__(self, *, vocab_size: int, max_len: int, rngs: nnx.Rngs, hidden: int = 64,
-                 ffn: int = 128, encoder_layers: int = 2, decoder_layers: int = 2,
-                 encoder_heads: int = 4, decoder_heads: int | None = None,
-                 encoder_ffn: int | None = None, decoder_ffn: int | None = None,
-                 act: str = "gelu", pre_norm: bool | None = None,
+                 ffn: int = 128, encoder_layers: int | None = None,
+                 decoder_layers: int | None = None, encoder_heads: int = 4,
+                 decoder_heads: int | None = None, encoder_ffn: int | None = None,
+                 decoder_ffn: int | None = None, act: str = "gelu", pre_norm: bool | None = None,
                  scale_embedding: bool | None = None, norm_eps: float = 1e-5,
-                 bits: str | None = None):
+                 bits: str | None = None, weights: str = "tbt", pretrained: str = ""):
+        name = type(self).__module__.rsplit(".", 1)[-1]
+        if pretrained:  # the checkpoint's architecture; the layer counts may be smaller
+            arch = pretrained_fields(pretrained, name, vocab_size=vocab_size, max_len=max_len,
+                                     layers=dict(encoder_layers=encoder_layers,
+                                                 decoder_layers=decoder_layers))
+            hidden, act = arch.get("hidden", hidden), arch.get("act", act)
+            encoder_layers = arch.get("encoder_layers", encoder_layers)
+            decoder_layers = arch.get("decoder_layers", decoder_layers)
+            encoder_heads = arch.get("encoder_heads", encoder_heads)
+            decoder_heads = arch.get("decoder_heads", decoder_heads)
+            encoder_ffn = arch.get("encoder_ffn", encoder_ffn)
+            decoder_ffn = arch.get("decoder_ffn", decoder_ffn)
+            scale_embedding = arch.get("scale_embedding", scale_embedding)
+        encoder_layers = 2 if encoder_layers is None else encoder_layers
+        decoder_layers = 2 if decoder_layers is None else decoder_layers
         decoder_heads = encoder_heads if decoder_heads is None else decoder_heads
         encoder_ffn = ffn if encoder_ffn is None else encoder_ffn
         decoder_ffn = ffn if decoder_ffn is None else decoder_ffn
         pre_norm = self.pre_norm_default if pre_norm is None else pre_norm
         scale_embedding = self.pre_norm_default if scale_embedding is None else scale_embedding
-        name = type(self).__module__.rsplit(".", 1)[-1]
         check_positive_ints(name, vocab_size=vocab_size, max_len=max_len, hidden=hidden,
                             encoder_layers=encoder_layers, decoder_layers=decoder_layers,
                             encoder_heads=encoder_heads, decoder_heads=decoder_heads,
@@ -160,7 +204,7 @@ class Model(nnx.Module):
             check(hidden % heads == 0, f"{name}: heads={heads} must divide hidden={hidden}")
         activation(act)
         check(pre_norm in (True, False), f"{name}: pre_norm must be a bool, got {pre_norm!r}")
-        place = tbt_placement(bits)
+        place = tbt_placement(bits, weights)
         self.vocab_size, self.max_len, self.hidden, self.bits = vocab_size, max_len, hidden, bits
         self.embed_scale = hidden ** 0.5 if scale_embedding else 1.0
         common = dict(max_len=max_len, act=act, pre_norm=pre_norm, final_norm=pre_norm,
@@ -171,6 +215,13 @@ class Model(nnx.Module):
         self.decoder = Stack(DecoderLayer, decoder_layers, hidden, decoder_heads, decoder_ffn,
                              **common)
         self.final_logits_bias = nnx.Param(jnp.zeros((1, vocab_size)))
+        if pretrained:
+            from bnn_jax.models import hub
+
+            t = hub.checkpoint_layers(pretrained)
+            hub.load_student(self, pretrained, layer_map={
+                "encoder/layers": tbt_layer_map(encoder_layers, t["encoder"]),
+                "decoder/layers": tbt_layer_map(decoder_layers, t["decoder"])})
 
     def _tokens(self, ids):
         return self.shared(ids) * self.embed_scale
@@ -194,9 +245,9 @@ class Model(nnx.Module):
         mask = self._key_mask(attention_mask, b, s)
         enc = self.encoder
         x = enc.embed(self._tokens(input_ids), jnp.arange(s)[None])
-        for layer in enc.layers:
+        for i, layer in enumerate(enc.layers):
             x = layer(x, mask)
-            enc.sow(nnx.Intermediate, "hidden_states", x, capture_noop=True)
+            enc.sow_state(x, last=i == len(enc.layers) - 1)
         return enc.finish(x)
 
     @staticmethod
@@ -221,9 +272,9 @@ class Model(nnx.Module):
         enc_mask = self._key_mask(attention_mask, b, input_ids.shape[1])
         dec = self.decoder
         x = dec.embed(self._tokens(decoder_input_ids), jnp.arange(t)[None])
-        for layer in dec.layers:
+        for i, layer in enumerate(dec.layers):
             x, _ = layer(x, mask, encoded, enc_mask)
-            dec.sow(nnx.Intermediate, "hidden_states", x, capture_noop=True)
+            dec.sow_state(x, last=i == len(dec.layers) - 1)
         return self._logits(dec.finish(x))
 
     # -- KV-cache decoding (the encoder-decoder protocol of bnn_jax.generate) -------------------

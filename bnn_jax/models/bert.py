@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bnn_jax.models.transformer import (Attention, QuantEmbed, activation, check_positive_ints,
-                                        layer_norm)
+                                        layer_norm, pretrained_fields)
 from bnn_jax.nn import BiAttention, BiPFTAttention, QuantLinear
 from bnn_jax.quant.registry import check, check_choice
 
@@ -108,13 +108,25 @@ class Embeddings(nnx.Module):
 class Model(nnx.Module):
     """BERT: ``model(input_ids, attention_mask=None, token_type_ids=None)``; see the module
     docstring for heads and methods. BERT-base is ``hidden=768, intermediate=3072,
-    num_layers=12, num_heads=12, max_len=512``."""
+    num_layers=12, num_heads=12, max_len=512``. ``pretrained``: a local Hugging Face directory
+    whose architecture and weights the model takes (heads it lacks stay fresh)."""
 
     def __init__(self, *, vocab_size: int, max_len: int, rngs: nnx.Rngs,
                  num_labels: int | None = None, head: str | None = None, hidden: int = 64,
-                 intermediate: int = 128, num_layers: int = 2, num_heads: int = 4,
+                 intermediate: int = 128, num_layers: int | None = None, num_heads: int = 4,
                  type_vocab_size: int = 2, act: str = "gelu", norm_eps: float = 1e-12,
-                 method: str | None = None, bool_rule: str = "code", estimators: bool = True):
+                 method: str | None = None, bool_rule: str = "code", estimators: bool = True,
+                 pretrained: str = ""):
+        if pretrained:  # the checkpoint's architecture
+            arch = pretrained_fields(pretrained, "bert", vocab_size=vocab_size, max_len=max_len,
+                                     layers=dict(num_layers=num_layers))
+            hidden, act = arch.get("hidden", hidden), arch.get("act", act)
+            intermediate = arch.get("intermediate", intermediate)
+            num_layers = arch.get("num_layers", num_layers)
+            num_heads = arch.get("num_heads", num_heads)
+            type_vocab_size = arch.get("type_vocab_size", type_vocab_size)
+            norm_eps = arch.get("norm_eps", norm_eps)
+        num_layers = 2 if num_layers is None else num_layers
         head = ("classification" if num_labels is not None else "mlm") if head is None else head
         check_choice("head", head, HEADS)
         check(head != "classification" or num_labels is not None,
@@ -147,6 +159,14 @@ class Model(nnx.Module):
             self.mlm_bias = nnx.Param(jnp.zeros((vocab_size,)))
         if head == "pretraining":
             self.nsp = nnx.Linear(hidden, 2, rngs=rngs)
+        if pretrained:
+            from bnn_jax.models import hub
+
+            # BiBERT and BiPFT students have the teacher's layers (they start from it).
+            t = hub.checkpoint_layers(pretrained)["layers"]
+            check(t == num_layers, f"bert: pretrained={pretrained!r} has {t} layers, the "
+                                   f"model {num_layers}; set num_layers={t}")
+            hub.load_student(self, pretrained)
 
     def encode(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                token_type_ids: jax.Array | None = None) -> jax.Array:

@@ -541,3 +541,54 @@ def _may_target(rule: Rule, path: str) -> bool:
     # A rule's target template as a regex over model paths (\1 etc. match one path element).
     pattern = re.sub(r"\\\d", r"[^/]+", rule.target.replace(".", r"\."))
     return re.fullmatch(pattern, path) is not None
+
+
+def checkpoint_layers(directory: str | pathlib.Path) -> dict[str, int]:
+    """Layer counts of a checkpoint by stack: ``{"encoder": 6, "decoder": 6}`` (BART/mBART)
+    or ``{"layers": 12}`` (BERT), from its ``config.json``."""
+    cfg = read_config(directory)
+    family = family_of(cfg)
+    keys = {"bart": ("encoder_layers", "decoder_layers"), "mbart": ("encoder_layers",
+                                                                    "decoder_layers"),
+            "bert": ("num_layers",)}.get(family.model)
+    if keys is None:
+        raise ValueError(f"checkpoint_layers: {family.model} checkpoints are not supported; "
+                         "supported: bart, mbart, bert")
+    fields = model_fields(cfg, family)
+    return {k.split("_")[0] if k != "num_layers" else "layers": int(fields[k]) for k in keys}
+
+
+def load_student(model: nnx.Module, directory: str | pathlib.Path, *,
+                 layer_map: dict[str, list[int]] | None = None) -> nnx.Module:
+    """Initialize a (smaller, quantized) student from a teacher checkpoint; returns ``model``.
+
+    ``layer_map`` gives, per stack prefix (``"encoder/layers"``), the teacher layer each
+    student layer copies (TBT's student initialization, ``run_summarization_no_trainer.py``
+    lines 476-494). Position tables longer than the student's are cut to its rows: inputs of
+    at most ``max_len`` tokens never read the others, so the student computes what the
+    teacher's table would give.
+    """
+    family = family_of(read_config(directory))
+    mapped = map_tensors(read_safetensors(directory), family)
+    for prefix, teacher_of in (layer_map or {}).items():
+        rx = re.compile(rf"{re.escape(prefix)}/(\d+)/(.*)")
+        teacher = {}
+        for p in [p for p in mapped if rx.fullmatch(p)]:
+            m = rx.fullmatch(p)
+            teacher[(int(m.group(1)), m.group(2))] = mapped.pop(p)
+        have = sorted({i for i, _ in teacher})
+        bad = [j for j in teacher_of if j not in have]
+        if bad:
+            raise ValueError(f"layer_map[{prefix!r}] = {list(teacher_of)} names teacher layers "
+                             f"{bad}; the checkpoint has {prefix} {have}")
+        for i, j in enumerate(teacher_of):
+            for (k, rest), value in teacher.items():
+                if k == j:
+                    mapped[f"{prefix}/{i}/{rest}"] = value
+    params = _params(model)
+    for p, (name, value) in list(mapped.items()):
+        if "position" in p and p in params and value.ndim == 2:
+            rows = params[p].shape[0]
+            if value.shape[0] > rows and value.shape[1:] == tuple(params[p].shape[1:]):
+                mapped[p] = (name, value[:rows])
+    return _fill(model, mapped, family)

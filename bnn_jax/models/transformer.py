@@ -58,7 +58,10 @@ def parse_bits(bits: str | None) -> tuple[int, int, int] | None:
     return w, e, a
 
 
-def tbt_placement(bits: str | None) -> dict[str, Any]:
+WEIGHT_RULES = ("tbt", "twn")
+
+
+def tbt_placement(bits: str | None, weights: str = "tbt") -> dict[str, Any]:
     """TBT's quantizers by role (``modeling_bart_quant.py``, ``utils_quant.py``).
 
     ``kernel``: every linear of the blocks (statistics weights, per output row); ``embed``:
@@ -66,7 +69,12 @@ def tbt_placement(bits: str | None) -> dict[str, Any]:
     (``sym_quant_qkvo``); ``unsigned``: the fc2 input and the attention probabilities
     (``sym_quant_ffn_attn = False``). A8 is the min-max quantizer (symmetric for signed,
     asymmetric for unsigned). The LM head, positions and LayerNorms stay full precision.
+    ``weights="twn"`` (TBT's ternary baseline, 2-bit weights only) puts Ternary Weight
+    Networks' rule, per output row, on the block linears; the token table keeps TBT's rule.
     """
+    from bnn_jax.quant.registry import check_choice
+
+    check_choice("weights", weights, WEIGHT_RULES)
     parsed = parse_bits(bits)
     none = dict(kernel=None, embed=None, signed=None, unsigned=None)
     if parsed is None:
@@ -75,6 +83,10 @@ def tbt_placement(bits: str | None) -> dict[str, Any]:
     out = dict(none)
     if w != FULL:
         out["kernel"] = dict(name="tbt_weight", bits=w)
+    if weights == "twn":
+        check(w == 2, f"weights='twn' is a ternary baseline: it needs 2-bit weights, got "
+                      f"bits={bits!r}")
+        out["kernel"] = dict(name="twn", per_channel=True)
     if e != FULL:
         out["embed"] = dict(name="tbt_weight", bits=e, channel_axis=0)
     if a in (1, 2):
@@ -114,16 +126,18 @@ class QuantEmbed(nnx.Module):
 
 
 class Attention(MultiHeadAttention):
-    """Softmax attention, query scaled before its quantizer; probabilities sown as
-    ``attention``. ``step`` / ``cross`` are the cached decoding paths."""
+    """Softmax attention, query scaled before its quantizer; probabilities (before their
+    quantizer) sown as ``attention``. ``step`` / ``cross`` are the cached decoding paths."""
 
     def attend(self, q, k, v, *, mask=None, inputs=None) -> jax.Array:
         q = self.q_quant(q * self.head_dim ** -0.5)
         k, v = self.k_quant(k), self.v_quant(v)
         scores = apply_mask(jnp.einsum("bhqd,bhkd->bhqk", q, k), mask)
-        probs = self.attn_quant(jax.nn.softmax(scores, axis=-1))
+        probs = jax.nn.softmax(scores, axis=-1)
+        # Sown before its quantizer: TBT's attention-map loss reads these (Hugging Face's
+        # output_attentions, modeling_bart_quant.py l. 308-330).
         self.sow(nnx.Intermediate, "attention", probs, capture_noop=True)
-        return jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+        return jnp.einsum("bhqk,bhkd->bhqd", self.attn_quant(probs), v)
 
     def kv(self, inputs_kv: jax.Array) -> dict[str, jax.Array]:
         """Keys and values ``[B, H, S, d]`` of ``inputs_kv`` (cross-attention, computed once)."""
@@ -147,6 +161,26 @@ class Attention(MultiHeadAttention):
         """Attention of ``x`` over precomputed keys/values ``kv`` (from :meth:`kv`)."""
         q = split_heads(self.query(x), self.num_heads)
         return self.out(merge_heads(self.attend(q, kv["k"], kv["v"], mask=mask)))
+
+
+def pretrained_fields(directory: str, model: str, *, vocab_size: int, max_len: int,
+                      layers: dict[str, int | None]) -> dict[str, Any]:
+    """The architecture of a checkpoint a student starts from: its ``config.json`` fields,
+    the student's own layer counts where given (``layers``; None takes the checkpoint's).
+    The data's vocabulary must be the checkpoint's, its length at most the checkpoint's."""
+    from bnn_jax.models import hub
+
+    ck = hub.model_fields(hub.read_config(directory))
+    check(ck.get("vocab_size") == vocab_size,
+          f"{model}: pretrained={directory!r} has a vocabulary of {ck.get('vocab_size')} "
+          f"tokens, the data {vocab_size}; use the checkpoint's tokenizer (data.tokenizer)")
+    check(max_len <= ck.get("max_len", max_len),
+          f"{model}: the data's sequences of {max_len} tokens are longer than the "
+          f"{ck.get('max_len')} positions of pretrained={directory!r}")
+    out = {k: v for k, v in ck.items() if k not in ("vocab_size", "max_len", "head",
+                                                      "num_labels")}
+    out.update({k: v for k, v in layers.items() if v is not None})
+    return out
 
 
 def layer_norm(features: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:

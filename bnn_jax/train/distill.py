@@ -47,6 +47,11 @@ LOGIT_TERMS = {
     "hard": ((), lambda s, t, m: losses.hard_label_loss(s, t, mask=m)),
     # DB-LLM's deviation-aware token distillation.
     "dad": (("beta", "temperature"), lambda s, t, m, **kw: losses.dad_loss(s, t, mask=m, **kw)),
+    # BiBERT's prediction loss: soft cross-entropy, mean over every element (classification).
+    "soft_ce": (("reduction",), lambda s, t, m, reduction="elementmean":
+                losses.soft_cross_entropy(s, t, reduction=reduction)),
+    # BiBERT's regression (STS-B) prediction loss: MSE between the outputs.
+    "logit_mse": ((), lambda s, t, m: jnp.mean(jnp.square(s - jax.lax.stop_gradient(t)))),
 }
 FEATURE_TERMS = {
     "hidden_mse": ((), lambda s, t, k: losses.hidden_mse_loss(s, t)),       # TBT

@@ -45,6 +45,12 @@ def test_every_config_takes_a_data_dir_and_can_switch_to_a_tfds_dataset(path):
     if config.task.name == "causal_lm":  # a text config switches to a prepared text corpus;
         config.data.name = "wikitext103"  # streamed corpora have no packing choice
         del config.data["packing"]
+    elif config.task.name in ("seq2seq", "sequence_classification"):
+        # the synthetic text tasks' fields belong to them: the corpus of the same task instead
+        glue = config.task.name == "sequence_classification"
+        config.data = dict(name="glue" if glue else "xsum", batch_size=config.data.batch_size,
+                           eval_batch_size=config.data.eval_batch_size, data_dir="/data/tfds",
+                           **(dict(task="sst2") if glue else {}))
     else:
         config.data.name = "mnist"
     config_lib.validate(config)
