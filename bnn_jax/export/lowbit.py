@@ -124,11 +124,19 @@ class FrozenPBLinear(_LowBit):
         self._common(layer, backend)
         self.w_sign = PackedBits(plane.sign)
         self.bin_scale = Scale(jnp.asarray(bin_scale, jnp.float32))
-        # Compressed columns: row positions (uint16 when K allows) and where each column starts.
-        self.rows = SparseIndex(jnp.asarray(rows, jnp.uint16 if self.k <= 2 ** 16 else jnp.int32))
-        self.col_start = SparseIndex(jnp.asarray(
-            np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=self.n))]), jnp.int32))
-        self.codes = PackedBytes(jnp.asarray(codes, jnp.uint8))
+        # Per output channel a row of `width` (the largest count) sparse entries: row position
+        # (uint16 when K allows) and code, padded past the channel's count. A gather of x over
+        # these rows and a reduction along them is far faster in XLA than a scatter-add.
+        counts = np.bincount(cols, minlength=self.n)
+        width = max(int(counts.max(initial=0)), 1)
+        slot = np.arange(cols.size) - np.concatenate([[0], np.cumsum(counts)])[cols]
+        ell_rows = np.zeros((self.n, width), np.int64)
+        ell_codes = np.zeros((self.n, width), np.uint8)
+        ell_rows[cols, slot], ell_codes[cols, slot] = rows, codes
+        self.rows = SparseIndex(jnp.asarray(ell_rows,
+                                            jnp.uint16 if self.k <= 2 ** 16 else jnp.int32))
+        self.codes = PackedBytes(jnp.asarray(ell_codes))
+        self.counts = SparseIndex(jnp.asarray(counts, jnp.int32))
         self.h_scale = Scale(jnp.asarray(h_scale, jnp.float32))
         self.h_zero = Scale(jnp.asarray(h_zero, jnp.float32))
         self.input_quantizer, self.input_params = input_quantizer, dict(input_params or {})
@@ -137,15 +145,13 @@ class FrozenPBLinear(_LowBit):
         """The binary plane."""
         return Packed(self.w_sign[...], None, length=self.k, axis=0)
 
-    def salient_columns(self) -> jax.Array:
-        """The output channel of every salient weight (sorted)."""
-        counts = jnp.diff(self.col_start[...])
-        return jnp.repeat(jnp.arange(self.n), counts, total_repeat_length=self.codes[...].size)
-
     def salient_values(self) -> jax.Array:
-        """The salient weights ``h_scale · (code − zero)`` of their columns."""
-        c = self.salient_columns()
-        return self.h_scale[...][c] * (self.codes[...].astype(jnp.float32) - self.h_zero[...][c])
+        """(N, width) sparse weights ``h_scale · (code − zero)`` of each channel (0 past its
+        count)."""
+        valid = jnp.arange(self.codes[...].shape[1])[None, :] < self.counts[...][:, None]
+        v = self.h_scale[...][:, None] * (self.codes[...].astype(jnp.float32)
+                                          - self.h_zero[...][:, None])
+        return jnp.where(valid, v, 0.0)
 
     def __call__(self, x, *, input_params=None, kernel_params=None, out_sharding=None):
         """Apply the layer (quantizer parameters are fixed at freeze time)."""
@@ -158,14 +164,11 @@ class FrozenPBLinear(_LowBit):
         y = kernels.packed_weight_matmul(x, self.packed_kernel(), scale=scale,
                                          preferred_element_type=jnp.float32,
                                          backend=self.backend)
-        if self.codes[...].size == 0:
-            return self._finish(y, lead, out_sharding)
-        c = self.salient_columns()
         # The plane holds +1 · scale at every sparse position: replace it by the 8-bit weight.
-        delta = self.salient_values() - scale[c]
-        contrib = x[:, self.rows[...].astype(jnp.int32)] * delta  # (M, nnz)
-        y = y + jax.ops.segment_sum(contrib.T, c, num_segments=self.n,
-                                    indices_are_sorted=True).T
+        valid = jnp.arange(self.codes[...].shape[1])[None, :] < self.counts[...][:, None]
+        delta = jnp.where(valid, self.salient_values() - scale[:, None], 0.0)  # (N, width)
+        gathered = x[:, self.rows[...].astype(jnp.int32)]  # (M, N, width)
+        y = y + jnp.sum(gathered * delta, axis=-1)
         return self._finish(y, lead, out_sharding)
 
 
@@ -219,7 +222,6 @@ def _per_column(a, n: int, what: str) -> np.ndarray | str:
 def pb_parts(kernel: np.ndarray, wq: np.ndarray, salient: np.ndarray):
     """(plane levels, binarizer scale per column, rows, cols, codes, h_scale, h_zero) of a PB-LLM
     quantized kernel ``wq`` [in, out], or a string saying why it has no such form."""
-    from bnn_jax.quant.pbllm import asym_fake_quant_codes
 
     k, n = wq.shape
     nonsal = ~salient
@@ -231,31 +233,35 @@ def pb_parts(kernel: np.ndarray, wq: np.ndarray, salient: np.ndarray):
     # so the plane stays binary: +1 wherever the sparse part holds the weight.
     sparse = salient | (nonsal & (wq == 0))
     levels = np.where(sparse, 1, np.sign(wq)).astype(np.int8)
-    # The 8-bit grid of each column: the reference's one on the latent kernel first (what
-    # pbllm_prepare / salient_quant="fake_quant" put the salient weights on), then one fitted to
-    # the column's sparse values alone.
+    # The 8-bit grid of each column. asym_fake_quant puts the column's min and max at codes 0
+    # and 255, but in float32 one of them can round one code inward (x.5 cases), so the
+    # quantized column may span 254 or 253 steps: try the span of the latent kernel (what
+    # pbllm_prepare / salient_quant="fake_quant" quantized), then of the sparse values alone,
+    # each over 255, 254 and 253 steps, per column, until every sparse value is on the grid.
     rows, cols = np.nonzero(sparse.T)[::-1]  # sorted by column
     vals = wq[rows, cols].astype(np.float64)
-    grid = asym_fake_quant_codes(kernel.astype(np.float64))
-    h_scale, h_zero = (g.reshape(n).copy() for g in grid)
-
-    def off_grid(h_scale, h_zero):
-        sc, zp = h_scale[cols], h_zero[cols]
-        q = np.clip(np.round(vals / sc) + zp, 0, 255)
-        return np.abs(sc * (q - zp) - vals) > 1e-4 * sc + 1e-30
-
-    bad = np.unique(cols[off_grid(h_scale, h_zero)])
+    k64 = kernel.astype(np.float64)
+    spans = [(k64.min(axis=0), k64.max(axis=0))]
+    lo_v, hi_v = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(lo_v, cols, vals)
+    np.maximum.at(hi_v, cols, vals)
+    spans.append((np.where(np.isfinite(lo_v), lo_v, 0.0), np.where(np.isfinite(hi_v), hi_v, 0.0)))
+    h_scale, h_zero = np.ones(n), np.zeros(n)
+    todo = np.ones(n, bool)
+    for lo, hi in spans:
+        for steps in (255, 254, 253):
+            sc = np.where(hi > lo, (hi - lo) / steps, np.maximum(np.abs(lo), 1e-30))
+            zp = np.round(-lo / sc)
+            q = np.clip(np.round(vals / sc[cols]) + zp[cols], 0, 255)
+            off = np.abs(sc[cols] * (q - zp[cols]) - vals) > 1e-4 * sc[cols] + 1e-30
+            ok = todo.copy()
+            ok[np.unique(cols[off])] = False
+            h_scale[ok], h_zero[ok] = sc[ok], zp[ok]
+            todo &= ~ok
+    bad = np.nonzero(todo & (np.bincount(cols, minlength=n) > 0))[0]
     if bad.size:
-        lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
-        np.minimum.at(lo, cols, vals)
-        np.maximum.at(hi, cols, vals)
-        fit = np.where(hi > lo, (hi - lo) / 255, np.maximum(np.abs(lo), 1e-30))
-        h_scale[bad] = fit[bad]
-        h_zero[bad] = np.round(-lo[bad] / fit[bad])
-        still = cols[off_grid(h_scale, h_zero)]
-        if still.size:
-            return (f"the salient weights of output channel {int(still[0])} are not on an 8-bit "
-                    "grid (e.g. trained with train_salient=True)")
+        return (f"the salient weights of output channel {int(bad[0])} are not on an 8-bit "
+                "grid (e.g. trained with train_salient=True)")
     codes = np.clip(np.round(vals / h_scale[cols]) + h_zero[cols], 0, 255).astype(np.uint8)
     return levels, s, rows, cols, codes, h_scale, h_zero
 
