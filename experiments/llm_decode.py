@@ -56,8 +56,7 @@ VARIANTS = {
     "bf16": (None, None, "bfloat16"),
     "w158a8_base3": (BITNET, dict(trit_format="base3"), "BitNet b1.58 W1.58A8, base-3 digits"),
     "w158a8_2bit": (BITNET, dict(trit_format="2bit"), "BitNet b1.58 W1.58A8, 2-bit digits"),
-    "w158a16": (dict(subln="rms", kernel_quantizer="bitnet_weight"), {},
-                "ternary W1.58A16 (planes, LUT kernel)"),
+    "w158a16": (None, {}, "the BitNet kernels with float activations, W1.58A16 (planes, LUT)"),
     "pbllm": (dict(kernel_quantizer=dict(name="pbllm_weight", salient_fraction=0.1)), {},
               "PB-LLM 10 % salient (binary + sparse 8-bit)"),
     "dbllm": (dict(kernel_quantizer="dbllm_fdb"), {}, "DB-LLM (two {0,1} planes)"),
@@ -78,26 +77,53 @@ def _linear_weights(shape: dict, layers: int) -> int:
     return layers * (4 * h * h + 3 * h * f)
 
 
-def build(variant: str, shape: dict, layers: int, seed: int = 0):
-    """The decode-ready model of ``variant`` and what freezing reported."""
-    quant, freeze_opts, _ = VARIANTS[variant]
-    model = llama.Model(vocab_size=shape["vocab"], max_len=shape["slots"], rngs=nnx.Rngs(seed),
-                        hidden=shape["hidden"], intermediate=shape["intermediate"],
-                        num_layers=layers, num_heads=shape["num_heads"], **(quant or {}))
-    if variant == "bf16":
-        state = nnx.state(model)
-        nnx.update(model, jax.tree.map(lambda a: a.astype(jnp.bfloat16)
-                                       if jnp.issubdtype(a.dtype, jnp.floating) else a, state))
-    if quant is None:
-        return model, []
-    for _, m in nnx.iter_graph(model):
-        if isinstance(m, QuantLinear) and m.kernel_quantizer.name == "pbllm_weight":
-            # PB-LLM's QAT start: the latent kernel on its per-channel 8-bit grid (the salient
-            # mask, chosen at init from the same tails, is unchanged by a monotone rounding).
-            m.kernel[...] = asym_fake_quant(m.kernel[...], channel_axis=-1)
-    frozen, records = export.freeze(model, strict=True, **freeze_opts)
-    del model
-    return frozen, records
+def _model(shape: dict, layers: int, quant: dict | None, seed: int = 0):
+    return llama.Model(vocab_size=shape["vocab"], max_len=shape["slots"], rngs=nnx.Rngs(seed),
+                       hidden=shape["hidden"], intermediate=shape["intermediate"],
+                       num_layers=layers, num_heads=shape["num_heads"], **(quant or {}))
+
+
+def build_all(shape: dict, layers: int, log=print) -> dict:
+    """variant -> (decode-ready model, freeze records). Variants that share a model are made
+    from one: bf16 is the f32 model cast, and the BitNet model is frozen in both digit formats
+    and, with its input quantizer removed, as W1.58A16 (the same ternary kernels)."""
+    out = {}
+
+    def done(v, model, recs, t0):
+        out[v] = (model, recs)
+        log(f"built {v} in {time.time() - t0:.1f} s")
+
+    t0 = time.time()
+    f32 = _model(shape, layers, None)
+    done("f32", f32, [], t0)
+    t0 = time.time()
+    bf16 = nnx.clone(f32)
+    nnx.update(bf16, jax.tree.map(lambda a: a.astype(jnp.bfloat16)
+                                  if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                                  nnx.state(bf16)))
+    done("bf16", bf16, [], t0)
+    t0 = time.time()
+    bitnet = _model(shape, layers, VARIANTS["w158a8_base3"][0])
+    for v in ("w158a8_base3", "w158a8_2bit"):
+        done(v, *export.freeze(bitnet, strict=True, **VARIANTS[v][1]), t0)
+        t0 = time.time()
+    for _, m in nnx.iter_graph(bitnet):
+        if isinstance(m, QuantLinear):
+            m.input_quantizer = None
+    done("w158a16", *export.freeze(bitnet, strict=True), t0)
+    del bitnet
+    for v in ("pbllm", "dbllm"):
+        t0 = time.time()
+        model = _model(shape, layers, VARIANTS[v][0])
+        for _, m in nnx.iter_graph(model):
+            if isinstance(m, QuantLinear) and m.kernel_quantizer.name == "pbllm_weight":
+                # PB-LLM's QAT start: the latent kernel on its per-channel 8-bit grid (the
+                # salient mask, chosen at init from the same tails, is unchanged by a monotone
+                # rounding).
+                m.kernel[...] = asym_fake_quant(m.kernel[...], channel_axis=-1)
+        done(v, *export.freeze(model, strict=True), t0)
+        del model
+    return out
 
 
 def decode_step(model, batch: int, shape: dict):
@@ -167,14 +193,11 @@ def run(quick: bool, layers: int, rounds: int, log=print) -> dict:
     records, memory, built = [], {}, {}
     check = {}
     with bench.LoadSampler() as load:
-        for v in VARIANTS:
-            tb = time.time()
-            model, recs = build(v, shape, layers)
+        for v, (model, recs) in build_all(shape, layers, log).items():
             built[v] = model
             memory[v] = dict(layers_bytes=_layers_bytes(model),
                              linear_plane_bytes=sum(r.plane_bytes for r in recs) or None,
                              encodings=sorted({r.encoding for r in recs}))
-            log(f"built {v} in {time.time() - tb:.1f} s: {memory[v]['layers_bytes']:,} bytes")
         for batch in BATCHES:
             cands = {v: decode_step(built[v], batch, shape) for v in VARIANTS}
             outs = {v: fn(*args)[0] for v, (fn, args) in cands.items()}

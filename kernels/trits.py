@@ -12,8 +12,9 @@ Two digit formats:
 * ``"base3"`` — ``D = 5`` digits per byte, ``byte = ceil(256 v / 243)`` for
   ``v = Σ t_i 3^(4-i)`` (1.6 bits per weight, 10x smaller than bf16). Digit ``i`` is
   ``(byte · 3^i mod 256) · 3 >> 8``: the byte is the base-3 fraction ``v / 243`` in 8 binary
-  places, and multiplying by 3 moves its next digit above the binary point (the same packing
-  as ggml's TQ1_0 type; the identity holds for all 243 values, tested).
+  places, and multiplying by 3 moves its next digit above the binary point (ggml's TQ1_0 type
+  dequantizes its bytes with the same ``(((q * pow3[i]) & 255) * 3) / 256``; the identity holds
+  for all 243 values, tested).
 
 The product ``Σ_k x_k w_kc = Σ_k x_k t_kc − Σ_k x_k`` is exact in int32 for any int8 codes.
 Padded rows and columns hold ``t = 1`` (w = 0), and the padded activations are zeros, so padding

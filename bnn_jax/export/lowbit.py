@@ -93,7 +93,8 @@ class FrozenBitLinear(_LowBit):
         self._common(layer, backend)
         packed = pack_trits(levels, fmt)
         self.data = PackedBytes(packed.data)
-        self.fmt, self.act = fmt, dict(act)
+        # Static attributes are hashed with the graph (jit caches): items, not a dict.
+        self.fmt, self.act = fmt, tuple(sorted(dict(act).items()))
         self.scale = Scale(jnp.asarray(scale, jnp.float32).reshape(-1))
 
     def packed_kernel(self) -> TritPacked:
@@ -103,7 +104,7 @@ class FrozenBitLinear(_LowBit):
     def __call__(self, x, *, input_params=None, kernel_params=None, out_sharding=None):
         """Apply the layer (quantizer parameters are fixed at freeze time)."""
         lead = x.shape[:-1]
-        codes, s = absmax_codes(self._rows(x, input_params, kernel_params), **self.act)
+        codes, s = absmax_codes(self._rows(x, input_params, kernel_params), **dict(self.act))
         acc = trit_matmul(codes, self.packed_kernel(), backend=self.backend)
         y = acc.astype(jnp.float32) * self.scale[...] / s
         return self._finish(y, lead, out_sharding)
@@ -139,7 +140,8 @@ class FrozenPBLinear(_LowBit):
         self.counts = SparseIndex(jnp.asarray(counts, jnp.int32))
         self.h_scale = Scale(jnp.asarray(h_scale, jnp.float32))
         self.h_zero = Scale(jnp.asarray(h_zero, jnp.float32))
-        self.input_quantizer, self.input_params = input_quantizer, dict(input_params or {})
+        self.input_quantizer = input_quantizer
+        self.input_params = tuple(sorted(dict(input_params or {}).items()))
 
     def packed_kernel(self) -> Packed:
         """The binary plane."""
@@ -158,7 +160,7 @@ class FrozenPBLinear(_LowBit):
         lead = x.shape[:-1]
         x = self._rows(x, input_params, kernel_params)
         if self.input_quantizer is not None:
-            x = self.input_quantizer(x, **self.input_params)
+            x = self.input_quantizer(x, **dict(self.input_params))
         x = x.astype(jnp.float32)
         scale = jnp.broadcast_to(self.bin_scale[...], (self.n,))
         y = kernels.packed_weight_matmul(x, self.packed_kernel(), scale=scale,
@@ -184,7 +186,8 @@ class FrozenDBLinear(_LowBit):
         self.alpha1 = Scale(jnp.asarray(alpha1, jnp.float32).reshape(-1))
         self.alpha2 = Scale(jnp.asarray(alpha2, jnp.float32).reshape(-1))
         self.offset = Scale(jnp.asarray(offset, jnp.float32).reshape(-1))
-        self.input_quantizer, self.input_params = input_quantizer, dict(input_params or {})
+        self.input_quantizer = input_quantizer
+        self.input_params = tuple(sorted(dict(input_params or {}).items()))
 
     def planes(self) -> tuple[Packed, Packed]:
         """The two ±1 planes ``1 − 2b₁`` and ``1 − 2b₂``."""
@@ -196,7 +199,7 @@ class FrozenDBLinear(_LowBit):
         lead = x.shape[:-1]
         x = self._rows(x, input_params, kernel_params)
         if self.input_quantizer is not None:
-            x = self.input_quantizer(x, **self.input_params)
+            x = self.input_quantizer(x, **dict(self.input_params))
         x = x.astype(jnp.float32)
         total = jnp.sum(x, axis=-1, keepdims=True)
         p1, p2 = self.planes()
