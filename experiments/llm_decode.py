@@ -61,7 +61,6 @@ VARIANTS = {
               "PB-LLM 10 % salient (binary + sparse 8-bit)"),
     "dbllm": (dict(kernel_quantizer="dbllm_fdb"), {}, "DB-LLM (two {0,1} planes)"),
 }
-PACKED = [v for v in VARIANTS if v not in ("f32", "bf16")]
 BATCHES = (1, 8)
 
 

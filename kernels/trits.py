@@ -126,7 +126,10 @@ def trit_matmul_xla(codes, p: TritPacked) -> jax.Array:
 
 
 def trit_matmul(codes, p: TritPacked, *, backend: str = "auto") -> jax.Array:
-    """Exact int32 (M, N) product of int8 activation codes (M, K) and packed ternary weights."""
+    """Exact int32 (M, N) product of int8 activation codes (M, K) and packed ternary weights.
+
+    ``backend`` resolving to ``cpu_native`` runs the native kernel; every other backend runs
+    the XLA reference (the same integers)."""
     from bnn_jax.kernels import native
     from bnn_jax.kernels.backend import resolve
 

@@ -66,6 +66,13 @@ class _LowBit(nnx.Module):
                              f"layer expects {self.k}")
         return x.reshape(-1, self.k)
 
+    def _float_rows(self, x, input_params, kernel_params):
+        """(M, K) float32 rows of ``x`` after the kept input quantizer (if any)."""
+        x = self._rows(x, input_params, kernel_params)
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x, **dict(self.input_params))
+        return x.astype(jnp.float32)
+
     def _finish(self, y, lead, out_sharding):
         if self.bias is not None:
             y = y + self.bias[...]
@@ -147,29 +154,27 @@ class FrozenPBLinear(_LowBit):
         """The binary plane."""
         return Packed(self.w_sign[...], None, length=self.k, axis=0)
 
+    def _valid(self) -> jax.Array:
+        return jnp.arange(self.codes[...].shape[1])[None, :] < self.counts[...][:, None]
+
     def salient_values(self) -> jax.Array:
         """(N, width) sparse weights ``h_scale · (code − zero)`` of each channel (0 past its
         count)."""
-        valid = jnp.arange(self.codes[...].shape[1])[None, :] < self.counts[...][:, None]
         v = self.h_scale[...][:, None] * (self.codes[...].astype(jnp.float32)
                                           - self.h_zero[...][:, None])
-        return jnp.where(valid, v, 0.0)
+        return jnp.where(self._valid(), v, 0.0)
 
     def __call__(self, x, *, input_params=None, kernel_params=None, out_sharding=None):
         """Apply the layer (quantizer parameters are fixed at freeze time)."""
         lead = x.shape[:-1]
-        x = self._rows(x, input_params, kernel_params)
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x, **dict(self.input_params))
-        x = x.astype(jnp.float32)
+        x = self._float_rows(x, input_params, kernel_params)
         scale = jnp.broadcast_to(self.bin_scale[...], (self.n,))
         y = kernels.packed_weight_matmul(x, self.packed_kernel(), scale=scale,
                                          preferred_element_type=jnp.float32,
                                          backend=self.backend)
         # The plane holds +1 · scale at every sparse position: replace it by the 8-bit weight.
-        valid = jnp.arange(self.codes[...].shape[1])[None, :] < self.counts[...][:, None]
-        delta = jnp.where(valid, self.salient_values() - scale[:, None], 0.0)  # (N, width)
-        gathered = x[:, self.rows[...].astype(jnp.int32)]  # (M, N, width)
+        delta = jnp.where(self._valid(), self.salient_values() - scale[:, None], 0.0)
+        gathered = x[:, self.rows[...].astype(jnp.int32)]  # (M, N, width), delta (N, width)
         y = y + jnp.sum(gathered * delta, axis=-1)
         return self._finish(y, lead, out_sharding)
 
@@ -197,10 +202,7 @@ class FrozenDBLinear(_LowBit):
     def __call__(self, x, *, input_params=None, kernel_params=None, out_sharding=None):
         """Apply the layer (quantizer parameters are fixed at freeze time)."""
         lead = x.shape[:-1]
-        x = self._rows(x, input_params, kernel_params)
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x, **dict(self.input_params))
-        x = x.astype(jnp.float32)
+        x = self._float_rows(x, input_params, kernel_params)
         total = jnp.sum(x, axis=-1, keepdims=True)
         p1, p2 = self.planes()
         mm = lambda p: kernels.packed_weight_matmul(x, p, preferred_element_type=jnp.float32,
