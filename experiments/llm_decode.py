@@ -295,9 +295,11 @@ def markdown(data) -> str:
                     f"{_range(_ratios(rec, 'f32', v))}x", f"{_range(_ratios(rec, 'bf16', v))}x"]
         out.append("| " + " | ".join(row) + " |")
     out += ["", "Linear bits/weight: the packed weight planes or digits of the 7 linears per layer "
-            "alone (PB-LLM: the binary plane; its sparse 8-bit part — uint16 row, uint8 code, "
-            "int32 column starts — is in the state column). Ratios are per round (f32 or bf16 "
-            "step time / variant step time), median (min-max).", "",
+            "alone (PB-LLM: the binary plane; its sparse 8-bit part — a uint16 row and a uint8 "
+            "code per entry, padded per output channel to the largest count, and an int32 count "
+            "per channel — is in the state column). Ratios are per round (f32 or bf16 step time "
+            "/ variant step time), median (min-max). The wall time includes building and "
+            "freezing every variant at full size.", "",
             "Single products of these layers (ms, median (min-max); ratio = f32 time / form time "
             "in the same round):", ""]
     gemv = [r for r in data["records"] if r["op"] == "gemv"]
