@@ -15,9 +15,11 @@ from bnn_jax.kernels.bitops import popcount, popcount_swar
 from bnn_jax.kernels.ops import packed_conv2d, packed_matmul, packed_weight_matmul
 from bnn_jax.kernels.packing import (ENCODINGS, WORD_BITS, Packed, num_words, pack, pack_bits,
                                      pack_bool, pack_ternary, storage_bits, unpack)
+from bnn_jax.kernels.trits import TritPacked, pack_trits, trit_matmul, unpack_trits
 
 __all__ = [
     "BACKENDS", "ENCODINGS", "Packed", "WORD_BITS", "num_words", "pack", "pack_bits", "pack_bool",
-    "pack_ternary", "packed_conv2d", "packed_matmul", "packed_weight_matmul", "popcount",
-    "popcount_swar", "resolve", "storage_bits", "unpack",
+    "pack_ternary", "pack_trits", "packed_conv2d", "packed_matmul", "packed_weight_matmul",
+    "popcount", "popcount_swar", "resolve", "storage_bits", "TritPacked", "trit_matmul", "unpack",
+    "unpack_trits",
 ]

@@ -430,7 +430,8 @@ def readme_claim(data) -> str:
 
 
 MARKS = {"bench": ("<!-- bench:start -->", "<!-- bench:end -->"),
-         "kernels-claim": ("<!-- kernels-claim:start -->", "<!-- kernels-claim:end -->")}
+         "kernels-claim": ("<!-- kernels-claim:start -->", "<!-- kernels-claim:end -->"),
+         "llm-decode": ("<!-- llm-decode:start -->", "<!-- llm-decode:end -->")}
 MARK_START, MARK_END = MARKS["bench"]
 
 

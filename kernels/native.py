@@ -32,7 +32,8 @@ from jax import lax
 
 SOURCE = pathlib.Path(__file__).resolve().parent / "csrc" / "bnn_native.cc"
 FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-w")
-TARGETS = {"bnn_gemm": "BnnGemm", "bnn_gemv": "BnnGemv", "bnn_pack": "BnnPack"}
+TARGETS = {"bnn_gemm": "BnnGemm", "bnn_gemv": "BnnGemv", "bnn_pack": "BnnPack",
+           "bnn_trit_gemv": "BnnTritGemv"}
 # W1/W1.58 x float GEMV bodies of the library; GEMV_AUTO is the one packed_weight_matmul uses
 # (the fastest float-exact one in experiments/kernels.md; "int8" quantizes the activations).
 GEMV_METHODS = {"lut": 0, "direct": 1, "int8": 2}
@@ -218,6 +219,15 @@ def weight_matmul(x, w_sign, w_mask, method: str = GEMV_AUTO) -> jax.Array:
                             vmap_method="sequential")
     return call(x, w_sign, _empty() if w_mask is None else w_mask,
                 ternary=np.int64(w_mask is not None), method=np.int64(GEMV_METHODS[method]))
+
+
+def trit_matmul(codes, data, n: int, digits: int) -> jax.Array:
+    """Native version of :func:`bnn_jax.kernels.trits.trit_matmul_xla`: int8 ``codes`` (M, Kp)
+    times the packed trit chunks ``data`` (ceil(N/16), G, 64) -> exact int32 (M, N)."""
+    _lib()
+    call = jax.ffi.ffi_call("bnn_trit_gemv", jax.ShapeDtypeStruct((codes.shape[0], n), jnp.int32),
+                            vmap_method="sequential")
+    return call(codes.astype(jnp.int8), data, digits=np.int64(digits))
 
 
 def pack_last(x, encoding: str):

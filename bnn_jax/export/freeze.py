@@ -13,7 +13,9 @@ from bnn_jax.export.frozen import (FrozenConv, FrozenEinsum, FrozenEmbed, Frozen
                                    PackedBits, Scale, _Frozen, concrete_params, conv_pack_axis,
                                    conv_supported, einsum_unsupported, kernel_matrix,
                                    layer_input_encoding, split_levels)
+from bnn_jax.export.lowbit import LLM_KERNELS, FrozenBitLinear, is_lowbit_layer, lowbit_layer
 from bnn_jax.kernels import Packed, pack
+from bnn_jax.kernels.trits import FORMATS as TRIT_FORMATS
 from bnn_jax.kernels.backend import resolve
 from bnn_jax.nn.intercept import module_references, set_child
 
@@ -94,7 +96,11 @@ def _pack_stack(layer, wq: np.ndarray):
     return packed, scale, encoding
 
 
-def _frozen_layer(layer, backend: str):
+SUPPORTED = ("any quantizer whose kernel is ±1 or ternary times a per-output-channel scale "
+             f"(e.g. 'ste_sign', 'bitnet_weight'), {', '.join(map(repr, LLM_KERNELS[1:]))}")
+
+
+def _frozen_layer(layer, backend: str, trit_format: str = "base3"):
     """(frozen module or None, LayerRecord fields) for one quantized layer."""
     from bnn_jax.nn import (QuantConv, QuantEinsum, QuantEmbed, QuantLinear,
                             QuantLinearGeneral)
@@ -119,16 +125,26 @@ def _frozen_layer(layer, backend: str):
         return _reject(rec, "full-precision kernel")
     if getattr(layer, "dtype", None) not in (None, jnp.float32):
         return _reject(rec, f"computes in {np.dtype(layer.dtype).name} (frozen layers are f32)")
+    q = layer.input_quantizer
+    input_params = ({} if q is None else
+                    concrete_params(active_quant_params("input", q), f"layer {kind}"))
+    # BitNet b1.58 (int8 activations), PB-LLM and DB-LLM linears have their own frozen forms.
+    low = lowbit_layer(layer, backend, input_params, trit_format)
+    if isinstance(low, str):
+        return _reject(rec, f"kernel quantizer {layer.kernel_quantizer.name!r}: {low}")
+    if low is not None:
+        new, fields = low
+        return new, dict(rec, frozen=True, bytes_after=state_bytes(new),
+                         activations="int8" if isinstance(new, FrozenBitLinear) else "float",
+                         **fields)
     # What the fake-quant forward multiplies with: learned kernel arrays and the schedule
     # values active now (freeze enters quant_params) included; per layer of a stack.
     got = _pack_stack(layer, np.asarray(layer.quantized_kernel()))
     if got is None:
-        return _reject(rec, f"kernel quantizer {layer.kernel_quantizer.name!r} is not "
-                            "binary/ternary times a per-output-channel scale")
+        return _reject(rec, f"unsupported kernel quantizer {layer.kernel_quantizer.name!r}: its "
+                            "kernel is not binary/ternary times a per-output-channel scale; "
+                            f"supported: {SUPPORTED}")
     packed, scale, encoding = got
-    q = layer.input_quantizer
-    input_params = ({} if q is None else
-                    concrete_params(active_quant_params("input", q), f"layer {kind}"))
     kernel_params = concrete_params(active_quant_params("kernel", layer.kernel_quantizer),
                                     f"layer {kind}")
     act = layer_input_encoding(layer, input_params)
@@ -143,8 +159,9 @@ def _frozen_layer(layer, backend: str):
                      activations=new.act_encoding or "float")
 
 
-def freeze(model: nnx.Module, *, backend: str = "auto",
-           quant_params: dict | None = None) -> tuple[nnx.Module, list[LayerRecord]]:
+def freeze(model: nnx.Module, *, backend: str = "auto", quant_params: dict | None = None,
+           trit_format: str = "base3",
+           strict: bool = False) -> tuple[nnx.Module, list[LayerRecord]]:
     """(frozen copy of ``model``, one record per quantized layer); ``model`` is not changed.
 
     Each QuantLinear/QuantConv/QuantEinsum/QuantLinearGeneral/QuantEmbed (stacked ones too)
@@ -155,6 +172,12 @@ def freeze(model: nnx.Module, *, backend: str = "auto",
     numbers) are the schedule values to freeze at, as :func:`bnn_jax.nn.quant_params` gives them
     to the fake-quant model; by default the values active around the call. The copy is put in
     eval mode. ``backend`` selects the kernels (see bnn_jax.kernels.backend).
+
+    A QuantLinear with BitNet's ``bitnet_act`` input (<= 8 bits) and a ternary/±1 kernel becomes
+    a W1.58A8 layer on int8 codes with the levels packed in ``trit_format`` ('base3': 1.6 bits
+    per weight, '2bit'); ``pbllm_weight`` and ``dbllm_fdb`` kernels get their own frozen forms
+    (:mod:`bnn_jax.export.lowbit`). ``strict=True`` raises instead of keeping a quantized layer
+    float.
     """
     from bnn_jax.nn import QUANT_LAYERS
     from bnn_jax.nn import quant_params as quant_params_ctx
@@ -164,6 +187,9 @@ def freeze(model: nnx.Module, *, backend: str = "auto",
         raise ValueError(f"freeze expects an NNX Module, got {type(model).__name__}")
     if isinstance(model, QUANT_LAYERS):
         raise ValueError("freeze() swaps layers inside a model; wrap a bare layer in a Module")
+    if trit_format not in TRIT_FORMATS:
+        raise ValueError(f"unknown trit_format {trit_format!r}; valid choices: "
+                         f"{list(TRIT_FORMATS)}")
     bad = sorted(set(quant_params or {}) - {"input", "kernel"})
     if bad:
         raise ValueError(f"quant_params has roles {bad}; valid roles: ['input', 'kernel']")
@@ -172,8 +198,11 @@ def freeze(model: nnx.Module, *, backend: str = "auto",
     with quant_params_ctx(**(quant_params or {})):
         for group in quant_layer_groups(frozen):
             layer = group[0][3]
-            new, fields = _frozen_layer(layer, backend)
+            new, fields = _frozen_layer(layer, backend, trit_format)
             records.append(LayerRecord(path=group[0][0], **{"frozen": False, **fields}))
+            if strict and new is None and layer.kernel_quantizer is not None:
+                raise ValueError(f"freeze(strict=True): layer {group[0][0]} cannot be frozen: "
+                                 f"{fields['reason']}")
             if new is not None:
                 for _, parent, key, _ in group:
                     set_child(parent, key, new)
@@ -195,7 +224,7 @@ def quant_layer_groups(model: nnx.Module) -> list[list[tuple[str, Any, Any, Any]
 
 def is_frozen_layer(x) -> bool:
     """True for the layers :func:`freeze` produces."""
-    return isinstance(x, _Frozen)
+    return isinstance(x, _Frozen) or is_lowbit_layer(x)
 
 
 def report(records: list[LayerRecord], before_bytes: int | None = None,

@@ -55,6 +55,13 @@ def save(model: nnx.Module, path: str, records: list[LayerRecord] | None = None,
     ``model_spec = dict(model=<config.model>, num_classes=..., input_shape=...)`` (JSON-able)
     records how ``bnn_jax.models.build`` makes the architecture, so :func:`load` needs no model.
     """
+    from bnn_jax.export.lowbit import is_lowbit_layer
+
+    lowbit = sorted(type(m).__name__ for _, m in nnx.iter_graph(model) if is_lowbit_layer(m))
+    if lowbit:
+        raise ValueError(f"save: the model has {lowbit[0]} layers (W1.58A8 / PB-LLM / DB-LLM), "
+                         "which this file format does not store yet; keep the frozen model in "
+                         "memory or save the trained checkpoint and freeze after loading")
     arrays = {k: np.asarray(v[...]) for k, v in _variables(model).items()}
     if META_KEY in arrays:
         raise ValueError(f"the model has a variable named {META_KEY!r}, which the format reserves")

@@ -786,6 +786,220 @@ void gemv_run(const GemvArgs& g, int method) {
   }
 }
 
+// ------------------------------------------------------------------------------- W1.58A8 (trits)
+
+// y[r, c] = sum_k x[r, k] * w[k, c] for int8 activation codes x and ternary weights w, stored as
+// digits t = w + 1 in {0, 1, 2} (kernels/trits.py packs them). Chunk (b, g) is 64 bytes: columns
+// 16b .. 16b+15 and k in [4Dg, 4D(g+1)); byte 4c + j holds the D digits of k = 4Dg + 4i + j,
+// i < D. D = 4 ("2bit"): digit i at bits 2i. D = 5 ("base3", 1.6 bits per weight): the byte is
+// ceil(256 v / 243) for v = sum_i t_i 3^(4-i), and digit i is the top of 3 * (byte * 3^i mod
+// 256), i.e. (byte * 3^i mod 256) * 3 >> 8: multiplying the base-3 fraction v / 243 by 3 shifts
+// its next digit above the binary point (checked for all 243 values in tests/kernels). Four
+// digits of one column are adjacent, so one u8 x s8 dot of 4 (vpdpbusd / vpmaddubsw) serves 16
+// columns; sum t x - sum x = sum w x is exact in int32.
+
+struct TritArgs {
+  const int8_t* x;   // (m, kp) codes, zero past K
+  const uint8_t* w;  // (n_blocks, groups, 64)
+  int64_t m, kp, n, groups;
+  int32_t* out;      // (m, n)
+};
+
+inline int32_t load4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+template <int D>
+inline int trit_digit(uint8_t q, int i) {
+  if (D == 4) return q >> (2 * i) & 3;
+  static const int pow3[5] = {1, 3, 9, 27, 81};
+  return (static_cast<uint8_t>(q * pow3[i]) * 3) >> 8;
+}
+
+template <int D>
+void trit_scalar(const TritArgs& a, const int32_t* rowsum, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b)
+    for (int64_t r = 0; r < a.m; ++r)
+      for (int c = 0; c < 16 && 16 * b + c < a.n; ++c) {
+        int32_t acc = 0;
+        for (int64_t g = 0; g < a.groups; ++g) {
+          const uint8_t* q = a.w + (b * a.groups + g) * 64 + 4 * c;
+          const int8_t* x = a.x + r * a.kp + 4 * D * g;
+          for (int i = 0; i < D; ++i)
+            for (int j = 0; j < 4; ++j) acc += trit_digit<D>(q[j], i) * x[4 * i + j];
+        }
+        a.out[r * a.n + 16 * b + c] = acc - rowsum[r];
+      }
+}
+
+#define BNN_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni,avx2")))
+
+// MR rows x NB blocks of 16 columns; independent accumulators hide the dot's latency.
+template <int D, int MR, int NB>
+BNN_VNNI void trit_tile512(const TritArgs& a, const int32_t* rowsum, int64_t r0, int64_t b0) {
+  __m512i acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NB; ++v) acc[r][v] = _mm512_setzero_si512();
+  const __m512i three = _mm512_set1_epi16(3), c768 = _mm512_set1_epi16(768);
+  const __m512i hi = _mm512_set1_epi16(static_cast<short>(0xff00)), low2 = _mm512_set1_epi8(3);
+  for (int64_t g = 0; g < a.groups; ++g) {
+    __m512i q[NB], he[NB], ho[NB];
+    for (int v = 0; v < NB; ++v) {
+      q[v] = _mm512_loadu_si512(a.w + ((b0 + v) * a.groups + g) * 64);
+      if (D == 5) {  // (byte << 8) in 16-bit lanes, even and odd bytes apart
+        he[v] = _mm512_slli_epi16(q[v], 8);
+        ho[v] = _mm512_and_si512(q[v], hi);
+      }
+    }
+    const int8_t* xg = a.x + r0 * a.kp + 4 * D * g;
+    for (int i = 0; i < D; ++i) {
+      __m512i t[NB];
+      for (int v = 0; v < NB; ++v) {
+        if (D == 4) {
+          t[v] = _mm512_and_si512(_mm512_srli_epi16(q[v], 2 * i), low2);
+        } else {
+          if (i > 0) {
+            he[v] = _mm512_mullo_epi16(he[v], three);
+            ho[v] = _mm512_mullo_epi16(ho[v], three);
+          }
+          // even digit: (x << 8) * 3 >> 16 = 3x >> 8; odd: (x << 8) * 768 >> 16 = 3x, top byte
+          t[v] = _mm512_ternarylogic_epi32(_mm512_mulhi_epu16(he[v], three),
+                                           _mm512_mulhi_epu16(ho[v], c768), hi, 0xf8);
+        }
+      }
+      for (int r = 0; r < MR; ++r) {
+        const __m512i xr = _mm512_set1_epi32(load4(xg + r * a.kp + 4 * i));
+        for (int v = 0; v < NB; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], t[v], xr);
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    const __m512i sub = _mm512_set1_epi32(rowsum[r0 + r]);
+    for (int v = 0; v < NB; ++v) {
+      int64_t c0 = 16 * (b0 + v);
+      int64_t left = std::min<int64_t>(16, a.n - c0);
+      __mmask16 lanes = static_cast<__mmask16>((1u << left) - 1);
+      _mm512_mask_storeu_epi32(a.out + (r0 + r) * a.n + c0, lanes,
+                               _mm512_sub_epi32(acc[r][v], sub));
+    }
+  }
+}
+
+template <int D, int MR>
+BNN_VNNI void trit_rows512(const TritArgs& a, const int32_t* rowsum, int64_t r0, int64_t b0,
+                           int64_t b1) {
+  constexpr int NB = MR == 1 ? 4 : (MR <= 4 ? 2 : 1);
+  int64_t b = b0;
+  for (; b + NB <= b1; b += NB) trit_tile512<D, MR, NB>(a, rowsum, r0, b);
+  for (; b < b1; ++b) trit_tile512<D, MR, 1>(a, rowsum, r0, b);
+}
+
+template <int D>
+BNN_VNNI void trit_avx512(const TritArgs& a, const int32_t* rowsum, int64_t b0, int64_t b1) {
+  int64_t r = 0;
+  for (; r + 8 <= a.m; r += 8) trit_rows512<D, 8>(a, rowsum, r, b0, b1);
+  if (r + 4 <= a.m) trit_rows512<D, 4>(a, rowsum, r, b0, b1), r += 4;
+  if (r + 2 <= a.m) trit_rows512<D, 2>(a, rowsum, r, b0, b1), r += 2;
+  if (r < a.m) trit_rows512<D, 1>(a, rowsum, r, b0, b1);
+}
+
+// AVX2: a chunk is two 256-bit halves (columns 0-7, 8-15); u8 x s8 pairs by vpmaddubsw (|sum of
+// a pair| <= 2 * 2 * 128, no saturation), widened by vpmaddwd.
+template <int D, int MR>
+BNN_AVX2 void trit_tile256(const TritArgs& a, const int32_t* rowsum, int64_t r0, int64_t b) {
+  __m256i acc[MR][2];
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  const __m256i three = _mm256_set1_epi16(3), c768 = _mm256_set1_epi16(768);
+  const __m256i hi = _mm256_set1_epi16(static_cast<short>(0xff00)), low2 = _mm256_set1_epi8(3);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t g = 0; g < a.groups; ++g) {
+    __m256i q[2], he[2], ho[2];
+    for (int v = 0; v < 2; ++v) {
+      q[v] = _mm256_loadu_si256((const __m256i*)(a.w + (b * a.groups + g) * 64 + 32 * v));
+      if (D == 5) {
+        he[v] = _mm256_slli_epi16(q[v], 8);
+        ho[v] = _mm256_and_si256(q[v], hi);
+      }
+    }
+    const int8_t* xg = a.x + r0 * a.kp + 4 * D * g;
+    for (int i = 0; i < D; ++i) {
+      __m256i t[2];
+      for (int v = 0; v < 2; ++v) {
+        if (D == 4) {
+          t[v] = _mm256_and_si256(_mm256_srli_epi16(q[v], 2 * i), low2);
+        } else {
+          if (i > 0) {
+            he[v] = _mm256_mullo_epi16(he[v], three);
+            ho[v] = _mm256_mullo_epi16(ho[v], three);
+          }
+          t[v] = _mm256_or_si256(_mm256_mulhi_epu16(he[v], three),
+                                 _mm256_and_si256(_mm256_mulhi_epu16(ho[v], c768), hi));
+        }
+      }
+      for (int r = 0; r < MR; ++r) {
+        const __m256i xr = _mm256_set1_epi32(load4(xg + r * a.kp + 4 * i));
+        for (int v = 0; v < 2; ++v)
+          acc[r][v] = _mm256_add_epi32(acc[r][v],
+                                       _mm256_madd_epi16(_mm256_maddubs_epi16(t[v], xr), ones));
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    const __m256i sub = _mm256_set1_epi32(rowsum[r0 + r]);
+    alignas(32) int32_t tmp[16];
+    _mm256_store_si256((__m256i*)tmp, _mm256_sub_epi32(acc[r][0], sub));
+    _mm256_store_si256((__m256i*)(tmp + 8), _mm256_sub_epi32(acc[r][1], sub));
+    int64_t c0 = 16 * b, left = std::min<int64_t>(16, a.n - c0);
+    std::memcpy(a.out + (r0 + r) * a.n + c0, tmp, left * sizeof(int32_t));
+  }
+}
+
+template <int D>
+BNN_AVX2 void trit_avx2(const TritArgs& a, const int32_t* rowsum, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    int64_t r = 0;
+    for (; r + 4 <= a.m; r += 4) trit_tile256<D, 4>(a, rowsum, r, b);
+    if (r + 2 <= a.m) trit_tile256<D, 2>(a, rowsum, r, b), r += 2;
+    if (r < a.m) trit_tile256<D, 1>(a, rowsum, r, b);
+  }
+}
+
+bool use_vnni() {
+  static const bool vnni = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+  return vnni && use_avx512();
+}
+
+void trit_run(const TritArgs& a, int digits) {
+  std::vector<int32_t> rowsum(a.m, 0);
+  for (int64_t r = 0; r < a.m; ++r)
+    for (int64_t k = 0; k < a.kp; ++k) rowsum[r] += a.x[r * a.kp + k];
+  const int64_t n_blocks = (a.n + 15) / 16, per_task = 4;  // 64 columns per task
+  const int64_t tasks = (n_blocks + per_task - 1) / per_task;
+  const bool vnni = use_vnni(), avx2 = use_avx2();
+  auto task = [&](int64_t t) {
+    int64_t b0 = t * per_task, b1 = std::min(n_blocks, b0 + per_task);
+    if (digits == 5) {
+      if (vnni) trit_avx512<5>(a, rowsum.data(), b0, b1);
+      else if (avx2) trit_avx2<5>(a, rowsum.data(), b0, b1);
+      else trit_scalar<5>(a, rowsum.data(), b0, b1);
+    } else {
+      if (vnni) trit_avx512<4>(a, rowsum.data(), b0, b1);
+      else if (avx2) trit_avx2<4>(a, rowsum.data(), b0, b1);
+      else trit_scalar<4>(a, rowsum.data(), b0, b1);
+    }
+  };
+  if (a.m * a.n * a.kp < (1 << 18)) {
+    for (int64_t t = 0; t < tasks; ++t) task(t);
+  } else {
+    Pool::get().run(tasks, task);
+  }
+}
+
 // ------------------------------------------------------------------------------- packing
 
 // Rows of `k` f32 values -> sign words (x < 0) and/or mask words (x != 0), (rows, kw).
@@ -982,6 +1196,19 @@ ffi::Error GemvImpl(ffi::AnyBuffer x, ffi::AnyBuffer ws, ffi::AnyBuffer wm,
   return ffi::Error::Success();
 }
 
+// x (M, Kp) int8 codes, w (n_blocks, groups, 64) uint8 digits -> int32 (M, N); digits 4 or 5.
+ffi::Error TritImpl(ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::U8> w,
+                    ffi::Result<ffi::Buffer<ffi::S32>> out, int64_t digits) {
+  auto xd = x.dimensions(), wd = w.dimensions(), od = out->dimensions();
+  if (xd.size() != 2 || wd.size() != 3 || od.size() != 2 || wd[2] != 64 || od[0] != xd[0] ||
+      (digits != 4 && digits != 5) || xd[1] != 4 * digits * wd[1] || (od[1] + 15) / 16 != wd[0])
+    return ffi::Error::InvalidArgument(
+        "bnn_trit_gemv: x must be (M, 4*D*G), w (ceil(N/16), G, 64), out (M, N), D in {4, 5}");
+  TritArgs a{x.typed_data(), w.typed_data(), xd[0], xd[1], od[1], wd[1], out->typed_data()};
+  trit_run(a, static_cast<int>(digits));
+  return ffi::Error::Success();
+}
+
 // x (R, K) f32 or int32 -> sign and mask words (R, Kw); which: bit 1 sign, bit 0 mask.
 ffi::Error PackImpl(ffi::AnyBuffer x, ffi::Result<ffi::Buffer<ffi::U32>> sign,
                     ffi::Result<ffi::Buffer<ffi::U32>> mask, int64_t which) {
@@ -1044,3 +1271,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BnnPack, PackImpl,
                                   .Ret<ffi::Buffer<ffi::U32>>()
                                   .Ret<ffi::Buffer<ffi::U32>>()
                                   .Attr<int64_t>("which"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BnnTritGemv, TritImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int64_t>("digits"));
