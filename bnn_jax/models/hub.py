@@ -591,4 +591,4 @@ def load_student(model: nnx.Module, directory: str | pathlib.Path, *,
             rows = params[p].shape[0]
             if value.shape[0] > rows and value.shape[1:] == tuple(params[p].shape[1:]):
                 mapped[p] = (name, value[:rows])
-    return _fill(model, mapped, family)
+    return fill(model, mapped, family)

@@ -109,7 +109,8 @@ def _check_pb(salient_fraction=0.1, high_bits=8, sign_zero=0):
           paper="PB-LLM: Partially Binarized Large Language Models (Shang et al., ICLR 2024), "
                 "GPTQ-PB",
           formula="where(mask, 8-bit min-max grid (incl. 0) per output channel, "
-                  "α·sign(W − μ) + μ per output channel); learned mask, grid, α, μ; identity STE",
+                  "α·sign(W − μ) + μ per output channel), sign(0)=0 (sign_zero=1: +1); "
+                  "learned mask, grid, α, μ; identity STE",
           result="– (paper Tables not transcribed) [GAP]")
 def pbllm_ptq_weight(x, *, salient_mask, high_scale, high_zero, alpha, mu,
                      salient_fraction=0.1, high_bits=8, sign_zero=0):

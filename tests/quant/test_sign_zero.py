@@ -26,7 +26,8 @@ def with_zeros(shape, seed):
 
 
 SIGN_ZERO_METHODS = ["tbt_weight", "tbt_act", "bibert_weight", "bibert_act", "bipft_weight",
-                     "bipft_act", "binarydm_lmb", "binarydm_lmb1", "pbllm_weight"]
+                     "bipft_act", "binarydm_lmb", "binarydm_lmb1", "pbllm_weight",
+                     "pbllm_ptq_weight"]
 
 
 def test_every_sign_formula_states_its_convention():
