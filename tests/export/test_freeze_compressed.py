@@ -1,7 +1,9 @@
 """freeze() of models written by ``bnn_jax.compress``: GPTQ-PB (``pbllm_ptq_weight``) becomes
 FrozenPBLinear, DB-LLM (``dbllm_fdb``) and the 2-bit RTN/GPTQ grid (``int_weight``)
 FrozenDBLinear; the frozen LLaMA fixture's logits equal the compressed fake-quant logits and
-its cached decode equals its own full forward."""
+its cached decode equals its own full forward. Frozen and fake-quant outputs differ by float32
+rounding alone (another summation order, e.g. α·(x @ S) + μ·Σx against x @ (α·S + μ)): the
+tolerance is RTOL = 2e-5 of the output's largest magnitude."""
 
 import pathlib
 
@@ -15,17 +17,9 @@ from bnn_jax import export, generate, lm_eval
 from bnn_jax.compress import __main__ as cli
 from bnn_jax.export.lowbit import FrozenDBLinear, FrozenPBLinear
 from bnn_jax.nn import QuantLinear
+from test_freeze_lowbit import RTOL, _close, cached_decode  # a sibling module (tests/export)
 
 FIX = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "hf_llama"
-# Frozen and fake-quant logits differ by float32 rounding alone (another summation order:
-# α·(x @ S) + μ·Σx against x @ (α·S + μ)), relative to the logits' scale.
-RTOL = 2e-5
-
-
-def _close(got, want, rtol=RTOL):
-    got, want = np.asarray(got), np.asarray(want)
-    err = np.max(np.abs(got - want)) / np.max(np.abs(want))
-    assert err <= rtol, err
 
 
 def _compressed(tmp_path, method, *extra):
@@ -119,22 +113,14 @@ def test_frozen_compressed_llama(tmp_path, method, cls, extra):
                                    _np_int_grid(np.asarray(lin.kernel[...]), 2), atol=1e-6)
     ids = jax.random.randint(jax.random.key(0), (2, 6), 0, 384)
     full = nnx.jit(lambda m, i: m(i))(frozen, ids)
-    _close(full, nnx.jit(lambda m, i: m(i))(model, ids))
+    _close(full, nnx.jit(lambda m, i: m(i))(model, ids), rtol=RTOL)
     # Cached greedy decoding on the packed layers equals greedy steps of the full forward.
     out = generate.generate(frozen, ids[:, :3], max_new_tokens=3)
     seq = ids[:, :3]
     for _ in range(3):
         seq = jnp.concatenate([seq, jnp.argmax(frozen(seq)[:, -1], -1)[:, None]], axis=1)
     np.testing.assert_array_equal(np.asarray(out["tokens"]), np.asarray(seq[:, 3:]))
-    step_fn = nnx.jit(lambda m, i, c, t, kv: m.decode(i, c, index=t, positions=jnp.full((2, 1), t),
-                                                      kv_mask=kv))
-    cache = frozen.init_cache(2, 8)
-    step = []
-    for t in range(ids.shape[1]):
-        kv_mask = jnp.arange(8)[None, :].repeat(2, 0) <= t
-        logits, cache = step_fn(frozen, ids[:, t:t + 1], cache, jnp.asarray(t), kv_mask)
-        step.append(logits)
-    _close(jnp.concatenate(step, axis=1), full)
+    _close(cached_decode(frozen, ids, 8), full, rtol=RTOL)
 
 
 def _at(model, path):
