@@ -180,8 +180,8 @@ def freeze(model: nnx.Module, *, backend: str = "auto", quant_params: dict | Non
     a W1.58A8 layer on int8 codes with the levels packed in ``trit_format`` ('base3': 1.6 bits
     per weight, '2bit'); ``pbllm_weight`` and ``dbllm_fdb`` kernels get their own frozen forms
     (:mod:`bnn_jax.export.lowbit`), and so do the kernels :mod:`bnn_jax.compress` leaves:
-    ``pbllm_ptq_weight`` (GPTQ-PB) and ``int_weight`` at <= 2 bits (RTN/GPTQ). ``strict=True`` raises instead of keeping a quantized layer
-    float.
+    ``pbllm_ptq_weight`` (GPTQ-PB) and ``int_weight`` at <= 2 bits (RTN/GPTQ).
+    ``strict=True`` raises instead of keeping a quantized layer float.
     """
     from bnn_jax.nn import QUANT_LAYERS
     from bnn_jax.nn import quant_params as quant_params_ctx

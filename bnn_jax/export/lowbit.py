@@ -309,8 +309,8 @@ def pb_ptq_parts(layer, kernel: np.ndarray):
     # sign(0) = 0 leaves the value μ, which a ±1 plane reproduces only where α = 0.
     zero = ~salient & (sgn == 0) & (alpha[None] != 0)
     if zero.any():
-        return ("a binarized weight equals its channel's mean μ (sign(0) = 0, the value μ is "
-                "not ±α + μ); compress with sign_zero=1")
+        return ("a binarized weight equals its channel's mean μ: sign(0) = 0 gives it the value "
+                "μ, not ±α + μ (the quantizer's sign_zero=1 takes +1 there)")
     levels = np.where(salient | (sgn == 0), 1, sgn).astype(np.int8)
     rows, cols = np.nonzero(salient.T)[::-1]  # sorted by column
     q = np.round(kernel[rows, cols] / hs[cols]) + hz[cols]
