@@ -94,10 +94,11 @@ def test_two_bit_int_grid_is_two_bit_planes():
     _close(frozen(jnp.asarray(x)), model(jnp.asarray(x)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,cls,extra", [
-    pytest.param("pbllm_gptq", FrozenPBLinear, ["--salient", "0.2"], marks=pytest.mark.slow),
-    pytest.param("dbllm", FrozenDBLinear, [], marks=pytest.mark.slow),
-    pytest.param("rtn", FrozenDBLinear, ["--bits", "2"], marks=pytest.mark.slow)])
+    ("pbllm_gptq", FrozenPBLinear, ["--salient", "0.2"]),
+    ("dbllm", FrozenDBLinear, []),
+    ("rtn", FrozenDBLinear, ["--bits", "2"])])
 def test_frozen_compressed_llama(tmp_path, method, cls, extra):
     model = _compressed(tmp_path, method, *extra)
     frozen, recs = export.freeze(model, strict=True)
