@@ -13,7 +13,8 @@ from bnn_jax.export.frozen import (FrozenConv, FrozenEinsum, FrozenEmbed, Frozen
                                    PackedBits, Scale, _Frozen, concrete_params, conv_pack_axis,
                                    conv_supported, einsum_unsupported, kernel_matrix,
                                    layer_input_encoding, split_levels)
-from bnn_jax.export.lowbit import LLM_KERNELS, FrozenBitLinear, is_lowbit_layer, lowbit_layer
+from bnn_jax.export.lowbit import (INT_PACKED_BITS, LLM_KERNELS, FrozenBitLinear, is_lowbit_layer,
+                                   lowbit_layer)
 from bnn_jax.kernels import Packed, pack
 from bnn_jax.kernels.trits import FORMATS as TRIT_FORMATS
 from bnn_jax.kernels.backend import resolve
@@ -97,7 +98,9 @@ def _pack_stack(layer, wq: np.ndarray):
 
 
 SUPPORTED = ("any quantizer whose kernel is ±1 or ternary times a per-output-channel scale "
-             f"(e.g. 'ste_sign', 'bitnet_weight'), {', '.join(map(repr, LLM_KERNELS[1:]))}")
+             f"(e.g. 'ste_sign', 'bitnet_weight'), "
+             f"{', '.join(repr(k) for k in LLM_KERNELS[1:] if k != 'int_weight')}, "
+             f"'int_weight' at <= {INT_PACKED_BITS} bits")
 
 
 def _frozen_layer(layer, backend: str, trit_format: str = "base3"):
@@ -176,8 +179,9 @@ def freeze(model: nnx.Module, *, backend: str = "auto", quant_params: dict | Non
     A QuantLinear with BitNet's ``bitnet_act`` input (<= 8 bits) and a ternary/±1 kernel becomes
     a W1.58A8 layer on int8 codes with the levels packed in ``trit_format`` ('base3': 1.6 bits
     per weight, '2bit'); ``pbllm_weight`` and ``dbllm_fdb`` kernels get their own frozen forms
-    (:mod:`bnn_jax.export.lowbit`). ``strict=True`` raises instead of keeping a quantized layer
-    float.
+    (:mod:`bnn_jax.export.lowbit`), and so do the kernels :mod:`bnn_jax.compress` leaves:
+    ``pbllm_ptq_weight`` (GPTQ-PB) and ``int_weight`` at <= 2 bits (RTN/GPTQ).
+    ``strict=True`` raises instead of keeping a quantized layer float.
     """
     from bnn_jax.nn import QUANT_LAYERS
     from bnn_jax.nn import quant_params as quant_params_ctx

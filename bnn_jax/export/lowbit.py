@@ -16,6 +16,12 @@
   ``quant/dbllm.py``): ``W = α₁ b₁ + α₂ b₂ + c`` per output channel with two {0,1} planes,
   stored as ±1 planes ``S = 1 − 2b`` (1 bit each) so that ``x @ b = (Σx − x @ S) / 2`` runs on
   the W1A16 kernel.
+* Compressed models (``bnn_jax.compress``): PB-LLM's GPTQ-PB kernels (``pbllm_ptq_weight``,
+  ``quant/ptq.py``: ``α·sign(W − μ) + μ`` off the salient mask, the stored 8-bit grid on it)
+  become a :class:`FrozenPBLinear` with the per-channel offset ``μ`` (``+ μ·Σx``); the 2-bit
+  RTN/GPTQ grid (``int_weight``, ``scale·(q − zero)`` with ``q = b₁ + 2 b₂``) is FDB's form
+  with ``α₁ = scale``, ``α₂ = 2·scale``, ``c = −zero·scale`` and becomes a
+  :class:`FrozenDBLinear`; wider grids have no packed form here.
 
 Activations of PB-LLM and DB-LLM layers stay float (W·A16, as the papers evaluate them).
 """
@@ -37,7 +43,10 @@ from bnn_jax.kernels.trits import TritPacked, absmax_codes, pack_trits, trit_mat
 #: Input quantizers a W1.58A8 layer reproduces with int8 codes, and the kernel quantizers with
 #: their own frozen form (ternary/binary kernels of any other quantizer are packed as well).
 INT8_INPUTS = ("bitnet_act",)
-LLM_KERNELS = ("bitnet_weight", "pbllm_weight", "dbllm_fdb")
+LLM_KERNELS = ("bitnet_weight", "pbllm_weight", "dbllm_fdb", "pbllm_ptq_weight",
+               "int_weight")
+#: The widest ``int_weight`` grid that is packed (as two bit planes).
+INT_PACKED_BITS = 2
 
 
 class PackedBytes(nnx.Variable):
@@ -125,13 +134,16 @@ def _kept_input(layer, input_params) -> tuple[Any, dict] | str:
 
 
 class FrozenPBLinear(_LowBit):
-    """PB-LLM: binary plane · scale + sparse 8-bit salient weights (float activations)."""
+    """PB-LLM: binary plane · scale (+ offset) + sparse 8-bit salient weights (float
+    activations); ``offset`` (per output channel) is GPTQ-PB's binarizer mean ``μ``."""
 
     def __init__(self, layer, plane: Packed, bin_scale, rows, cols, codes, h_scale, h_zero, *,
-                 input_quantizer=None, input_params=None, backend: str = "auto"):
+                 offset=None, input_quantizer=None, input_params=None, backend: str = "auto"):
         self._common(layer, backend)
         self.w_sign = PackedBits(plane.sign)
         self.bin_scale = Scale(jnp.asarray(bin_scale, jnp.float32))
+        self.offset = (Scale(jnp.asarray(offset, jnp.float32).reshape(-1)) if offset is not None
+                       else nnx.data(None))
         # Per output channel a row of `width` (the largest count) sparse entries: row position
         # (uint16 when K allows) and code, padded past the channel's count. A gather of x over
         # these rows and a reduction along them is far faster in XLA than a scatter-add.
@@ -172,8 +184,13 @@ class FrozenPBLinear(_LowBit):
         y = kernels.packed_weight_matmul(x, self.packed_kernel(), scale=scale,
                                          preferred_element_type=jnp.float32,
                                          backend=self.backend)
-        # The plane holds +1 · scale at every sparse position: replace it by the 8-bit weight.
-        delta = jnp.where(self._valid(), self.salient_values() - scale[:, None], 0.0)
+        # The plane holds +1 · scale (+ offset) at every sparse position: replace it by the
+        # 8-bit weight.
+        plus = scale
+        if self.offset is not None:
+            y = y + self.offset[...] * jnp.sum(x, axis=-1, keepdims=True)
+            plus = scale + self.offset[...]
+        delta = jnp.where(self._valid(), self.salient_values() - plus[:, None], 0.0)
         gathered = x[:, self.rows[...].astype(jnp.int32)]  # (M, N, width), delta (N, width)
         y = y + jnp.sum(gathered * delta, axis=-1)
         return self._finish(y, lead, out_sharding)
@@ -271,6 +288,53 @@ def pb_parts(kernel: np.ndarray, wq: np.ndarray, salient: np.ndarray):
     return levels, s, rows, cols, codes, h_scale, h_zero
 
 
+def pb_ptq_parts(layer, kernel: np.ndarray):
+    """(plane levels, α, μ, rows, cols, codes, h_scale, h_zero) of a ``pbllm_ptq_weight``
+    layer, recomputed from its stored grids as the quantizer does, or a string saying why it
+    has no such form."""
+    p = layer.kernel_quantizer.params
+    high_bits, sign_zero = int(p.get("high_bits", 8)), int(p.get("sign_zero", 0))
+    if high_bits > 8:
+        return f"high_bits={high_bits}: the salient codes do not fit in 8 bits"
+    n = kernel.shape[1]
+    arr = {k: _per_column(getattr(layer, f"kernel_{k}")[...], n, k)
+           for k in ("high_scale", "high_zero", "alpha", "mu")}
+    bad = [v for v in arr.values() if isinstance(v, str)]
+    if bad:
+        return bad[0]
+    hs, hz, alpha, mu = (arr[k] for k in ("high_scale", "high_zero", "alpha", "mu"))
+    salient = np.broadcast_to(np.asarray(layer.kernel_salient_mask[...]) != 0, kernel.shape)
+    d = kernel - mu[None]  # float32, as the quantizer subtracts
+    sgn = np.sign(d) if sign_zero == 0 else np.where(d >= 0, 1.0, -1.0)
+    # sign(0) = 0 leaves the value μ, which a ±1 plane reproduces only where α = 0.
+    zero = ~salient & (sgn == 0) & (alpha[None] != 0)
+    if zero.any():
+        return ("a binarized weight equals its channel's mean μ: sign(0) = 0 gives it the value "
+                "μ, not ±α + μ (the quantizer's sign_zero=1 takes +1 there)")
+    levels = np.where(salient | (sgn == 0), 1, sgn).astype(np.int8)
+    rows, cols = np.nonzero(salient.T)[::-1]  # sorted by column
+    q = np.round(kernel[rows, cols] / hs[cols]) + hz[cols]
+    codes = np.clip(q, 0, 2 ** high_bits - 1).astype(np.uint8)
+    return levels, alpha, mu, rows, cols, codes, hs, hz
+
+
+def int_planes(layer, kernel: np.ndarray):
+    """(b₁, b₂, α₁, α₂, c) of a ≤ 2-bit ``int_weight`` layer: its codes ``q = b₁ + 2 b₂`` and
+    ``scale·(q − zero) = α₁ b₁ + α₂ b₂ + c``, or a string saying why it has no such form."""
+    bits = int(layer.kernel_quantizer.params.get("bits", 2))
+    if bits > INT_PACKED_BITS:
+        return (f"unsupported: a {bits}-bit grid has no packed form; supported: 'int_weight' "
+                f"at <= {INT_PACKED_BITS} bits (two bit planes)")
+    n = kernel.shape[1]
+    scale, zero = (_per_column(getattr(layer, f"kernel_{k}")[...], n, k)
+                   for k in ("scale", "zero"))
+    for v in (scale, zero):
+        if isinstance(v, str):
+            return v
+    q = np.clip(np.round(kernel / scale[None]) + zero[None], 0, 2 ** bits - 1).astype(np.int32)
+    return q & 1, q >> 1, scale, 2 * scale, -zero * scale
+
+
 def lowbit_layer(layer, backend: str, input_params: Mapping[str, Any], fmt: str = "base3"):
     """(frozen layer, record fields) for a QuantLinear this module handles, else None; a string
     instead of the layer says why it cannot be frozen."""
@@ -294,6 +358,23 @@ def lowbit_layer(layer, backend: str, input_params: Mapping[str, Any], fmt: str 
         plane = pack(jnp.asarray(levels, jnp.int32), axis=0, encoding="binary")
         new = FrozenPBLinear(layer, plane, s, rows, cols, codes, h_scale, h_zero,
                              input_quantizer=kept[0], input_params=kept[1], backend=backend)
+        return new, dict(encoding="binary + sparse 8-bit", plane_bytes=plane.nbytes)
+    if q.name in ("pbllm_ptq_weight", "int_weight"):
+        kept = _kept_input(layer, input_params)
+        if isinstance(kept, str):
+            return kept
+        get = pb_ptq_parts if q.name == "pbllm_ptq_weight" else int_planes
+        parts = get(layer, kernel)
+        if isinstance(parts, str):
+            return parts
+        kw = dict(input_quantizer=kept[0], input_params=kept[1], backend=backend)
+        if q.name == "int_weight":
+            new = FrozenDBLinear(layer, *parts, **kw)
+            return new, dict(encoding=f"{q.params.get('bits', 2)}-bit grid (two bit planes)",
+                             plane_bytes=2 * 4 * new.s1[...].size)
+        levels, alpha, mu, rows, cols, codes, hs, hz = parts
+        plane = pack(jnp.asarray(levels, jnp.int32), axis=0, encoding="binary")
+        new = FrozenPBLinear(layer, plane, alpha, rows, cols, codes, hs, hz, offset=mu, **kw)
         return new, dict(encoding="binary + sparse 8-bit", plane_bytes=plane.nbytes)
     if q.name == "dbllm_fdb":
         kept = _kept_input(layer, input_params)

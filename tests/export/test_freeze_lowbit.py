@@ -163,15 +163,21 @@ def test_frozen_decoder_logits_and_cached_decode(quant):
     # A float32 difference in one layer's input can move an activation code across a rounding
     # boundary of the next BitNet layer: a larger tolerance there (a code step, not a bug).
     _close(full, nnx.jit(lambda m, i: m(i))(model, ids), rtol=1e-3 if quant is BITNET else RTOL)
-    step_fn = nnx.jit(lambda m, i, c, t, kv: m.decode(i, c, index=t, positions=jnp.full((2, 1), t),
+    _close(cached_decode(frozen, ids, 8), full, rtol=RTOL)
+
+
+def cached_decode(model, ids, max_len):
+    """The logits of decoding ``ids [B, T]`` one token at a time through the KV cache."""
+    b = ids.shape[0]
+    step_fn = nnx.jit(lambda m, i, c, t, kv: m.decode(i, c, index=t, positions=jnp.full((b, 1), t),
                                                       kv_mask=kv))
-    cache = frozen.init_cache(2, 8)
+    cache = model.init_cache(b, max_len)
     step = []
     for t in range(ids.shape[1]):
-        kv_mask = jnp.arange(8)[None, :].repeat(2, 0) <= t
-        logits, cache = step_fn(frozen, ids[:, t:t + 1], cache, jnp.asarray(t), kv_mask)
+        kv_mask = jnp.arange(max_len)[None, :].repeat(b, 0) <= t
+        logits, cache = step_fn(model, ids[:, t:t + 1], cache, jnp.asarray(t), kv_mask)
         step.append(logits)
-    _close(jnp.concatenate(step, axis=1), full, rtol=RTOL)
+    return jnp.concatenate(step, axis=1)
 
 
 def test_save_refuses_lowbit_layers(tmp_path):
