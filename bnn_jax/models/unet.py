@@ -295,10 +295,10 @@ def set_progress(model: nnx.Module, step: int, *, steps_per_group: int = 1,
                                               steps_per_group=steps_per_group,
                                               act_quant_delay=act_quant_delay)
     for _, layer in switched_layers(model):
-        layer.binary[...] = binary[layer.group]
+        layer.binary.set_value(binary[layer.group])
     for _, node in nnx.iter_graph(model):
         if isinstance(node, SwitchedQuantize):
-            node.act[...] = act
+            node.act.set_value(act)
 
 
 def progressive_hook(model, batch, step, *, steps_per_group: int = 1,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bnn_jax import models
+from bnn_jax import diffusion, models
 from bnn_jax.analysis import cost
 from bnn_jax.models import unet
 
@@ -26,9 +26,9 @@ def build(**kw):
 
 @pytest.fixture(scope="module")
 def binarydm():
-    """The tiny BinaryDM U-Net (outer group 0 only), built once: building compiles each
-    parameter initializer."""
-    return build(outer_groups=(0,), **BINARYDM)
+    """The tiny BinaryDM U-Net (outer group 0 only), abstract: building a concrete one compiles
+    each parameter initializer, and the placement needs none of the values."""
+    return nnx.eval_shape(lambda: build(outer_groups=(0,), **BINARYDM))
 
 
 def expected_group(path, levels=2, nrb=1):
@@ -82,7 +82,7 @@ def test_bits_per_weight_paper_model_about_1_1():
 
 
 def test_progressive_switches_middle_outward(binarydm):
-    m = nnx.clone(binarydm)  # 2 levels + middle = 3 groups
+    m = binarydm  # 2 levels + middle = 3 groups
     for step in range(5):
         unet.set_progress(m, step)
         for path, layer in unet.switched_layers(m):
@@ -93,11 +93,13 @@ def test_progressive_switches_middle_outward(binarydm):
         assert acts == [step >= 3] * len(acts)
 
 
-def test_switches_off_is_the_float_network():
+def test_switches_off_is_the_float_network_and_binarized_samples():
+    # One level (no down/up path) keeps the concrete build small.
+    one = dict(channel_mult=(1,), attention_resolutions=(1,))
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
     t = jnp.array([3, 70])
-    fp = build()
-    bm = build(**BINARYDM)  # outer groups 0 and 1
+    fp = build(**one)
+    bm = build(**one, **BINARYDM)  # outer groups 0 and 1
     # Zero-initialized output convs would hide differences: give every parameter a value.
     for model in (fp, bm):
         params = nnx.state(model, nnx.Param)
@@ -116,6 +118,12 @@ def test_switches_off_is_the_float_network():
     np.testing.assert_allclose(fwd(bm, x, t), fwd(fp, x, t), rtol=1e-5, atol=1e-5)
     unet.set_progress(bm, 10)
     assert float(jnp.abs(fwd(bm, x, t) - fwd(fp, x, t)).max()) > 1e-2
+    # The sampler's scan runs the binarized, activation-quantized network (a pure forward).
+    abar = diffusion.task_abar(dict(name="denoising", num_timesteps=20))
+    a = diffusion.sample(bm, (2, 8, 8, 1), jax.random.key(0), abar=abar, steps=3)
+    assert np.all(np.isfinite(a))
+    np.testing.assert_array_equal(a, diffusion.sample(bm, (2, 8, 8, 1), jax.random.key(0),
+                                                      abar=abar, steps=3))
 
 
 def test_bad_shapes_are_refused():
