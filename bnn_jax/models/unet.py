@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from bnn_jax.models.conv_denoiser import timestep_embedding
@@ -294,11 +295,13 @@ def set_progress(model: nnx.Module, step: int, *, steps_per_group: int = 1,
     binary, act, _ = progressive_binarization(step, num_groups=num_groups,
                                               steps_per_group=steps_per_group,
                                               act_quant_delay=act_quant_delay)
+    # A fresh array per variable: the train state must not hold one buffer twice (donation).
+    binary, act = np.asarray(binary), bool(act)
     for _, layer in switched_layers(model):
-        layer.binary.set_value(binary[layer.group])
+        layer.binary.set_value(jnp.asarray(binary[layer.group]))
     for _, node in nnx.iter_graph(model):
         if isinstance(node, SwitchedQuantize):
-            node.act.set_value(act)
+            node.act.set_value(jnp.asarray(act))
 
 
 def progressive_hook(model, batch, step, *, steps_per_group: int = 1,
