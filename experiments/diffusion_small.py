@@ -33,7 +33,7 @@ from bnn_jax.train import loop
 HERE = pathlib.Path(__file__).parent
 ROOT = HERE.parent
 RESULTS = HERE / "results" / "diffusion_small.json"
-FP_STEPS, BIN_STEPS, CLS_STEPS = 1500, 600, 400
+FP_STEPS, BIN_STEPS, CLS_STEPS = 1000, 400, 300
 DDIM_STEPS = 50
 # variant -> (stage, act_bits, label)
 VARIANTS = {
@@ -78,7 +78,8 @@ def bits_per_weight(variant: str) -> float | None:
     return cost.analyze(m, (8, 8, 1)).totals()["quantized_bits_per_weight"]
 
 
-def train_all() -> dict:
+def train_all(runs: str | None = None) -> dict:
+    """Train and score every variant (finished runs under ``runs`` are reused)."""
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
     setup = dict(data="digits (1437 train / 360 test, 8x8, centred to [-1, 1])",
                  model="unet 16 channels, mult (1, 2), 1 res block, attention at 4x4",
@@ -89,7 +90,8 @@ def train_all() -> dict:
         raise SystemExit(f"{RESULTS} holds runs of another setup; move it away to start over")
     results["setup"] = setup
     RESULTS.parent.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = runs or scratch
         cls_dir = str(pathlib.Path(tmp) / "classifier")
         r = loop.run(classifier_config(), cls_dir)
         results["classifier_top1"] = r["test_top1"]
@@ -162,8 +164,9 @@ def markdown(results: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--render", action="store_true", help="only render from the json")
+    p.add_argument("--runs", help="keep the training runs here (default: a temporary folder)")
     a = p.parse_args(argv)
-    results = json.loads(RESULTS.read_text()) if a.render else train_all()
+    results = json.loads(RESULTS.read_text()) if a.render else train_all(a.runs)
     (HERE / "diffusion_small.md").write_text(markdown(results))
     print((HERE / "diffusion_small.md").read_text())
     return 0

@@ -192,7 +192,7 @@ class _QuantizedOperands(nnx.Module):
         if q is not None and q.learned:
             init = self._kernel_init(self.kernel_variable()[...])
             for name in q.learned:
-                getattr(self, f"kernel_{name}")[...] = jax.lax.stop_gradient(init[name])
+                getattr(self, f"kernel_{name}").set_value(jax.lax.stop_gradient(init[name]))
 
     def bias_layer_shape(self) -> tuple[int, ...]:
         """The bias shape of one (unstacked) layer."""
@@ -739,6 +739,20 @@ def kernel_learned_paths(model: nnx.Module) -> dict[str, list[str]]:
         if q is not None and q.learned:
             p = "/".join(map(str, path))
             out[p] = [f"{p}/kernel_{n}" if p else f"kernel_{n}" for n in q.learned]
+    return out
+
+
+def input_learned_paths(model: nnx.Module) -> list[str]:
+    """Paths of the input/activation quantizers' learned arrays (``a/b/input_alpha``, the
+    ``alpha`` of an activation quantizer module), which their first call creates from data."""
+    out = []
+    for path, node in nnx.iter_graph(model):
+        p = "/".join(map(str, path))
+        if isinstance(node, _QuantizedOperands) and node.input_quantizer is not None:
+            out += [f"{p}/input_{n}" for n in node.input_quantizer.learned]
+        elif isinstance(node, nnx.Module) and isinstance(getattr(node, "quantizer", None),
+                                                         Quantizer):
+            out += [f"{p}/{n}" for n in node.quantizer.learned]
     return out
 
 
