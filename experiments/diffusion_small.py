@@ -156,6 +156,11 @@ def markdown(results: dict) -> str:
           "these models against each other and are not comparable to Inception FID. "
           f"Floor (real train vs test images, same count): FID {f['fid']:.2f}, precision "
           f"{f['precision']:.3f}, recall {f['recall']:.3f}.", "",
+          "Budget: minutes on a shared 2-core CPU, far below what DDPM needs for clean digits "
+          "(its papers train for hundreds of thousands of steps); read the ranking and the "
+          "grids, not the absolute values. "
+          + (f"Not run (time): {', '.join(v for v in VARIANTS if v not in results['runs'])}."
+             if set(VARIANTS) - set(results["runs"]) else ""), "",
           "| model | bits/weight (binarized layers) | classifier-FID ↓ | precision ↑ | "
           "recall ↑ | test L_simple | samples |", "|---|---|---|---|---|---|---|", *rows, ""]
     return "\n".join(md)

@@ -99,3 +99,29 @@ def test_two_stage_binarydm_recipe(tmp_path, capsys):
     assert np.all(np.isfinite(x))
     base = tiny(get_config(f"quick,stage=sign,teacher={tmp_path / 'fp'}"), 3)
     assert np.isfinite(run(base, str(tmp_path / "sign"))["test_loss"])
+
+
+def test_lsun_recipe_says_what_is_missing_and_bad_arguments():
+    with pytest.raises(ValueError, match="VQ-f4 first stage"):
+        get_config("recipe=lsun_ldm4")
+    with pytest.raises(ValueError, match="stage must be one of"):
+        get_config("stage=ternary")
+    with pytest.raises(ValueError, match="act_bits must be"):
+        get_config("act_bits=3")
+    c = get_config("stage=binarydm,act_bits=4")
+    assert c.model.input_quantizer == dict(name="binarydm_act", bits=4)
+    assert c.kd.terms[0].weight == 1e-4 and c.optimizer.name == "adamw"
+    assert c.hooks[0].name == "binarydm_progressive"
+
+
+def test_experiment_table_is_rendered_from_its_results():
+    root = pathlib.Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("diffusion_small",
+                                                  root / "experiments/diffusion_small.py")
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    results = json.loads((root / "experiments/results/diffusion_small.json").read_text())
+    assert exp.markdown(results) == (root / "experiments/diffusion_small.md").read_text()
+    assert "fp" in results["runs"] and set(results["runs"]) <= set(exp.VARIANTS)
+    for variant in results["runs"]:
+        assert (root / f"experiments/diffusion_small_{variant}.png").exists()
