@@ -5,14 +5,13 @@ import importlib.util
 import json
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from bnn_jax import sample as sample_lib
 from bnn_jax.models import unet
-from bnn_jax.train import distill, losses, run
+from bnn_jax.train import distill, run
 
 CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "binarydm.py"
 
