@@ -109,8 +109,8 @@ def test_lsun_recipe_says_what_is_missing_and_bad_arguments():
         get_config("act_bits=3")
     c = get_config("stage=binarydm,act_bits=4")
     assert c.model.input_quantizer.to_dict() == dict(name="binarydm_act", bits=4)
-    assert c.kd.terms[0].weight == 1e-4 and c.optimizer.name == "adamw"
-    assert c.hooks[0].name == "binarydm_progressive"
+    assert c.kd.terms[0]["weight"] == 1e-4 and c.optimizer.name == "adamw"
+    assert c.hooks[0]["name"] == "binarydm_progressive"
 
 
 def test_experiment_table_is_rendered_from_its_results():
