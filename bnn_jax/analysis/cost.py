@@ -90,6 +90,11 @@ class Cost:
                 macs[p] = macs.get(p, 0) + n
         total_macs = sum(macs.values())
         bops = sum(r.bops for r in ls)
+        # Mean bits of the quantized weights alone (BinaryDM's "#Bits 1.1": order-2 LMB kernels
+        # count 2, order-1 count 1; float arrays are not averaged in).
+        q = [(b, n) for r in ls if r.kernel_bits is not None and r.kernel_bits < FLOAT_BITS
+             for b, n in r.params.items() if b == r.kernel_bits]
+        q_count = sum(n for _, n in q)
         return {
             "total_params": params,
             "trainable_params": sum(r.trainable for r in ls),
@@ -110,6 +115,8 @@ class Cost:
             "scalar_ops": sum(r.scalar_ops for r in ls),
             "bops": bops,
             "flops": (total_macs - bops) + bops / 64,
+            "quantized_bits_per_weight": (sum(b * n for b, n in q) / q_count if q_count
+                                          else None),
         }
 
 

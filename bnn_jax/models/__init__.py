@@ -72,6 +72,7 @@ MODELS = {
     "reactnet": "reactnet",
     "reactnet_a": "variants.reactnet_a",
     "conv_denoiser": "conv_denoiser",
+    "unet": "unet",
     "encoder_decoder": "encoder_decoder",
     "llama": "llama",
     "opt": "opt",

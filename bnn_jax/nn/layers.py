@@ -169,17 +169,30 @@ class _QuantizedOperands(nnx.Module):
         if q is not None and q.learned:
             # The kernel exists already, so its learned arrays get their first-call values now
             # (one set per stacked layer).
-            def init_fn(k):
-                return q.init(self.latent_kernel(k))
-
-            for _ in self.stack_shape:
-                init_fn = jax.vmap(init_fn)
             k = kvar.get_value()
             if isinstance(k, jax.ShapeDtypeStruct):
                 # An abstract model (nnx.eval_shape): abstract learned arrays, same structure.
-                self._create_learned("kernel", q, init=jax.eval_shape(init_fn, k))
+                self._create_learned("kernel", q, init=jax.eval_shape(self._kernel_init, k))
             else:
-                self._create_learned("kernel", q, init=init_fn(k))
+                self._create_learned("kernel", q, init=self._kernel_init(k))
+
+    def _kernel_init(self, kernel: jax.Array) -> dict[str, jax.Array]:
+        """The kernel quantizer's first-call values of its learned arrays for ``kernel``."""
+        def init_fn(k):
+            return self.kernel_quantizer.init(self.latent_kernel(k))
+
+        for _ in self.stack_shape:
+            init_fn = jax.vmap(init_fn)
+        return init_fn(kernel)
+
+    def reinit_kernel_learned(self) -> None:
+        """Recompute the kernel quantizer's learned arrays from the current kernel (e.g. after
+        loading float weights that had none)."""
+        q = self.kernel_quantizer
+        if q is not None and q.learned:
+            init = self._kernel_init(self.kernel_variable()[...])
+            for name in q.learned:
+                getattr(self, f"kernel_{name}").set_value(jax.lax.stop_gradient(init[name]))
 
     def bias_layer_shape(self) -> tuple[int, ...]:
         """The bias shape of one (unstacked) layer."""
@@ -715,6 +728,45 @@ def apply_constraints(model: nnx.Module) -> int:
             n += 1
     return n
 
+
+
+def kernel_learned_paths(model: nnx.Module) -> dict[str, list[str]]:
+    """``{layer path: [paths of its kernel quantizer's learned arrays]}`` (``a/b/kernel_s``)."""
+    out = {}
+    for path, node in nnx.iter_graph(model):
+        q = getattr(node, "kernel_quantizer", None) if isinstance(node, _QuantizedOperands) \
+            else None
+        if q is not None and q.learned:
+            p = "/".join(map(str, path))
+            out[p] = [f"{p}/kernel_{n}" if p else f"kernel_{n}" for n in q.learned]
+    return out
+
+
+def input_learned_paths(model: nnx.Module) -> list[str]:
+    """Paths of the input/activation quantizers' learned arrays (``a/b/input_alpha``, the
+    ``alpha`` of an activation quantizer module), which their first call creates from data."""
+    out = []
+    for path, node in nnx.iter_graph(model):
+        p = "/".join(map(str, path))
+        if isinstance(node, _QuantizedOperands) and node.input_quantizer is not None:
+            out += [f"{p}/input_{n}" for n in node.input_quantizer.learned]
+        elif isinstance(node, nnx.Module) and isinstance(getattr(node, "quantizer", None),
+                                                         Quantizer):
+            out += [f"{p}/{n}" for n in node.quantizer.learned]
+    return out
+
+
+def reinit_kernel_learned(model: nnx.Module, paths: Sequence[str]) -> list[str]:
+    """Recompute, from the current kernels, the kernel-quantizer arrays of every layer owning
+    one of ``paths`` (see :func:`kernel_learned_paths`); returns those layers' paths."""
+    wanted, done = set(paths), []
+    layers = kernel_learned_paths(model)
+    for path, node in nnx.iter_graph(model):
+        p = "/".join(map(str, path))
+        if p in layers and wanted.intersection(layers[p]):
+            node.reinit_kernel_learned()
+            done.append(p)
+    return done
 
 
 def pending_learned(model: nnx.Module) -> list[str]:

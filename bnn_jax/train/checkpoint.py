@@ -360,7 +360,8 @@ def _barrier(name: str) -> None:
 
 
 def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False,
-                   kept: list[str] | None = None) -> dict[str, Any]:
+                   kept: list[str] | None = None,
+                   derived: Any = ()) -> dict[str, Any]:
     """``{"params", "rest"}`` of the newest good checkpoint of another run (teacher, stage 2).
 
     The other run's optimizer may differ, so only the model arrays are taken, matched by path
@@ -368,7 +369,9 @@ def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False,
     error naming it. ``ema=True`` takes the run's weight EMA (``config.ema``) as the params.
     With a ``kept`` list, non-parameter state the other run lacks (e.g. hash functions of a
     layer the earlier stage did not have) keeps this run's fresh value and its path is
-    appended to ``kept``; missing parameters are always an error.
+    appended to ``kept``; missing parameters are an error, except those named (without the
+    ``params/`` prefix) in ``derived``, which the caller recomputes from the loaded arrays (a
+    quantizer's scales of a float checkpoint's kernels): they are appended to ``kept`` too.
     """
     from bnn_jax.train.sharding import path_str
 
@@ -389,6 +392,9 @@ def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False,
         name = path_str(path)
         if name not in saved and kept is not None and name.startswith("rest/"):
             kept.append(name[len("rest/"):])
+            return np.asarray(target)
+        if name not in saved and kept is not None and name[len("params/"):] in derived:
+            kept.append(name[len("params/"):])
             return np.asarray(target)
         if name not in saved:
             raise ValueError(f"checkpoint in {workdir} has no array {name!r}")

@@ -28,6 +28,7 @@ from flax import nnx
 # Built-in hooks: name -> "module:function" (imported only when used).
 HOOKS: dict[str, str] = {
     "ecoformer_refresh": "bnn_jax.nn.ecoformer:refresh_hook",
+    "binarydm_progressive": "bnn_jax.models.unet:progressive_hook",
 }
 _REGISTERED: dict[str, Callable] = {}
 RESERVED = ("name", "every", "at_start")

@@ -30,6 +30,8 @@ from bnn_jax import models
 from bnn_jax import tasks as tasks_lib
 from bnn_jax.analysis import health
 from bnn_jax.nn import apply_constraints, initialize, pending_learned, quant_params
+from bnn_jax.nn.layers import (input_learned_paths, kernel_learned_paths,
+                               reinit_kernel_learned)
 from bnn_jax.nn.policy import quantize_config
 from bnn_jax.train import checkpoint as ckpt_lib
 from bnn_jax.train import config as config_lib
@@ -350,8 +352,22 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
         if config.init_from:
             try:
                 fresh: list[str] = []  # state the earlier stage did not have
+                # A float checkpoint lacks the kernel quantizers' scales (BinaryDM's σ's):
+                # they are derived from its kernels by their first-call rule; activation
+                # quantizers' arrays keep their values from this run's first batch.
+                learned = [p for ps in kernel_learned_paths(model).values() for p in ps]
                 saved = ckpt_lib.restore_params(config.init_from,
-                                                {"params": params, "rest": rest}, kept=fresh)
+                                                {"params": params, "rest": rest}, kept=fresh,
+                                                derived=learned + input_learned_paths(model))
+                if set(fresh) & set(learned):
+                    m = nnx.merge(graph_train, saved["params"], saved["rest"])
+                    redone = reinit_kernel_learned(m, fresh)
+                    # host copies, as restored: params and ema must not share device buffers
+                    saved = jax.tree.map(np.asarray, dict(zip(("params", "rest"), map(
+                        nnx.to_pure_dict, nnx.split(m, nnx.Param, ...)[1:]))))
+                    say(f"Derived kernel quantizer arrays from {config.init_from}'s kernels: "
+                        + ", ".join(redone))
+                    fresh = [f for f in fresh if f not in learned]
             except (ValueError, ckpt_lib.CorruptCheckpoint) as e:
                 ckpt.close()
                 raise ConfigError(f"config.init_from={config.init_from}: {e}") from e
