@@ -360,7 +360,7 @@ def _barrier(name: str) -> None:
 
 
 def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False,
-                   kept: list[str] | None = None) -> dict[str, Any]:
+                   kept: list[str] | None = None, fresh_params: str = "") -> dict[str, Any]:
     """``{"params", "rest"}`` of the newest good checkpoint of another run (teacher, stage 2).
 
     The other run's optimizer may differ, so only the model arrays are taken, matched by path
@@ -368,7 +368,9 @@ def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False,
     error naming it. ``ema=True`` takes the run's weight EMA (``config.ema``) as the params.
     With a ``kept`` list, non-parameter state the other run lacks (e.g. hash functions of a
     layer the earlier stage did not have) keeps this run's fresh value and its path is
-    appended to ``kept``; missing parameters are always an error.
+    appended to ``kept``; missing parameters are an error, except those whose path (without
+    the ``params/`` prefix) fully matches the regex ``fresh_params`` (a new head), which keep
+    their fresh value and are appended to ``kept`` too.
     """
     from bnn_jax.train.sharding import path_str
 
@@ -389,6 +391,11 @@ def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False,
         name = path_str(path)
         if name not in saved and kept is not None and name.startswith("rest/"):
             kept.append(name[len("rest/"):])
+            return np.asarray(target)
+        if (name not in saved and fresh_params and name.startswith("params/")
+                and re.fullmatch(fresh_params, name[len("params/"):])):
+            if kept is not None:
+                kept.append(name[len("params/"):])
             return np.asarray(target)
         if name not in saved:
             raise ValueError(f"checkpoint in {workdir} has no array {name!r}")

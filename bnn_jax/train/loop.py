@@ -351,7 +351,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
             try:
                 fresh: list[str] = []  # state the earlier stage did not have
                 saved = ckpt_lib.restore_params(config.init_from,
-                                                {"params": params, "rest": rest}, kept=fresh)
+                                                {"params": params, "rest": rest}, kept=fresh,
+                                                fresh_params=config.get("init_fresh", ""))
             except (ValueError, ckpt_lib.CorruptCheckpoint) as e:
                 ckpt.close()
                 raise ConfigError(f"config.init_from={config.init_from}: {e}") from e
