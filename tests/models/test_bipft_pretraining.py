@@ -1,27 +1,19 @@
 """BiPFT's pretraining stage: the recipe's settings, its step-1 loss through ``train.run``
 against the reference total recomputed in numpy, the loss falling, and fine-tuning from it."""
 
-import importlib.util
-import json
-import pathlib
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_language_recipes import config_module, log_softmax, train_log
 
 from bnn_jax import data, models
 from bnn_jax.nn import initialize
 from bnn_jax.train import checkpoint, config as config_lib, run
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
 
 def bipft():
-    spec = importlib.util.spec_from_file_location("bipft", ROOT / "configs" / "bipft.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_module("bipft")
 
 
 def test_pretraining_recipe_follows_the_released_script():
@@ -70,16 +62,6 @@ def quick(arg):
     return c
 
 
-def train_log(workdir):
-    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return lines
-
-
-def log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 def captured(model, *args, **kwargs):
     # Jitted, as the loop runs the model: a binary network's outputs move with the rounding
     # of the float operations before each sign (eager and XLA-fused ones differ).
@@ -97,8 +79,7 @@ def test_quick_pretraining_step_one_is_the_reference_total_it_falls_and_fine_tun
     run(quick("quick,stage=teacher,steps=30"), str(teacher_dir))
     c = quick(f"quick,stage=pretrain,steps=25,teacher={teacher_dir}")
     result = run(c, str(student_dir))
-    log = train_log(student_dir)
-    losses = [x["loss"] for x in log if x["split"] == "train"]
+    losses = [x["loss"] for x in train_log(student_dir)]
     assert np.mean(losses[-3:]) < losses[0]
     assert {"test_mlm_accuracy", "test_mlm_perplexity", "test_nsp_accuracy"} <= set(result)
 
