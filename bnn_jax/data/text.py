@@ -113,6 +113,10 @@ class HFTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
+    def token_id(self, token: str) -> int | None:
+        """The id of ``token`` (e.g. ``[MASK]``), None when the vocabulary lacks it."""
+        return self._tok.token_to_id(token)
+
     def encode_pair(self, a: str, b: str | None, max_len: int) -> tuple[list[int], list[int]]:
         """Ids and token types of ``a`` (and ``b``) with the model's own special tokens (its
         post-processor: ``[CLS] a [SEP] b [SEP]`` for BERT), truncated longest-first."""

@@ -10,7 +10,9 @@ metrics. ``bnn_jax.train.loop`` calls these methods and knows no task by name. T
 * ``causal_lm`` — next-token prediction with padding/packing masks: perplexity, bits per byte;
 * ``seq2seq`` — teacher-forced cross-entropy with label smoothing; token accuracy and
   perplexity of the references (generation metrics come from :mod:`bnn_jax.generate`);
-* ``denoising`` — DDPM noise prediction over uniformly sampled timesteps.
+* ``denoising`` — DDPM noise prediction over uniformly sampled timesteps;
+* ``masked_lm`` — BERT pretraining: masked-token plus next-sentence cross-entropy; MLM
+  accuracy and perplexity, NSP accuracy.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ TASKS = {
     "causal_lm": "causal_lm",
     "seq2seq": "seq2seq",
     "denoising": "denoising",
+    "masked_lm": "masked_lm",
 }
 
 __all__ = ["TASKS", "Task", "build", "get", "names", "validate"]

@@ -360,8 +360,8 @@ def _barrier(name: str) -> None:
 
 
 def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False,
-                   kept: list[str] | None = None,
-                   derived: Any = ()) -> dict[str, Any]:
+                   kept: list[str] | None = None, derived: Any = (),
+                   fresh_params: str = "") -> dict[str, Any]:
     """``{"params", "rest"}`` of the newest good checkpoint of another run (teacher, stage 2).
 
     The other run's optimizer may differ, so only the model arrays are taken, matched by path
@@ -371,7 +371,9 @@ def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False,
     layer the earlier stage did not have) keeps this run's fresh value and its path is
     appended to ``kept``; missing parameters are an error, except those named (without the
     ``params/`` prefix) in ``derived``, which the caller recomputes from the loaded arrays (a
-    quantizer's scales of a float checkpoint's kernels): they are appended to ``kept`` too.
+    quantizer's scales of a float checkpoint's kernels), and those whose path fully matches the
+    regex ``fresh_params`` (a new head), which keep their fresh value; both are appended to
+    ``kept`` too.
     """
     from bnn_jax.train.sharding import path_str
 
@@ -395,6 +397,11 @@ def restore_params(workdir: str, like: dict[str, Any], *, ema: bool = False,
             return np.asarray(target)
         if name not in saved and kept is not None and name[len("params/"):] in derived:
             kept.append(name[len("params/"):])
+            return np.asarray(target)
+        if (name not in saved and fresh_params and name.startswith("params/")
+                and re.fullmatch(fresh_params, name[len("params/"):])):
+            if kept is not None:
+                kept.append(name[len("params/"):])
             return np.asarray(target)
         if name not in saved:
             raise ValueError(f"checkpoint in {workdir} has no array {name!r}")

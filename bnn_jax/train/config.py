@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -51,6 +52,9 @@ def defaults() -> ml_collections.ConfigDict:
     # Method schedules fed to the quantizers every step: {"kernel": {"o": {kind, start, end}}}.
     c.schedules = dict(input={}, kernel={})
     c.init_from = ""              # workdir whose newest checkpoint initializes the params
+    # Regex on parameter paths that init_from's run may lack (e.g. a new head, "classifier/.*"):
+    # those keep their fresh initialization; any other missing parameter is an error.
+    c.init_fresh = ""
     # Weight EMA: ema = decay*ema + (1-decay)*params after every step (0: off); with `eval`,
     # evaluation and the final model use the EMA weights (diffusion models sample from them).
     c.ema = dict(decay=0.0, eval=True)
@@ -232,6 +236,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number("config.ema.decay", ema["decay"], below=1)
     if not isinstance(ema["eval"], bool):
         raise ValueError(f"config.ema.eval must be True or False, got {ema['eval']!r}")
+    fresh = config.get("init_fresh", "")
+    try:
+        re.compile(fresh)
+    except (re.error, TypeError) as e:
+        raise ValueError(f"config.init_fresh must be a regex on parameter paths (e.g. "
+                         f"'classifier/.*'), got {fresh!r}: {e}") from e
     from bnn_jax.train import hooks
 
     hooks.validate(config.get("hooks", []))

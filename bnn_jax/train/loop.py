@@ -358,7 +358,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, claim: workdir_lib.Cla
                 learned = [p for ps in kernel_learned_paths(model).values() for p in ps]
                 saved = ckpt_lib.restore_params(config.init_from,
                                                 {"params": params, "rest": rest}, kept=fresh,
-                                                derived=learned + input_learned_paths(model))
+                                                derived=learned + input_learned_paths(model),
+                                                fresh_params=config.get("init_fresh", ""))
                 if set(fresh) & set(learned):
                     m = nnx.merge(graph_train, saved["params"], saved["rest"])
                     redone = reinit_kernel_learned(m, fresh)

@@ -29,7 +29,8 @@ import numpy as np
 # data, seed, total_steps, schedules, ...) is compared, including fields added later.
 RUNTIME_FIELDS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                   "async_checkpoint", "tensorboard", "mesh", "partition_rules", "distributed",
-                  "init_from", "allow_config_change", "data.eval_batch_size", "data.data_dir")
+                  "init_from", "init_fresh", "allow_config_change", "data.eval_batch_size",
+                  "data.data_dir")
 OUTPUTS = ("config.json", "result.json", "summary.md")
 
 

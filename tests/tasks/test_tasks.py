@@ -36,7 +36,7 @@ def lm_batch(rng, b=3, t=5, v=7):
 
 def test_unknown_task_and_field_list_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown task 'lm'.*valid tasks: causal_lm, "
-                                         r"classification, denoising, seq2seq, "
+                                         r"classification, denoising, masked_lm, seq2seq, "
                                          r"sequence_classification"):
         tasks.validate({"name": "lm"})
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['smoothing'\] in config.task "
