@@ -105,3 +105,17 @@ def test_ddim_with_exact_denoiser_lands_on_data_points():
                          abar=abar, steps=50, clip=(-1.0, 1.0))
     d = np.abs(np.asarray(x).reshape(8, 1, -1) - points.reshape(1, 20, -1)).max(-1)
     assert d.min(1).max() < 1e-3
+
+
+def test_fid_classifier_of_another_pixel_range_is_refused(tmp_path):
+    import json
+
+    from bnn_jax import sample
+
+    for name, normalize in (("run", False), ("cls_std", True), ("cls_unit", False)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(
+            {"data": {"name": "digits", "normalize": normalize}}))
+    sample.check_classifier_range(str(tmp_path / "run"), str(tmp_path / "cls_unit"))
+    with pytest.raises(ValueError, match="normalize=False"):
+        sample.check_classifier_range(str(tmp_path / "run"), str(tmp_path / "cls_std"))
