@@ -15,7 +15,8 @@ Recipes: ``recipe=cifar10`` (default): Ho et al.'s CIFAR-10 32x32 DDPM (128 chan
 ``(1, 2, 2, 2)``, attention at 16x16, linear β 1e-4..0.02 over 1000 steps, Adam 2e-4, batch
 128, EMA 0.9999; the U-Net here has no dropout, the paper's 0.1). ``quick``: digits (8x8) in a
 few minutes on 2 CPU cores (200 timesteps, linear β 5e-4..0.1). Both keep the images in
-``[0, 1]`` (``data.normalize=False``), centred to ``[−1, 1]`` by the task. ``recipe=lsun_ldm4`` is BinaryDM's paper setting (``bedrooms.yaml``:
+``[0, 1]`` (``data.normalize=False``), centred to ``[−1, 1]`` by the task.
+``recipe=lsun_ldm4`` is BinaryDM's paper setting (``bedrooms.yaml``:
 the U-Net below on 64x64x3 latents of a VQ-f4 autoencoder, LDM's scaled-linear β 0.0015..0.0195,
 base lr 2e-5, batch 4): bnn_jax cannot import the VQ-f4 first stage (latent diffusion's
 ``VQModelInterface`` and its ``vq-f4/model.ckpt``), so this recipe refuses to build a config;

@@ -86,7 +86,8 @@ def train_all(runs: str | None = None) -> dict:
     setup = dict(data="digits (1437 train / 360 test, 8x8, [0, 1] centred to [-1, 1])",
                  model="unet 16 channels, mult (1, 2), 1 res block, attention at 4x4, "
                        "GroupNorm of 4 channels per group",
-                 timesteps=task.num_timesteps, beta=[task.beta_start, task.beta_end], fp_steps=FP_STEPS, binarized_steps=BIN_STEPS, batch=32,
+                 timesteps=task.num_timesteps, beta=[task.beta_start, task.beta_end],
+                 fp_steps=FP_STEPS, binarized_steps=BIN_STEPS, batch=32,
                  ddim_steps=DDIM_STEPS, classifier=f"digits_cnn width 32, {CLS_STEPS} steps",
                  seed=0)
     if results.get("setup", setup) != setup:
@@ -166,7 +167,8 @@ def markdown(results: dict) -> str:
           "Written by `experiments/diffusion_small.py` from "
           "`experiments/results/diffusion_small.json`. "
           f"Data: {s['data']}; model: {s['model']}; {s['timesteps']} diffusion steps (linear β "
-          f"{s['beta'][0]:g}..{s['beta'][1]:g}). The float U-Net trains {s['fp_steps']} steps (AdamW 2e-3, batch "
+          f"{s['beta'][0]:g}..{s['beta'][1]:g}). The float U-Net trains {s['fp_steps']} steps "
+          f"(AdamW 2e-3, batch "
           f"{s['batch']}, EMA 0.99); every binarized variant starts from it and fine-tunes "
           f"{s['binarized_steps']} steps (AdamW 5e-4, EMA 0.99); BinaryDM adds its progressive "
           "switch (one group per step, middle outward) and LRM (1e-4, PCA bases from the "
