@@ -53,6 +53,20 @@ def restore(workdir: str, *, ema: bool = True):
     return model, config, ds
 
 
+def check_classifier_range(workdir: str, classifier: str) -> None:
+    """Refuse a FID classifier trained on another pixel range than the run's data (e.g.
+    standardized digits against a diffusion run's ``[0, 1]`` images)."""
+    from bnn_jax.export.__main__ import read_config
+
+    run, cls = read_config(workdir).data, read_config(classifier).data
+    a, b = bool(run.get("normalize", True)), bool(cls.get("normalize", True))
+    if run.name != cls.name or a != b:
+        raise ValueError(f"the classifier in {classifier} was trained on {cls.name!r} with "
+                         f"data.normalize={b}, the run in {workdir} on {run.name!r} with "
+                         f"data.normalize={a}; train the classifier on the run's data "
+                         f"(--config.data.name={run.name} --config.data.normalize={a})")
+
+
 def draw(model, config, num: int, *, steps: int, eta: float = 0.0, seed: int = 0,
          batch_size: int = 250) -> np.ndarray:
     """``num`` samples ``[N, H, W, C]`` in the data's ``[0, 1]`` range."""
@@ -119,6 +133,8 @@ def main(argv=None) -> int:
             raise ValueError(f"{out} exists; give another --out (earlier samples are kept)")
         from bnn_jax.analysis import fid
 
+        if a.features == "classifier" and a.classifier:
+            check_classifier_range(a.workdir, a.classifier)
         extractor = fid.extractor(a.features, classifier=a.classifier,
                                   inception_weights=a.inception_weights)
         model, config, ds = restore(a.workdir, ema=not a.no_ema)

@@ -14,7 +14,9 @@ v (``binarydm_act``); 0 keeps activations in float (A32).
 Recipes: ``recipe=cifar10`` (default): Ho et al.'s CIFAR-10 32x32 DDPM (128 channels,
 ``(1, 2, 2, 2)``, attention at 16x16, linear β 1e-4..0.02 over 1000 steps, Adam 2e-4, batch
 128, EMA 0.9999; the U-Net here has no dropout, the paper's 0.1). ``quick``: digits (8x8) in a
-few minutes on 2 CPU cores. ``recipe=lsun_ldm4`` is BinaryDM's paper setting (``bedrooms.yaml``:
+few minutes on 2 CPU cores (200 timesteps, linear β 5e-4..0.1). Both keep the images in
+``[0, 1]`` (``data.normalize=False``), centred to ``[−1, 1]`` by the task.
+``recipe=lsun_ldm4`` is BinaryDM's paper setting (``bedrooms.yaml``:
 the U-Net below on 64x64x3 latents of a VQ-f4 autoencoder, LDM's scaled-linear β 0.0015..0.0195,
 base lr 2e-5, batch 4): bnn_jax cannot import the VQ-f4 first stage (latent diffusion's
 ``VQModelInterface`` and its ``vq-f4/model.ckpt``), so this recipe refuses to build a config;
@@ -72,8 +74,13 @@ def get_config(arg=None):
         raise ValueError(f"act_bits must be 0 (float), 4 or 8, got {arg.act_bits!r}")
     c = defaults()
     if arg.quick:
-        c.data = dict(name="digits", batch_size=32, eval_batch_size=120, data_dir="")
-        c.task = dict(name="denoising", num_timesteps=200, center=True)
+        c.data = dict(name="digits", batch_size=32, eval_batch_size=120, data_dir="",
+                      normalize=False)  # diffusion works on [0, 1] images (center: [-1, 1])
+        # Ho et al.'s β bounds scaled by 1000/T (improved-diffusion's get_named_beta_schedule,
+        # "linear"): with 1e-4..0.02 over 200 steps ᾱ_T is 0.13, and x_T ~ N(0, I) would start
+        # the sampler far from what the model saw at t = T-1.
+        c.task = dict(name="denoising", num_timesteps=200, center=True,
+                      beta_start=5e-4, beta_end=0.1)
         c.model = dict(QUICK_UNET, **quantizers(arg.stage, arg.act_bits))
         c.total_steps = arg.steps or (600 if arg.stage == "fp" else 300)
         c.optimizer = dict(name="adamw", learning_rate=2e-3 if arg.stage == "fp" else 5e-4,
@@ -81,7 +88,8 @@ def get_config(arg=None):
         c.ema = dict(decay=0.99, eval=True)
         c.log_every, c.eval_every = 50, 0
     else:
-        c.data = dict(name="cifar10", batch_size=128, eval_batch_size=500, data_dir="")
+        c.data = dict(name="cifar10", batch_size=128, eval_batch_size=500, data_dir="",
+                      normalize=False)
         c.task = dict(name="denoising", num_timesteps=1000, center=True)
         c.model = dict(CIFAR10_UNET, **quantizers(arg.stage, arg.act_bits))
         c.total_steps = arg.steps or 800_000

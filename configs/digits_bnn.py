@@ -21,7 +21,8 @@ def get_config(arg=None):
     c.log_every = 20 if arg.quick else 100
     c.eval_every = 0 if arg.quick else 500
     c.checkpoint_every = 500
-    c.data = dict(name="digits", batch_size=64, eval_batch_size=120, data_dir="")
+    # normalize=False keeps [0, 1] pixels (a FID classifier for diffusion runs on digits).
+    c.data = dict(name="digits", batch_size=64, eval_batch_size=120, data_dir="", normalize=True)
     binary = None if arg.float else dict(name=arg.estimator)
     c.model = dict(name="digits_cnn", width=16 if arg.quick else 64, depth=2 if arg.quick else 3,
                    pool_after=(0,), input_quantizer=binary,

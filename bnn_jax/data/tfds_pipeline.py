@@ -58,7 +58,8 @@ class TfdsDataset:
     """A tfds image-classification dataset, batched per process, resumable by step."""
 
     def __init__(self, name, *, global_batch_size, eval_batch_size, seed=0, process_index=0,
-                 process_count=1, data_dir=None, shuffle_buffer=10_000, image_size=224):
+                 process_count=1, data_dir=None, shuffle_buffer=10_000, image_size=224,
+                 normalize=True):
         tf, tfds = self._tf, self._tfds = _import()
         self.name, self.seed, self.image_size = name, seed, image_size
         self.global_batch_size, self.eval_batch_size = global_batch_size, eval_batch_size
@@ -93,7 +94,8 @@ class TfdsDataset:
             self.image_shape = (image_size, image_size, 3)
         else:
             self.image_shape = tuple(info.features["image"].shape)
-        mean, std = _MEAN_STD[name]
+        # normalize=False: images stay in [0, 1] (diffusion); True: the usual mean/std.
+        mean, std = _MEAN_STD[name] if normalize else ((0.0,), (1.0,))
         self._mean, self._std = tf.constant(mean), tf.constant(std)
 
     @property

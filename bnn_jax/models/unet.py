@@ -95,9 +95,19 @@ class SwitchedQuantize(Quantize):
         return jnp.where(self.act[...], super().__call__(x, **overrides), x)
 
 
+def norm_groups(ch: int) -> int:
+    """GroupNorm groups for ``ch`` channels: the reference's 32 (``normalization()``) when every
+    group keeps at least 4 channels (128 channels: 4 each), else halved until it does."""
+    groups = math.gcd(32, ch)
+    # A group of one channel subtracts that channel's spatial mean, which is exactly the
+    # per-channel timestep shift ResBlock adds before norm2: the model would ignore t.
+    while groups > 1 and ch // groups < 4:
+        groups //= 2
+    return groups
+
+
 def _norm(ch: int, rngs) -> nnx.GroupNorm:
-    # The reference's normalization(): GroupNorm(32); fewer groups for narrow test models.
-    return nnx.GroupNorm(ch, num_groups=math.gcd(32, ch), rngs=rngs)
+    return nnx.GroupNorm(ch, num_groups=norm_groups(ch), rngs=rngs)
 
 
 class _Layers:

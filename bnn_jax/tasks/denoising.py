@@ -5,7 +5,9 @@
 ``β`` from ``beta_start`` to ``beta_end`` over ``num_timesteps`` (the paper's 1e-4 .. 0.02 over
 1000), latent diffusion's ``scaled_linear`` (linear in ``√β``) or the cosine schedule of Nichol &
 Dhariwal (2021), which ignores the β bounds. ``center=True`` maps ``[0, 1]`` images to DDPM's
-``[−1, 1]`` (``2x − 1``) before noising.
+``[−1, 1]`` (``2x − 1``) before noising, so the data must keep its ``[0, 1]`` range
+(``config.data.normalize=False``; standardized pixels would reach far outside ``[−1, 1]``, where
+the sampler's clip of ``x̂_0`` cannot follow).
 ``model(x_t, t) -> ε̂`` with ``t`` int32 ``[B]``. Evaluation draws timesteps and noise from a
 fixed key per eval batch, so the eval loss of a model is reproducible. Sampling comes with the
 diffusion models.
@@ -91,6 +93,14 @@ class Task(BaseTask):
 
     def __init__(self, cfg, *, spec, config=None):
         super().__init__(cfg, spec=spec, config=config)
+        from bnn_jax.data import EXTRA_FIELDS
+
+        data = dict(config.get("data") or {}) if config is not None else {}
+        standardizes = "normalize" in EXTRA_FIELDS.get(data.get("name"), ())
+        if cfg["center"] and standardizes and data.get("normalize", True):
+            raise ValueError(f"config.task.center=True maps [0, 1] images to [-1, 1], but "
+                             f"dataset {data['name']!r} standardizes its pixels by default; "
+                             "set config.data.normalize=False")
         self.abar = alphas_cumprod(beta_schedule(
             cfg["schedule"], cfg["num_timesteps"], cfg["beta_start"],
             cfg["beta_end"])).astype(np.float32)

@@ -69,3 +69,12 @@ def test_processes_draw_different_augmentations(tmp_path):
                 for p in range(2))
         np.testing.assert_array_equal(a["label"], b["label"])  # the same examples ...
         assert not np.array_equal(a["image"], b["image"])  # ... augmented differently
+
+
+def test_unnormalized_images_stay_in_unit_range(tmp_path):
+    with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+        cfg = {"name": "mnist", "batch_size": 8, "eval_batch_size": 8, "data_dir": str(tmp_path)}
+        unit = next(iter(data.build({**cfg, "normalize": False}).eval_batches()))["image"]
+        std = next(iter(data.build(cfg).eval_batches()))["image"]
+    assert unit.min() >= 0.0 and unit.max() <= 1.0
+    np.testing.assert_allclose(std, (unit - 0.1307) / 0.3081, rtol=1e-5, atol=1e-5)
