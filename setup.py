@@ -37,6 +37,7 @@ setup(
         "safetensors",
         "rouge-score",
         "sacrebleu",
+        "matplotlib",  # PNG sample grids (python -m bnn_jax.sample) and the experiments' plots
     ],
     # Exact versions that CI passed with: constraints.txt (scripts/in_venv.sh uses it by default).
     extras_require={
