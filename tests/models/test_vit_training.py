@@ -54,10 +54,13 @@ def test_models_train_and_loss_falls(fields, tmp_path):
 
 @pytest.mark.slow
 def test_ofq_and_bivit_recipes_train_in_stages(tmp_path):
-    qat = _config("ofq", "quick")
+    # W4A4: at this width W2A2 moves too little in a few steps for "loss falls" to be reliable;
+    # and the recipe warms up over 5 epochs, which a few steps never leave, so shorten it here.
+    qat = _config("ofq", "quick,bits=4")
     qat.model.update(depth=1, hidden=16, mlp_dim=32)
-    _falls(_losses(qat, tmp_path / "qat"))
-    cga_stage = _config("ofq", "quick,stage=cga")
+    qat.optimizer.update(learning_rate=3e-3, warmup_steps=1)
+    _falls(_losses(qat, tmp_path / "qat", steps=24))
+    cga_stage = _config("ofq", "quick,bits=4,stage=cga")
     cga_stage.model.update(depth=1, hidden=16, mlp_dim=32)
     cga_stage.init_from = str(tmp_path / "qat")
     _losses(cga_stage, tmp_path / "cga", steps=2)
